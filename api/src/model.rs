@@ -1,0 +1,510 @@
+//! Admin, placement and operations bodies (DESIGN.md §2–§4).
+//!
+//! `*Spec` types are what a client sends to create or replace a resource; the plain type
+//! (`Build`, `Fleet`, `Zone`) is what the server answers: the spec's fields plus the
+//! server's own (`id`, `created_at`, `status`). Timestamps are RFC 3339 strings in UTC.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+wire_enum!(
+    /// Operating system a build runs on.
+    OperatingSystem { Linux => "linux", Windows => "windows" }
+);
+wire_enum!(
+    /// How a fleet moves to a new build (`update_mode`).
+    UpdateMode { Soft => "soft", Force => "force" }
+);
+wire_enum!(
+    /// `simple`: one session per process, the process restarts after it;
+    /// `parallel`: up to `sessions_per_process` at once.
+    SessionMode { Simple => "simple", Parallel => "parallel" }
+);
+wire_enum!(
+    /// `fixed` runs the sum of the data centers' maximums; `auto` follows the buffer rules.
+    ScalingMode { Auto => "auto", Fixed => "fixed" }
+);
+wire_enum!(
+    /// `pack` fills busy machines first so idle ones can scale in; `spread` does the opposite.
+    PlacementStrategy { Pack => "pack", Spread => "spread" }
+);
+wire_enum!(
+    /// Kind of machines a data center is made of.
+    MachineType { Vm => "vm", BareMetal => "bare_metal" }
+);
+wire_enum!(
+    /// Status of a fleet or a zone (DESIGN.md §3).
+    ResourceStatus {
+        New => "NEW",
+        Launching => "LAUNCHING",
+        Available => "AVAILABLE",
+        AvailableCooldown => "AVAILABLE_COOLDOWN",
+        Unavailable => "UNAVAILABLE",
+        Deleting => "DELETING",
+    }
+);
+wire_enum!(
+    /// Status of a machine (DESIGN.md §3).
+    MachineStatus {
+        Pending => "PENDING",
+        Launching => "LAUNCHING",
+        Active => "ACTIVE",
+        WaitingUpdate => "WAITING_UPDATE",
+        Draining => "DRAINING",
+        Unhealthy => "UNHEALTHY",
+        Terminating => "TERMINATING",
+        Terminated => "TERMINATED",
+    }
+);
+wire_enum!(
+    /// Status of a game-server process (DESIGN.md §3). `READY` means idle.
+    ProcessStatus {
+        Starting => "STARTING",
+        Ready => "READY",
+        Active => "ACTIVE",
+        Draining => "DRAINING",
+        Exited => "EXITED",
+        Crashed => "CRASHED",
+    }
+);
+wire_enum!(
+    /// Status of a session (DESIGN.md §3). `LOST`: its machine or process died.
+    SessionStatus { Active => "ACTIVE", Ended => "ENDED", Lost => "LOST" }
+);
+
+fn default_one() -> u32 {
+    1
+}
+fn default_storage_gb() -> u32 {
+    50
+}
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+impl Default for OperatingSystem {
+    fn default() -> Self {
+        OperatingSystem::Linux
+    }
+}
+impl Default for UpdateMode {
+    fn default() -> Self {
+        UpdateMode::Soft
+    }
+}
+impl Default for SessionMode {
+    fn default() -> Self {
+        SessionMode::Simple
+    }
+}
+impl Default for ScalingMode {
+    fn default() -> Self {
+        ScalingMode::Auto
+    }
+}
+impl Default for PlacementStrategy {
+    fn default() -> Self {
+        PlacementStrategy::Pack
+    }
+}
+impl Default for MachineType {
+    fn default() -> Self {
+        MachineType::Vm
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Builds
+
+/// Body of `POST /v1/builds` and `PUT /v1/builds/{id}`. Only `name` and `version` may change
+/// on `PUT`; the others are immutable and a different value is a 422 naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub operating_system: OperatingSystem,
+    /// `file:///abs/dir`, `file:///abs/pkg.tar.gz`, `s3://bucket/key` or `https://…`.
+    pub source: String,
+    /// Lower-case hex SHA-256 of an archive source, checked when a machine fetches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// A build as the server knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Build {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub version: Option<String>,
+    pub operating_system: OperatingSystem,
+    pub source: String,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    pub created_at: String,
+}
+
+impl Build {
+    /// The spec this build was created from.
+    pub fn spec(&self) -> BuildSpec {
+        BuildSpec {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            operating_system: self.operating_system,
+            source: self.source.clone(),
+            sha256: self.sha256.clone(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fleets
+
+/// Body of `POST /v1/fleets` and `PUT /v1/fleets/{id}`. `name` and `session_mode` are
+/// immutable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub build_id: String,
+    #[serde(default)]
+    pub update_mode: UpdateMode,
+    /// Executable inside the build, relative to the build's root.
+    pub launch_path: String,
+    /// `{port}`, `{process_id}` and `{sdk_addr}` are substituted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_parameters: Option<String>,
+    /// 0–168; 0 turns the periodic restart off.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub process_restart_hours: u32,
+    #[serde(default)]
+    pub session_mode: SessionMode,
+    #[serde(default = "default_one")]
+    pub sessions_per_process: u32,
+    #[serde(default = "default_storage_gb")]
+    pub storage_gb: u32,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub force_destroy: bool,
+}
+
+/// A fleet as the server knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fleet {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub build_id: String,
+    pub update_mode: UpdateMode,
+    pub launch_path: String,
+    #[serde(default)]
+    pub launch_parameters: Option<String>,
+    pub process_restart_hours: u32,
+    pub session_mode: SessionMode,
+    pub sessions_per_process: u32,
+    pub storage_gb: u32,
+    pub force_destroy: bool,
+    pub status: ResourceStatus,
+    pub created_at: String,
+}
+
+impl Fleet {
+    /// The spec this fleet currently runs.
+    pub fn spec(&self) -> FleetSpec {
+        FleetSpec {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            build_id: self.build_id.clone(),
+            update_mode: self.update_mode,
+            launch_path: self.launch_path.clone(),
+            launch_parameters: self.launch_parameters.clone(),
+            process_restart_hours: self.process_restart_hours,
+            session_mode: self.session_mode,
+            sessions_per_process: self.sessions_per_process,
+            storage_gb: self.storage_gb,
+            force_destroy: self.force_destroy,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Zones
+
+/// One buffer rule: from `min_active_sessions` active sessions on, keep this many idle
+/// servers (`available_servers`) or this share of the active ones (`available_percent`).
+/// Exactly one of the two amounts is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferRule {
+    #[serde(default)]
+    pub min_active_sessions: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_servers: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_percent: Option<u32>,
+}
+
+/// A machine model a data center may buy, in rank order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineModel {
+    pub instance_type: String,
+    pub processes_per_machine: u32,
+}
+
+/// One data center of a zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataCenterSpec {
+    pub name: String,
+    /// A location the backend offers (`GET /v1/locations`).
+    pub location: String,
+    /// Lower is preferred.
+    #[serde(default)]
+    pub priority: u32,
+    #[serde(default)]
+    pub machine_type: MachineType,
+    /// 1–10 models, ranked: the first is bought first.
+    #[serde(default)]
+    pub machine_models: Vec<MachineModel>,
+    /// For `vm` data centers: the most processes this data center may run (before rounding
+    /// up to whole machines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_server_processes: Option<u32>,
+    /// For `bare_metal` data centers: machines taken from the pool at `location`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bare_metal_machines: Option<u32>,
+}
+
+/// Body of `POST /v1/zones` and `PUT /v1/zones/{id}`. `fleet_id` and `name` are immutable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneSpec {
+    pub fleet_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub scaling_mode: ScalingMode,
+    pub initial_server_processes: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buffer_rules: Vec<BufferRule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_slots_min: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_slots_max: Option<u32>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub cooldown_minutes: u32,
+    #[serde(default)]
+    pub placement_strategy: PlacementStrategy,
+    pub data_centers: Vec<DataCenterSpec>,
+}
+
+/// A zone as the server knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Zone {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: ZoneSpecView,
+    pub status: ResourceStatus,
+    pub created_at: String,
+}
+
+/// The spec fields of a [`Zone`] response. The same fields as [`ZoneSpec`], but tolerant of
+/// fields a newer server adds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneSpecView {
+    pub fleet_id: String,
+    pub name: String,
+    pub scaling_mode: ScalingMode,
+    pub initial_server_processes: u32,
+    #[serde(default)]
+    pub buffer_rules: Vec<BufferRule>,
+    #[serde(default)]
+    pub free_slots_min: Option<u32>,
+    #[serde(default)]
+    pub free_slots_max: Option<u32>,
+    #[serde(default)]
+    pub cooldown_minutes: u32,
+    pub placement_strategy: PlacementStrategy,
+    pub data_centers: Vec<DataCenterSpec>,
+}
+
+impl From<ZoneSpec> for ZoneSpecView {
+    fn from(spec: ZoneSpec) -> Self {
+        ZoneSpecView {
+            fleet_id: spec.fleet_id,
+            name: spec.name,
+            scaling_mode: spec.scaling_mode,
+            initial_server_processes: spec.initial_server_processes,
+            buffer_rules: spec.buffer_rules,
+            free_slots_min: spec.free_slots_min,
+            free_slots_max: spec.free_slots_max,
+            cooldown_minutes: spec.cooldown_minutes,
+            placement_strategy: spec.placement_strategy,
+            data_centers: spec.data_centers,
+        }
+    }
+}
+
+impl From<ZoneSpecView> for ZoneSpec {
+    fn from(view: ZoneSpecView) -> Self {
+        ZoneSpec {
+            fleet_id: view.fleet_id,
+            name: view.name,
+            scaling_mode: view.scaling_mode,
+            initial_server_processes: view.initial_server_processes,
+            buffer_rules: view.buffer_rules,
+            free_slots_min: view.free_slots_min,
+            free_slots_max: view.free_slots_max,
+            cooldown_minutes: view.cooldown_minutes,
+            placement_strategy: view.placement_strategy,
+            data_centers: view.data_centers,
+        }
+    }
+}
+
+/// Live figures of a zone: `GET /v1/zones/{id}/status`. Volatile; never part of a
+/// resource's Terraform state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneStatus {
+    pub zone_id: String,
+    pub status: ResourceStatus,
+    /// Machine count per machine status (`ACTIVE` → 2); statuses with no machine are absent.
+    pub machines: BTreeMap<String, u32>,
+    /// Processes that are up and take sessions but host none.
+    pub processes_idle: u32,
+    /// Processes hosting at least one session.
+    pub processes_active: u32,
+    /// Processes started but not yet ready.
+    pub processes_starting: u32,
+    /// How many processes the scaler currently wants.
+    pub processes_desired: u32,
+    pub active_sessions: u32,
+    /// Sum of `max_players` over active sessions that declared it.
+    pub players: u32,
+}
+
+/// One location the backend offers: `GET /v1/locations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub name: String,
+    /// `local`, `sim`, `aws` or `bare_metal`.
+    pub driver: String,
+    /// Machine types this location can run.
+    pub machine_types: Vec<MachineType>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Placement
+
+/// Body of `POST /v1/fleets/{fleet}/sessions`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementRequest {
+    /// Zone name (or id) of the fleet.
+    pub zone: String,
+    /// Data-center name → measured latency; breaks ties between equal priorities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub player_latencies_ms: Option<BTreeMap<String, u32>>,
+    /// Data centers whose reported latency exceeds this are not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency_ms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_players: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<BTreeMap<String, String>>,
+    /// A repeated key returns the first answer instead of placing again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Hold the request up to this long for capacity before answering 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_seconds: Option<u32>,
+}
+
+/// A placed session: the 201 of a placement and `GET /v1/sessions/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub fleet_id: String,
+    /// The zone's name.
+    pub zone: String,
+    pub zone_id: String,
+    pub data_center: String,
+    pub machine_id: String,
+    pub process_id: String,
+    pub build_id: String,
+    /// Where players connect: the machine's address and the process's game port.
+    pub address: String,
+    pub port: u16,
+    pub status: SessionStatus,
+    #[serde(default)]
+    pub max_players: Option<u32>,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    pub created_at: String,
+    #[serde(default)]
+    pub ended_at: Option<String>,
+    /// Why a session is `LOST`.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Body of `GET /v1/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionList {
+    pub sessions: Vec<Session>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
+
+/// A machine of a fleet: `GET /v1/fleets/{id}/machines`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    pub id: String,
+    pub fleet_id: String,
+    pub zone_id: String,
+    pub data_center: String,
+    pub location: String,
+    pub instance_type: String,
+    pub processes_per_machine: u32,
+    pub status: MachineStatus,
+    pub build_id: String,
+    #[serde(default)]
+    pub address: Option<String>,
+    pub created_at: String,
+    #[serde(default)]
+    pub last_heartbeat_at: Option<String>,
+}
+
+/// A game-server process as the control plane last heard of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    pub id: String,
+    pub machine_id: String,
+    pub zone_id: String,
+    pub build_id: String,
+    pub port: u16,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    pub status: ProcessStatus,
+    pub active_sessions: u32,
+    pub started_at: String,
+}
+
+/// Body of `GET /v1/fleets/{id}/machines`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineList {
+    pub machines: Vec<Machine>,
+}
+
+/// Body of `GET /v1/fleets/{id}/processes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessList {
+    pub processes: Vec<Process>,
+}
