@@ -153,7 +153,8 @@ impl Client {
     // -- builds --------------------------------------------------------------------------
 
     pub async fn create_build(&self, spec: &BuildSpec) -> Result<Build> {
-        self.call(Method::POST, "/v1/builds", Some(spec), None).await
+        self.call(Method::POST, "/v1/builds", Some(spec), None)
+            .await
     }
     pub async fn get_build(&self, id: &str) -> Result<Build> {
         self.get(&format!("/v1/builds/{}", encode(id))).await
@@ -169,7 +170,8 @@ impl Client {
     // -- fleets --------------------------------------------------------------------------
 
     pub async fn create_fleet(&self, spec: &FleetSpec) -> Result<Fleet> {
-        self.call(Method::POST, "/v1/fleets", Some(spec), None).await
+        self.call(Method::POST, "/v1/fleets", Some(spec), None)
+            .await
     }
     /// A fleet by id or by name.
     pub async fn get_fleet(&self, id_or_name: &str) -> Result<Fleet> {
@@ -221,7 +223,8 @@ impl Client {
     pub async fn place_session(&self, fleet: &str, request: &PlacementRequest) -> Result<Session> {
         let path = format!("/v1/fleets/{}/sessions", encode(fleet));
         let wait = Duration::from_secs(u64::from(request.wait_seconds.unwrap_or(0)) + 30);
-        self.call(Method::POST, &path, Some(request), Some(wait)).await
+        self.call(Method::POST, &path, Some(request), Some(wait))
+            .await
     }
     pub async fn get_session(&self, id: &str) -> Result<Session> {
         self.get(&format!("/v1/sessions/{}", encode(id))).await

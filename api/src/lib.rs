@@ -52,6 +52,7 @@ mod macros {
 pub mod agent;
 pub mod client;
 pub mod model;
+pub mod sdk;
 pub mod validate;
 
 pub use client::{Client, ClientError};

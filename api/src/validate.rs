@@ -95,7 +95,9 @@ pub fn build_source(value: &str) -> Rule {
     if let Some(rest) = value.strip_prefix("s3://") {
         let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() || key.is_empty() {
-            return Err(format!("{value:?} must name a bucket and a key: s3://bucket/key"));
+            return Err(format!(
+                "{value:?} must name a bucket and a key: s3://bucket/key"
+            ));
         }
         return Ok(());
     }
@@ -294,7 +296,11 @@ pub fn validate_fleet_spec(spec: &FleetSpec) -> Vec<FieldError> {
     check(&mut errors, "build_id", name(&spec.build_id));
     check(&mut errors, "launch_path", launch_path(&spec.launch_path));
     if let Some(parameters) = &spec.launch_parameters {
-        check(&mut errors, "launch_parameters", launch_parameters(parameters));
+        check(
+            &mut errors,
+            "launch_parameters",
+            launch_parameters(parameters),
+        );
     }
     check(
         &mut errors,
@@ -306,7 +312,11 @@ pub fn validate_fleet_spec(spec: &FleetSpec) -> Vec<FieldError> {
         "sessions_per_process",
         sessions_per_process(i64::from(spec.sessions_per_process), spec.session_mode),
     );
-    check(&mut errors, "storage_gb", at_least(i64::from(spec.storage_gb), 1));
+    check(
+        &mut errors,
+        "storage_gb",
+        at_least(i64::from(spec.storage_gb), 1),
+    );
     errors
 }
 
@@ -342,7 +352,10 @@ pub fn validate_zone_spec(spec: &ZoneSpec) -> Vec<FieldError> {
         if !seen.insert(dc.name.as_str()) {
             errors.push(FieldError::new(
                 format!("{path}.name"),
-                format!("data center names must be unique; {:?} appears twice", dc.name),
+                format!(
+                    "data center names must be unique; {:?} appears twice",
+                    dc.name
+                ),
             ));
         }
         check(&mut errors, &format!("{path}.location"), name(&dc.location));
@@ -435,10 +448,7 @@ pub fn validate_placement(request: &PlacementRequest) -> Vec<FieldError> {
     }
     if let Some(key) = &request.idempotency_key {
         if key.is_empty() || key.len() > 256 {
-            errors.push(FieldError::new(
-                "idempotency_key",
-                "must be 1 to 256 bytes",
-            ));
+            errors.push(FieldError::new("idempotency_key", "must be 1 to 256 bytes"));
         }
     }
     if let Some(players) = request.max_players {
@@ -481,7 +491,9 @@ mod tests {
     fn launch_parameter_cases() {
         assert!(launch_parameters("--port {port} --id {process_id} --sdk {sdk_addr}").is_ok());
         assert!(launch_parameters("").is_ok());
-        assert!(launch_parameters("--x {nope}").unwrap_err().contains("{nope}"));
+        assert!(launch_parameters("--x {nope}")
+            .unwrap_err()
+            .contains("{nope}"));
         assert!(launch_parameters("--x {port").is_err());
     }
 

@@ -1,0 +1,457 @@
+//! Admin routes used by the provider: builds, fleets, zones, locations, live figures.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use fleetform_api::validate::{validate_build_spec, validate_fleet_spec, validate_zone_spec};
+use fleetform_api::*;
+
+use super::extract::JsonBody;
+use super::AppState;
+use crate::store::{MachineRecord, ProcessRecord, ProcessState};
+use crate::time::{new_id, now_ms, rfc3339};
+use crate::{Error, Result};
+
+fn first_error(errors: Vec<validate::FieldError>) -> Result<()> {
+    match errors.into_iter().next() {
+        Some(error) => Err(error.into()),
+        None => Ok(()),
+    }
+}
+
+fn immutable(field: &str, what: &str) -> Error {
+    Error::invalid(
+        field,
+        format!("cannot be changed on an existing {what}; create a new one instead"),
+    )
+}
+
+// -- builds -----------------------------------------------------------------------------------
+
+pub async fn create_build(
+    State(state): State<AppState>,
+    JsonBody(spec): JsonBody<BuildSpec>,
+) -> Result<(StatusCode, Json<Build>)> {
+    first_error(validate_build_spec(&spec))?;
+    let build = Build {
+        id: new_id("bld"),
+        name: spec.name,
+        version: spec.version,
+        operating_system: spec.operating_system,
+        source: spec.source,
+        sha256: spec.sha256,
+        created_at: rfc3339(now_ms()),
+    };
+    state.store.insert_build(&build).await?;
+    Ok((StatusCode::CREATED, Json(build)))
+}
+
+async fn load_build(state: &AppState, id: &str) -> Result<Build> {
+    state
+        .store
+        .get_build(id)
+        .await?
+        .ok_or_else(|| Error::not_found("build", id))
+}
+
+pub async fn get_build(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Build>> {
+    Ok(Json(load_build(&state, &id).await?))
+}
+
+pub async fn update_build(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(spec): JsonBody<BuildSpec>,
+) -> Result<Json<Build>> {
+    first_error(validate_build_spec(&spec))?;
+    let mut build = load_build(&state, &id).await?;
+    if spec.operating_system != build.operating_system {
+        return Err(immutable("operating_system", "build"));
+    }
+    if spec.source != build.source {
+        return Err(immutable("source", "build"));
+    }
+    if spec.sha256 != build.sha256 {
+        return Err(immutable("sha256", "build"));
+    }
+    build.name = spec.name;
+    build.version = spec.version;
+    state.store.update_build(&build).await?;
+    Ok(Json(build))
+}
+
+pub async fn delete_build(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    if state.store.delete_build(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Error::not_found("build", id))
+    }
+}
+
+// -- fleets -----------------------------------------------------------------------------------
+
+async fn check_build_exists(state: &AppState, build_id: &str) -> Result<()> {
+    if state.store.get_build(build_id).await?.is_none() {
+        return Err(Error::invalid(
+            "build_id",
+            format!("build {build_id:?} does not exist"),
+        ));
+    }
+    Ok(())
+}
+
+/// A fleet's status is that of its best zone: a fleet is available when any zone is.
+async fn with_status(state: &AppState, mut fleet: Fleet) -> Result<Fleet> {
+    let zones = state.store.list_zones().await?;
+    let statuses: Vec<ResourceStatus> = zones
+        .iter()
+        .filter(|z| z.zone.spec.fleet_id == fleet.id)
+        .map(|z| z.zone.status)
+        .collect();
+    fleet.status = [
+        ResourceStatus::Available,
+        ResourceStatus::AvailableCooldown,
+        ResourceStatus::Launching,
+        ResourceStatus::Unavailable,
+        ResourceStatus::Deleting,
+    ]
+    .into_iter()
+    .find(|status| statuses.contains(status))
+    .unwrap_or(ResourceStatus::New);
+    Ok(fleet)
+}
+
+pub async fn create_fleet(
+    State(state): State<AppState>,
+    JsonBody(spec): JsonBody<FleetSpec>,
+) -> Result<(StatusCode, Json<Fleet>)> {
+    first_error(validate_fleet_spec(&spec))?;
+    check_build_exists(&state, &spec.build_id).await?;
+    let fleet = Fleet {
+        id: new_id("flt"),
+        name: spec.name,
+        description: spec.description,
+        build_id: spec.build_id,
+        update_mode: spec.update_mode,
+        launch_path: spec.launch_path,
+        launch_parameters: spec.launch_parameters,
+        process_restart_hours: spec.process_restart_hours,
+        session_mode: spec.session_mode,
+        sessions_per_process: spec.sessions_per_process,
+        storage_gb: spec.storage_gb,
+        force_destroy: spec.force_destroy,
+        status: ResourceStatus::New,
+        created_at: rfc3339(now_ms()),
+    };
+    state.store.insert_fleet(&fleet).await?;
+    Ok((StatusCode::CREATED, Json(fleet)))
+}
+
+/// A fleet by id or name, or a 404.
+pub async fn load_fleet(state: &AppState, id_or_name: &str) -> Result<Fleet> {
+    state
+        .store
+        .get_fleet(id_or_name)
+        .await?
+        .ok_or_else(|| Error::not_found("fleet", id_or_name))
+}
+
+pub async fn get_fleet(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Fleet>> {
+    let fleet = load_fleet(&state, &id).await?;
+    Ok(Json(with_status(&state, fleet).await?))
+}
+
+pub async fn update_fleet(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(spec): JsonBody<FleetSpec>,
+) -> Result<Json<Fleet>> {
+    first_error(validate_fleet_spec(&spec))?;
+    let mut fleet = load_fleet(&state, &id).await?;
+    if spec.name != fleet.name {
+        return Err(immutable("name", "fleet"));
+    }
+    if spec.session_mode != fleet.session_mode {
+        return Err(immutable("session_mode", "fleet"));
+    }
+    check_build_exists(&state, &spec.build_id).await?;
+    fleet.description = spec.description;
+    fleet.build_id = spec.build_id;
+    fleet.update_mode = spec.update_mode;
+    fleet.launch_path = spec.launch_path;
+    fleet.launch_parameters = spec.launch_parameters;
+    fleet.process_restart_hours = spec.process_restart_hours;
+    fleet.sessions_per_process = spec.sessions_per_process;
+    fleet.storage_gb = spec.storage_gb;
+    fleet.force_destroy = spec.force_destroy;
+    state.store.update_fleet(&fleet).await?;
+    state.changes.bump();
+    Ok(Json(with_status(&state, fleet).await?))
+}
+
+pub async fn delete_fleet(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    let fleet = load_fleet(&state, &id).await?;
+    state.store.delete_fleet(&fleet.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn machine_view(machine: MachineRecord) -> Machine {
+    Machine {
+        id: machine.id,
+        fleet_id: machine.fleet_id,
+        zone_id: machine.zone_id,
+        data_center: machine.data_center,
+        location: machine.location,
+        instance_type: machine.instance_type,
+        processes_per_machine: machine.processes_per_machine,
+        status: machine.status,
+        build_id: machine.build_id,
+        address: machine.address,
+        created_at: rfc3339(machine.created_at_ms),
+        last_heartbeat_at: machine.last_heartbeat_ms.map(rfc3339),
+    }
+}
+
+/// The status a process shows: what its agent reports, refined by its sessions.
+pub fn process_status(process: &ProcessRecord, mode: SessionMode) -> ProcessStatus {
+    use fleetform_api::agent::AgentProcessState as Agent;
+    match process.state {
+        ProcessState::Live(Agent::Starting) => ProcessStatus::Starting,
+        ProcessState::Live(Agent::Stopping) => ProcessStatus::Draining,
+        ProcessState::Live(Agent::Ready) if process.active_sessions > 0 => ProcessStatus::Active,
+        // A simple-mode process that hosted its one session restarts: it takes no more.
+        ProcessState::Live(Agent::Ready)
+            if mode == SessionMode::Simple && process.sessions_started > 0 =>
+        {
+            ProcessStatus::Draining
+        }
+        ProcessState::Live(Agent::Ready) => ProcessStatus::Ready,
+        ProcessState::Exited => ProcessStatus::Exited,
+        ProcessState::Crashed => ProcessStatus::Crashed,
+    }
+}
+
+pub async fn fleet_machines(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<MachineList>> {
+    let fleet = load_fleet(&state, &id).await?;
+    let machines = state.store.fleet_machines(&fleet.id).await?;
+    Ok(Json(MachineList {
+        machines: machines.into_iter().map(machine_view).collect(),
+    }))
+}
+
+pub async fn fleet_processes(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ProcessList>> {
+    let fleet = load_fleet(&state, &id).await?;
+    let processes = state.store.fleet_processes(&fleet.id).await?;
+    Ok(Json(ProcessList {
+        processes: processes
+            .into_iter()
+            .map(|p| Process {
+                status: process_status(&p, fleet.session_mode),
+                id: p.id,
+                machine_id: p.machine_id,
+                zone_id: p.zone_id,
+                build_id: p.build_id,
+                port: p.port,
+                pid: p.pid,
+                active_sessions: p.active_sessions,
+                started_at: rfc3339(p.started_at_ms),
+            })
+            .collect(),
+    }))
+}
+
+// -- zones ------------------------------------------------------------------------------------
+
+/// Checks what a zone refers to: its fleet and its data centers' locations.
+async fn check_zone_refs(state: &AppState, spec: &ZoneSpec) -> Result<()> {
+    if state.store.get_fleet(&spec.fleet_id).await?.is_none() {
+        return Err(Error::invalid(
+            "fleet_id",
+            format!("fleet {:?} does not exist", spec.fleet_id),
+        ));
+    }
+    for (index, dc) in spec.data_centers.iter().enumerate() {
+        if !state.locations.contains_key(&dc.location) {
+            let offered: Vec<&str> = state.locations.keys().map(String::as_str).collect();
+            return Err(Error::invalid(
+                format!("data_centers[{index}].location"),
+                format!(
+                    "location {:?} is not offered by this server (offered: {})",
+                    dc.location,
+                    offered.join(", ")
+                ),
+            ));
+        }
+        if dc.machine_type == MachineType::BareMetal {
+            return Err(Error::invalid(
+                format!("data_centers[{index}].machine_type"),
+                "bare_metal data centers are not available in this release yet",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub async fn create_zone(
+    State(state): State<AppState>,
+    JsonBody(spec): JsonBody<ZoneSpec>,
+) -> Result<(StatusCode, Json<Zone>)> {
+    first_error(validate_zone_spec(&spec))?;
+    check_zone_refs(&state, &spec).await?;
+    // The fleet may be named; the zone stores its id.
+    let fleet = load_fleet(&state, &spec.fleet_id).await?;
+    let mut spec = spec;
+    spec.fleet_id = fleet.id;
+    let zone = Zone {
+        id: new_id("zone"),
+        spec: spec.into(),
+        status: ResourceStatus::New,
+        created_at: rfc3339(now_ms()),
+    };
+    state.store.insert_zone(&zone).await?;
+    state.changes.bump();
+    Ok((StatusCode::CREATED, Json(zone)))
+}
+
+async fn load_zone(state: &AppState, id: &str) -> Result<Zone> {
+    state
+        .store
+        .get_zone(id)
+        .await?
+        .map(|record| record.zone)
+        .ok_or_else(|| Error::not_found("zone", id))
+}
+
+pub async fn get_zone(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Zone>> {
+    Ok(Json(load_zone(&state, &id).await?))
+}
+
+pub async fn update_zone(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(spec): JsonBody<ZoneSpec>,
+) -> Result<Json<Zone>> {
+    first_error(validate_zone_spec(&spec))?;
+    let record = state
+        .store
+        .get_zone(&id)
+        .await?
+        .ok_or_else(|| Error::not_found("zone", &id))?;
+    let mut zone = record.zone;
+    if record.deleting {
+        return Err(Error::conflict(
+            "zone_deleting",
+            format!("zone {id} is being deleted"),
+        ));
+    }
+    if spec.fleet_id != zone.spec.fleet_id {
+        return Err(immutable("fleet_id", "zone"));
+    }
+    if spec.name != zone.spec.name {
+        return Err(immutable("name", "zone"));
+    }
+    check_zone_refs(&state, &spec).await?;
+    zone.spec = spec.into();
+    state.store.update_zone(&zone).await?;
+    state.changes.bump();
+    Ok(Json(zone))
+}
+
+pub async fn delete_zone(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    let zone = load_zone(&state, &id).await?;
+    let active = state.store.zone_active_sessions(&zone.id).await?.len();
+    if active > 0 {
+        let fleet = state.store.get_fleet(&zone.spec.fleet_id).await?;
+        if !fleet.is_some_and(|f| f.force_destroy) {
+            return Err(Error::conflict(
+                "sessions_active",
+                format!(
+                    "zone {id} hosts {active} active session(s); end them, or set force_destroy = true on the fleet"
+                ),
+            ));
+        }
+    }
+    state.store.mark_zone_deleting(&zone.id).await?;
+    state.changes.bump();
+    Ok(StatusCode::ACCEPTED)
+}
+
+pub async fn zone_status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ZoneStatus>> {
+    let zone = load_zone(&state, &id).await?;
+    let fleet = load_fleet(&state, &zone.spec.fleet_id).await?;
+    let observed = state.store.zone_observation(&zone.id).await?;
+    let sessions = state.store.zone_active_sessions(&zone.id).await?;
+    let mut machines: BTreeMap<String, u32> = BTreeMap::new();
+    for machine in &observed.machines {
+        *machines.entry(machine.status.to_string()).or_default() += 1;
+    }
+    let mut status = ZoneStatus {
+        zone_id: zone.id.clone(),
+        status: zone.status,
+        machines,
+        processes_idle: 0,
+        processes_active: 0,
+        processes_starting: 0,
+        processes_desired: 0,
+        active_sessions: sessions.len() as u32,
+        players: sessions.iter().filter_map(|s| s.max_players).sum(),
+    };
+    for process in &observed.processes {
+        match process_status(process, fleet.session_mode) {
+            ProcessStatus::Ready => status.processes_idle += 1,
+            ProcessStatus::Active => status.processes_active += 1,
+            ProcessStatus::Starting => status.processes_starting += 1,
+            _ => {}
+        }
+    }
+    let busy = status.processes_active;
+    status.processes_desired = crate::autoscale::machines_per_data_center(
+        &zone.spec,
+        crate::autoscale::desired_processes(&zone.spec, busy, status.active_sessions),
+    )
+    .iter()
+    .zip(&zone.spec.data_centers)
+    .map(|(count, dc)| count * crate::autoscale::processes_per_machine(dc))
+    .sum();
+    Ok(Json(status))
+}
+
+pub async fn locations(State(state): State<AppState>) -> Json<Vec<Location>> {
+    Json(
+        state
+            .locations
+            .values()
+            .map(|location| Location {
+                name: location.name.clone(),
+                driver: location.driver.kind().to_string(),
+                machine_types: vec![MachineType::Vm],
+            })
+            .collect(),
+    )
+}

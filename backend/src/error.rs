@@ -1,0 +1,134 @@
+//! The library's error type and how each variant reaches an HTTP client.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use fleetform_api::{ErrorBody, ErrorDetail};
+
+/// Everything that can go wrong in fleetformd's library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request names a field whose value is wrong.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// The request body is not the JSON the route takes.
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        field: Option<String>,
+    },
+    #[error("{what} {id:?} not found")]
+    NotFound { what: &'static str, id: String },
+    /// The request is valid but contradicts the current state (a name taken, a build in use).
+    #[error("{message}")]
+    Conflict {
+        code: &'static str,
+        message: String,
+        field: Option<String>,
+    },
+    /// No ready process can take the session now.
+    #[error("no server process is free in zone {zone:?}; retry later")]
+    NoCapacity { zone: String, retry_after_secs: u64 },
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("store: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error("machine driver: {0}")]
+    Driver(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Shorthand for [`Error::Invalid`].
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::NotFound`].
+    pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
+        Error::NotFound {
+            what,
+            id: id.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Conflict`] without a field.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Error::Conflict {
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn status_code_field(&self) -> (StatusCode, &'static str, Option<String>) {
+        match self {
+            Error::Invalid { field, .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                Some(field.clone()),
+            ),
+            Error::BadRequest { field, .. } => {
+                (StatusCode::BAD_REQUEST, "bad_request", field.clone())
+            }
+            Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found", None),
+            Error::Conflict { code, field, .. } => (StatusCode::CONFLICT, code, field.clone()),
+            Error::NoCapacity { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity", None),
+            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            Error::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None)
+            }
+            Error::Store(_) | Error::Driver(_) | Error::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
+            }
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code, field) = self.status_code_field();
+        let message = if status.is_server_error() {
+            // Internal details go to the log, not to the client.
+            tracing::error!(error = %self, "request failed");
+            "internal error; see fleetformd's log".to_string()
+        } else {
+            self.to_string()
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_string(),
+                message,
+                field,
+            },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Error::NoCapacity {
+            retry_after_secs, ..
+        } = self
+        {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after_secs),
+            );
+        }
+        response
+    }
+}
+
+impl From<fleetform_api::validate::FieldError> for Error {
+    fn from(error: fleetform_api::validate::FieldError) -> Self {
+        Error::Invalid {
+            field: error.field,
+            message: error.message,
+        }
+    }
+}

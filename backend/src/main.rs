@@ -1,0 +1,127 @@
+//! `fleetformd`: the control plane binary. Thin: options, then [`fleetformd::server::run`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use fleetformd::config::ServerConfig;
+use rand::RngCore;
+
+/// fleetform's control plane. With no options: SQLite in the data directory, the `local`
+/// machine driver, 127.0.0.1:7400, and a development token printed at start.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Options {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, env = "FLEETFORMD_LISTEN", default_value = "127.0.0.1:7400")]
+    listen: String,
+    /// `sqlite://PATH` (default: `fleetform.db` in the data directory).
+    #[arg(long, env = "FLEETFORMD_DATABASE")]
+    database: Option<String>,
+    /// Where the database and local machines live (default: `$XDG_DATA_HOME/fleetform`,
+    /// else `~/.local/share/fleetform`).
+    #[arg(long, env = "FLEETFORMD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML file of locations and their drivers.
+    #[arg(long, env = "FLEETFORMD_CONFIG")]
+    config: Option<PathBuf>,
+    /// The admin token; without one, a development token is kept in the data directory.
+    #[arg(long, env = "FLEETFORM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The `fleetform-agent` binary the local driver runs (default: next to fleetformd).
+    #[arg(long, env = "FLEETFORMD_AGENT_BIN")]
+    agent_bin: Option<PathBuf>,
+    /// How often agents must sync, in milliseconds.
+    #[arg(long, env = "FLEETFORMD_HEARTBEAT_MS", default_value_t = 2000)]
+    heartbeat_ms: u64,
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(dir).join("fleetform");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/fleetform"),
+        None => PathBuf::from(".fleetform"),
+    }
+}
+
+/// The development token: created once, then read back so restarts keep it.
+fn development_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_string());
+    }
+    let mut bytes = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, &token).with_context(|| format!("write {}", path.display()))?;
+    Ok(token)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let options = Options::parse();
+    let mut data_dir = options.data_dir.unwrap_or_else(default_data_dir);
+    if let Some(database) = &options.database {
+        let path = database.strip_prefix("sqlite://").with_context(|| {
+            format!("--database {database:?}: only sqlite://PATH is supported in this release")
+        })?;
+        // The database file's directory is the data directory unless one was given.
+        if std::env::var_os("FLEETFORMD_DATA_DIR").is_none() {
+            if let Some(parent) = PathBuf::from(path).parent() {
+                data_dir = parent.to_path_buf();
+            }
+        }
+    }
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("create data directory {}", data_dir.display()))?;
+    let (admin_token, development) = match options.token {
+        Some(token) if !token.is_empty() => (token, false),
+        _ => (development_token(&data_dir)?, true),
+    };
+    let agent_bin = match options.agent_bin {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .context("fleetformd has no directory")?
+            .join("fleetform-agent"),
+    };
+    let listener = tokio::net::TcpListener::bind(&options.listen)
+        .await
+        .with_context(|| format!("listen on {}", options.listen))?;
+    let address = listener.local_addr()?;
+    // Scripts and tests read these two lines.
+    println!("fleetformd listening on http://{address}");
+    if development {
+        println!("development admin token: {admin_token}");
+    }
+    let config = ServerConfig {
+        data_dir,
+        admin_token,
+        agent_bin,
+        config_file: options.config,
+        heartbeat_interval: Duration::from_millis(options.heartbeat_ms.max(100)),
+        reconcile_interval: Duration::from_secs(1),
+    };
+    let shutdown = async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down; machines keep running");
+    };
+    fleetformd::server::run(config, listener, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! Placement choice: which ready process takes a new session.
+//!
+//! Architecture invariant: [`choose`] is a pure function over the candidates the store
+//! loaded inside the placement transaction; it does no I/O and reads no clock, so the same
+//! code runs in fleetformd, in tests and in the simulator.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+
+use fleetform_api::PlacementStrategy;
+
+/// A process that could take the session, with what the choice needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub process_id: String,
+    pub machine_id: String,
+    pub data_center: String,
+    /// The data center's priority; lower is preferred.
+    pub priority: u32,
+    /// Sessions active on the whole machine.
+    pub machine_active_sessions: u32,
+    /// Sessions active on this process.
+    pub process_active_sessions: u32,
+}
+
+/// Picks the candidate for a session, or None when no candidate may take it.
+///
+/// Order: data-center priority, then the player's latency to the data center (ties of
+/// priority are broken by latency; a data center with no reported latency comes after those
+/// with one), then the strategy: `pack` prefers the busiest machine (and within it the
+/// busiest process, so parallel processes fill up) so idle machines can scale in; `spread`
+/// prefers the idlest. Data centers whose reported latency exceeds `max_latency_ms` are
+/// skipped. The process id breaks remaining ties so the choice is deterministic.
+pub fn choose<'a>(
+    candidates: &'a [Candidate],
+    latencies_ms: &BTreeMap<String, u32>,
+    max_latency_ms: Option<u32>,
+    strategy: PlacementStrategy,
+) -> Option<&'a Candidate> {
+    let latency = |candidate: &Candidate| latencies_ms.get(&candidate.data_center).copied();
+    candidates
+        .iter()
+        .filter(|candidate| match (max_latency_ms, latency(candidate)) {
+            (Some(max), Some(measured)) => measured <= max,
+            _ => true,
+        })
+        .min_by_key(|candidate| {
+            let busy = match strategy {
+                PlacementStrategy::Pack => (
+                    Reverse(candidate.machine_active_sessions),
+                    Reverse(candidate.process_active_sessions),
+                ),
+                PlacementStrategy::Spread => (
+                    Reverse(u32::MAX - candidate.machine_active_sessions),
+                    Reverse(u32::MAX - candidate.process_active_sessions),
+                ),
+            };
+            (
+                candidate.priority,
+                latency(candidate).unwrap_or(u32::MAX),
+                busy,
+                candidate.process_id.as_str(),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(id: &str, dc: &str, priority: u32, machine_busy: u32) -> Candidate {
+        Candidate {
+            process_id: id.into(),
+            machine_id: format!("m-{id}"),
+            data_center: dc.into(),
+            priority,
+            machine_active_sessions: machine_busy,
+            process_active_sessions: 0,
+        }
+    }
+
+    #[test]
+    fn choose_cases() {
+        struct Case {
+            name: &'static str,
+            candidates: Vec<Candidate>,
+            latencies: &'static [(&'static str, u32)],
+            max_latency: Option<u32>,
+            strategy: PlacementStrategy,
+            want: Option<&'static str>,
+        }
+        let cases = vec![
+            Case {
+                name: "no candidates",
+                candidates: vec![],
+                latencies: &[],
+                max_latency: None,
+                strategy: PlacementStrategy::Pack,
+                want: None,
+            },
+            Case {
+                name: "lower priority number wins over latency",
+                candidates: vec![candidate("a", "far", 0, 0), candidate("b", "near", 1, 0)],
+                latencies: &[("far", 200), ("near", 5)],
+                max_latency: None,
+                strategy: PlacementStrategy::Pack,
+                want: Some("a"),
+            },
+            Case {
+                name: "latency breaks priority ties",
+                candidates: vec![candidate("a", "far", 0, 0), candidate("b", "near", 0, 0)],
+                latencies: &[("far", 200), ("near", 5)],
+                max_latency: None,
+                strategy: PlacementStrategy::Pack,
+                want: Some("b"),
+            },
+            Case {
+                name: "max latency excludes a data center",
+                candidates: vec![candidate("a", "far", 0, 0)],
+                latencies: &[("far", 200)],
+                max_latency: Some(100),
+                strategy: PlacementStrategy::Pack,
+                want: None,
+            },
+            Case {
+                name: "pack prefers the busy machine",
+                candidates: vec![candidate("a", "dc", 0, 0), candidate("b", "dc", 0, 3)],
+                latencies: &[],
+                max_latency: None,
+                strategy: PlacementStrategy::Pack,
+                want: Some("b"),
+            },
+            Case {
+                name: "spread prefers the idle machine",
+                candidates: vec![candidate("a", "dc", 0, 0), candidate("b", "dc", 0, 3)],
+                latencies: &[],
+                max_latency: None,
+                strategy: PlacementStrategy::Spread,
+                want: Some("a"),
+            },
+            Case {
+                name: "ties go to the smallest process id",
+                candidates: vec![candidate("b", "dc", 0, 0), candidate("a", "dc", 0, 0)],
+                latencies: &[],
+                max_latency: None,
+                strategy: PlacementStrategy::Pack,
+                want: Some("a"),
+            },
+        ];
+        for case in cases {
+            let latencies = case
+                .latencies
+                .iter()
+                .map(|(dc, ms)| (dc.to_string(), *ms))
+                .collect();
+            let got = choose(
+                &case.candidates,
+                &latencies,
+                case.max_latency,
+                case.strategy,
+            )
+            .map(|c| c.process_id.as_str());
+            assert_eq!(got, case.want, "{}", case.name);
+        }
+    }
+}

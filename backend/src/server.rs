@@ -1,0 +1,62 @@
+//! Wiring: open the store, start the reconciler, serve the API until shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::config::{self, ServerConfig};
+use crate::store::sqlite::SqliteStore;
+use crate::zones::{Changes, Reconciler};
+use crate::{Error, Result};
+
+/// Serves fleetformd on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| Error::Internal(format!("create {}: {e}", config.data_dir.display())))?;
+    let store = Arc::new(SqliteStore::open(&config.data_dir.join("fleetform.db")).await?);
+    let locations = Arc::new(config::locations(&config)?);
+    let changes = Changes::default();
+    let address = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    // Local agents reach us on loopback even when we listen on every interface.
+    let server_url = if address.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", address.port())
+    } else {
+        format!("http://{address}")
+    };
+    let state = AppState {
+        store: store.clone(),
+        locations: locations.clone(),
+        changes: changes.clone(),
+        admin_token: config.admin_token.clone().into(),
+        heartbeat_interval: config.heartbeat_interval,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reconciler = Reconciler {
+        store,
+        locations,
+        changes,
+        server_url,
+        interval: config.reconcile_interval,
+    };
+    let mut reconciler_stop = stop_rx.clone();
+    let reconciler = tokio::spawn(reconciler.run(async move {
+        let _ = reconciler_stop.wait_for(|stop| *stop).await;
+    }));
+    let app = api::router(state);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+    let _ = reconciler.await;
+    served.map_err(|e| Error::Internal(format!("serve: {e}")))
+}

@@ -1,0 +1,207 @@
+//! Storage behind a trait: handlers and the reconciler see [`Store`] over domain types; the
+//! SQLite implementation lives in [`sqlite`] with its own `migrations/`.
+//!
+//! Architecture invariant: every operation that must not be half-applied (a placement, an
+//! agent report, a zone's removal) is one method here and one transaction in the
+//! implementation, so a kill -9 at any moment leaves either all of it or none.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use fleetform_api::agent::{AgentProcessState, SyncRequest};
+use fleetform_api::{
+    Build, Fleet, MachineStatus, PlacementStrategy, ResourceStatus, Session, SessionStatus, Zone,
+};
+
+use crate::placement::Candidate;
+use crate::Result;
+
+/// A zone and whether it is being deleted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZoneRecord {
+    pub zone: Zone,
+    /// Set by `DELETE /v1/zones/{id}`; the reconciler terminates its machines, then removes it.
+    pub deleting: bool,
+}
+
+/// A machine as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineRecord {
+    pub id: String,
+    pub zone_id: String,
+    pub fleet_id: String,
+    pub data_center: String,
+    pub location: String,
+    pub instance_type: String,
+    pub processes_per_machine: u32,
+    pub status: MachineStatus,
+    pub build_id: String,
+    /// What the driver knows the machine by (a pid for `local`).
+    pub driver_ref: Option<String>,
+    pub address: Option<String>,
+    pub agent_error: Option<String>,
+    pub created_at_ms: i64,
+    pub last_heartbeat_ms: Option<i64>,
+}
+
+/// A live or ended game-server process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRecord {
+    pub id: String,
+    pub machine_id: String,
+    pub zone_id: String,
+    pub fleet_id: String,
+    pub build_id: String,
+    pub port: u16,
+    pub pid: Option<u32>,
+    pub state: ProcessState,
+    pub active_sessions: u32,
+    pub sessions_started: u32,
+    pub started_at_ms: i64,
+}
+
+/// A process's lifecycle as stored: what the agent reports while it lives, then how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessState {
+    Live(AgentProcessState),
+    Exited,
+    Crashed,
+}
+
+impl ProcessState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessState::Live(state) => state.as_str(),
+            ProcessState::Exited => "EXITED",
+            ProcessState::Crashed => "CRASHED",
+        }
+    }
+
+    pub fn parse(text: &str) -> ProcessState {
+        match text {
+            "EXITED" => ProcessState::Exited,
+            "CRASHED" => ProcessState::Crashed,
+            other => ProcessState::Live(other.parse().unwrap_or(AgentProcessState::Starting)),
+        }
+    }
+
+    pub fn is_live(self) -> bool {
+        matches!(self, ProcessState::Live(_))
+    }
+}
+
+/// What the reconciler observes of one zone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ZoneObservation {
+    /// Every machine of the zone that is not `TERMINATED`.
+    pub machines: Vec<MachineRecord>,
+    /// Live processes of those machines.
+    pub processes: Vec<ProcessRecord>,
+}
+
+/// A placement as the store performs it, in one transaction.
+#[derive(Debug, Clone)]
+pub struct PlaceArgs<'a> {
+    pub fleet: &'a Fleet,
+    pub zone: &'a Zone,
+    pub session_id: String,
+    pub max_players: Option<u32>,
+    pub properties: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+    /// Data-center name → player latency.
+    pub latencies_ms: BTreeMap<String, u32>,
+    pub max_latency_ms: Option<u32>,
+    pub strategy: PlacementStrategy,
+    pub now_ms: i64,
+}
+
+/// What a placement did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlaceOutcome {
+    Placed(Session),
+    /// The idempotency key was used before: the first answer.
+    Repeated(Session),
+    NoCapacity,
+}
+
+/// Filters of `GET /v1/sessions`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    pub fleet_id: Option<String>,
+    pub zone_id: Option<String>,
+    pub data_center: Option<String>,
+    pub machine_id: Option<String>,
+    pub build_id: Option<String>,
+    pub status: Option<SessionStatus>,
+    pub limit: u32,
+}
+
+/// Persistent state of fleetformd.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    // -- builds
+    async fn insert_build(&self, build: &Build) -> Result<()>;
+    async fn get_build(&self, id: &str) -> Result<Option<Build>>;
+    async fn update_build(&self, build: &Build) -> Result<()>;
+    /// Removes a build no fleet uses (else a conflict). False when it did not exist.
+    async fn delete_build(&self, id: &str) -> Result<bool>;
+
+    // -- fleets
+    async fn insert_fleet(&self, fleet: &Fleet) -> Result<()>;
+    /// A fleet by id, or else by name.
+    async fn get_fleet(&self, id_or_name: &str) -> Result<Option<Fleet>>;
+    async fn update_fleet(&self, fleet: &Fleet) -> Result<()>;
+    /// Removes a fleet with no zones, and its ended sessions (else a conflict).
+    async fn delete_fleet(&self, id: &str) -> Result<bool>;
+
+    // -- zones
+    async fn insert_zone(&self, zone: &Zone) -> Result<()>;
+    async fn get_zone(&self, id: &str) -> Result<Option<ZoneRecord>>;
+    /// A zone of a fleet by id or name.
+    async fn find_zone(&self, fleet_id: &str, id_or_name: &str) -> Result<Option<ZoneRecord>>;
+    async fn update_zone(&self, zone: &Zone) -> Result<()>;
+    async fn mark_zone_deleting(&self, id: &str) -> Result<bool>;
+    async fn list_zones(&self) -> Result<Vec<ZoneRecord>>;
+    async fn set_zone_status(&self, id: &str, status: ResourceStatus) -> Result<()>;
+    /// Removes a zone and every row of its machines, processes and sessions.
+    async fn remove_zone(&self, id: &str) -> Result<()>;
+    async fn zone_observation(&self, zone_id: &str) -> Result<ZoneObservation>;
+    /// Active sessions per process of a zone.
+    async fn zone_active_sessions(&self, zone_id: &str) -> Result<Vec<Session>>;
+
+    // -- machines
+    async fn insert_machine(&self, machine: &MachineRecord, token_hash: &str) -> Result<()>;
+    async fn get_machine(&self, id: &str) -> Result<Option<MachineRecord>>;
+    async fn machine_by_token(&self, token_hash: &str) -> Result<Option<MachineRecord>>;
+    async fn set_machine_status(&self, id: &str, status: MachineStatus) -> Result<()>;
+    async fn set_machine_driver_ref(&self, id: &str, driver_ref: &str) -> Result<()>;
+    /// The machine is gone: `TERMINATED`, its live processes `EXITED`, its active
+    /// sessions `LOST` with `reason`. One transaction.
+    async fn machine_gone(&self, id: &str, reason: &str, now_ms: i64) -> Result<()>;
+    async fn fleet_machines(&self, fleet_id: &str) -> Result<Vec<MachineRecord>>;
+    async fn fleet_processes(&self, fleet_id: &str) -> Result<Vec<ProcessRecord>>;
+    async fn machine_processes(&self, machine_id: &str) -> Result<Vec<ProcessRecord>>;
+
+    // -- agents
+    /// Records an agent's report (heartbeat, processes, exits, ended sessions). One
+    /// transaction. Returns true when it changed what placement can use.
+    async fn apply_agent_report(
+        &self,
+        machine: &MachineRecord,
+        report: &SyncRequest,
+        now_ms: i64,
+    ) -> Result<bool>;
+    async fn machine_active_sessions(&self, machine_id: &str) -> Result<Vec<Session>>;
+
+    // -- sessions
+    async fn place_session(&self, args: PlaceArgs<'_>) -> Result<PlaceOutcome>;
+    async fn get_session(&self, id: &str) -> Result<Option<Session>>;
+    /// Ends an active session (idempotent on an ended one). None when unknown.
+    async fn end_session(&self, id: &str, now_ms: i64) -> Result<Option<Session>>;
+    async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>>;
+}
+
+/// Candidates a placement may choose among, as the store loaded them.
+pub type Candidates = Vec<Candidate>;

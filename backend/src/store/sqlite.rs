@@ -1,0 +1,961 @@
+//! The SQLite store: one file, WAL, `synchronous = FULL`.
+//!
+//! Writes go through a pool of exactly one connection, so write transactions are
+//! serialised in-process: a placement's read-then-update cannot race another placement
+//! (SQLite has one writer anyway; this makes the wait a queue instead of `SQLITE_BUSY`).
+//! Reads use their own pool and see the last committed state (WAL).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fleetform_api::agent::SyncRequest;
+use fleetform_api::{
+    Build, Fleet, MachineStatus, ResourceStatus, Session, SessionMode, Zone, ZoneSpecView,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+
+use super::*;
+use crate::placement::{self, Candidate};
+use crate::time::rfc3339;
+use crate::{Error, Result};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// fleetformd's store on a SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and runs the migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before the client hears of it, so an acknowledged
+            // placement survives even a power cut, not only a kill -9.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR
+            .run(&write)
+            .await
+            .map_err(|e| Error::Internal(format!("migrations: {e}")))?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteStore { write, read })
+    }
+}
+
+/// Maps constraint violations to the conflict a client can act on; the rest stays internal.
+fn fix_error(error: sqlx::Error, what: &'static str, field: &str) -> Error {
+    if let sqlx::Error::Database(db) = &error {
+        if db.is_unique_violation() {
+            return Error::Conflict {
+                code: "already_exists",
+                message: format!("a {what} with this {field} already exists"),
+                field: Some(field.to_string()),
+            };
+        }
+        if db.is_foreign_key_violation() {
+            return Error::Conflict {
+                code: "reference_not_found",
+                message: format!("the {what} refers to something that does not exist"),
+                field: None,
+            };
+        }
+    }
+    Error::Store(error)
+}
+
+fn parse<T: FromStr>(text: &str, what: &str) -> Result<T> {
+    text.parse()
+        .map_err(|_| Error::Internal(format!("corrupt {what} in store: {text:?}")))
+}
+
+fn u32_of(value: i64) -> u32 {
+    u32::try_from(value).unwrap_or(0)
+}
+
+fn build_from_row(row: &SqliteRow) -> Result<Build> {
+    Ok(Build {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        version: row.try_get("version")?,
+        operating_system: parse(&row.try_get::<String, _>("operating_system")?, "os")?,
+        source: row.try_get("source")?,
+        sha256: row.try_get("sha256")?,
+        created_at: rfc3339(row.try_get("created_at")?),
+    })
+}
+
+fn fleet_from_row(row: &SqliteRow) -> Result<Fleet> {
+    Ok(Fleet {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        description: row.try_get("description")?,
+        build_id: row.try_get("build_id")?,
+        update_mode: parse(&row.try_get::<String, _>("update_mode")?, "update_mode")?,
+        launch_path: row.try_get("launch_path")?,
+        launch_parameters: row.try_get("launch_parameters")?,
+        process_restart_hours: u32_of(row.try_get("process_restart_hours")?),
+        session_mode: parse(&row.try_get::<String, _>("session_mode")?, "session_mode")?,
+        sessions_per_process: u32_of(row.try_get("sessions_per_process")?),
+        storage_gb: u32_of(row.try_get("storage_gb")?),
+        force_destroy: row.try_get("force_destroy")?,
+        status: parse(&row.try_get::<String, _>("status")?, "status")?,
+        created_at: rfc3339(row.try_get("created_at")?),
+    })
+}
+
+fn zone_from_row(row: &SqliteRow) -> Result<ZoneRecord> {
+    let spec: String = row.try_get("spec")?;
+    let spec: ZoneSpecView = serde_json::from_str(&spec)
+        .map_err(|e| Error::Internal(format!("corrupt zone spec: {e}")))?;
+    Ok(ZoneRecord {
+        zone: Zone {
+            id: row.try_get("id")?,
+            spec,
+            status: parse(&row.try_get::<String, _>("status")?, "status")?,
+            created_at: rfc3339(row.try_get("created_at")?),
+        },
+        deleting: row.try_get("deleting")?,
+    })
+}
+
+fn machine_from_row(row: &SqliteRow) -> Result<MachineRecord> {
+    Ok(MachineRecord {
+        id: row.try_get("id")?,
+        zone_id: row.try_get("zone_id")?,
+        fleet_id: row.try_get("fleet_id")?,
+        data_center: row.try_get("data_center")?,
+        location: row.try_get("location")?,
+        instance_type: row.try_get("instance_type")?,
+        processes_per_machine: u32_of(row.try_get("processes_per_machine")?),
+        status: parse(&row.try_get::<String, _>("status")?, "machine status")?,
+        build_id: row.try_get("build_id")?,
+        driver_ref: row.try_get("driver_ref")?,
+        address: row.try_get("address")?,
+        agent_error: row.try_get("agent_error")?,
+        created_at_ms: row.try_get("created_at")?,
+        last_heartbeat_ms: row.try_get("last_heartbeat_at")?,
+    })
+}
+
+fn process_from_row(row: &SqliteRow) -> Result<ProcessRecord> {
+    Ok(ProcessRecord {
+        id: row.try_get("id")?,
+        machine_id: row.try_get("machine_id")?,
+        zone_id: row.try_get("zone_id")?,
+        fleet_id: row.try_get("fleet_id")?,
+        build_id: row.try_get("build_id")?,
+        port: u16::try_from(row.try_get::<i64, _>("port")?).unwrap_or(0),
+        pid: row
+            .try_get::<Option<i64>, _>("pid")?
+            .and_then(|pid| u32::try_from(pid).ok()),
+        state: ProcessState::parse(&row.try_get::<String, _>("agent_state")?),
+        active_sessions: u32_of(row.try_get("active_sessions")?),
+        sessions_started: u32_of(row.try_get("sessions_started")?),
+        started_at_ms: row.try_get("started_at")?,
+    })
+}
+
+fn session_from_row(row: &SqliteRow) -> Result<Session> {
+    let properties: String = row.try_get("properties")?;
+    Ok(Session {
+        id: row.try_get("id")?,
+        fleet_id: row.try_get("fleet_id")?,
+        zone: row.try_get("zone_name")?,
+        zone_id: row.try_get("zone_id")?,
+        data_center: row.try_get("data_center")?,
+        machine_id: row.try_get("machine_id")?,
+        process_id: row.try_get("process_id")?,
+        build_id: row.try_get("build_id")?,
+        address: row.try_get("address")?,
+        port: u16::try_from(row.try_get::<i64, _>("port")?).unwrap_or(0),
+        status: parse(&row.try_get::<String, _>("status")?, "session status")?,
+        max_players: row.try_get::<Option<i64>, _>("max_players")?.map(u32_of),
+        properties: serde_json::from_str(&properties).unwrap_or_default(),
+        created_at: rfc3339(row.try_get("created_at")?),
+        ended_at: row.try_get::<Option<i64>, _>("ended_at")?.map(rfc3339),
+        reason: row.try_get("reason")?,
+    })
+}
+
+const LIVE_STATES: &str = "('STARTING', 'READY', 'STOPPING')";
+
+/// Ends a process's life in the store: its state, and its active sessions `LOST`.
+async fn process_ended(
+    tx: &mut sqlx::SqliteConnection,
+    process_id: &str,
+    crashed: bool,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    reason: &str,
+    now_ms: i64,
+) -> Result<()> {
+    let state = if crashed { "CRASHED" } else { "EXITED" };
+    sqlx::query(&format!(
+        "UPDATE processes SET agent_state = ?, exit_code = ?, exit_signal = ?, ended_at = ?, active_sessions = 0
+         WHERE id = ? AND agent_state IN {LIVE_STATES}"
+    ))
+    .bind(state)
+    .bind(exit_code)
+    .bind(signal)
+    .bind(now_ms)
+    .bind(process_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE sessions SET status = 'LOST', reason = ?, ended_at = ? WHERE process_id = ? AND status = 'ACTIVE'",
+    )
+    .bind(reason)
+    .bind(now_ms)
+    .bind(process_id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Ends one active session and frees its slot. False when it was not active.
+async fn session_ended(
+    tx: &mut sqlx::SqliteConnection,
+    session_id: &str,
+    now_ms: i64,
+) -> Result<bool> {
+    let process: Option<String> = sqlx::query_scalar(
+        "UPDATE sessions SET status = 'ENDED', ended_at = ? WHERE id = ? AND status = 'ACTIVE' RETURNING process_id",
+    )
+    .bind(now_ms)
+    .bind(session_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(process) = process else {
+        return Ok(false);
+    };
+    sqlx::query("UPDATE processes SET active_sessions = MAX(active_sessions - 1, 0) WHERE id = ?")
+        .bind(process)
+        .execute(&mut *tx)
+        .await?;
+    Ok(true)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_build(&self, build: &Build) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO builds (id, name, version, operating_system, source, sha256, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&build.id)
+        .bind(&build.name)
+        .bind(&build.version)
+        .bind(build.operating_system.as_str())
+        .bind(&build.source)
+        .bind(&build.sha256)
+        .bind(crate::time::parse_rfc3339(&build.created_at).unwrap_or_default())
+        .execute(&self.write)
+        .await
+        .map_err(|e| fix_error(e, "build", "id"))?;
+        Ok(())
+    }
+
+    async fn get_build(&self, id: &str) -> Result<Option<Build>> {
+        sqlx::query("SELECT * FROM builds WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?
+            .map(|row| build_from_row(&row))
+            .transpose()
+    }
+
+    async fn update_build(&self, build: &Build) -> Result<()> {
+        sqlx::query("UPDATE builds SET name = ?, version = ? WHERE id = ?")
+            .bind(&build.name)
+            .bind(&build.version)
+            .bind(&build.id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_build(&self, id: &str) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let users: Vec<String> = sqlx::query_scalar("SELECT name FROM fleets WHERE build_id = ?")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+        if !users.is_empty() {
+            return Err(Error::conflict(
+                "build_in_use",
+                format!("build {id} is used by fleet(s) {}", users.join(", ")),
+            ));
+        }
+        let deleted = sqlx::query("DELETE FROM builds WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted > 0)
+    }
+
+    async fn insert_fleet(&self, fleet: &Fleet) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO fleets (id, name, description, build_id, update_mode, launch_path, launch_parameters,
+                process_restart_hours, session_mode, sessions_per_process, storage_gb, force_destroy, status, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&fleet.id)
+        .bind(&fleet.name)
+        .bind(&fleet.description)
+        .bind(&fleet.build_id)
+        .bind(fleet.update_mode.as_str())
+        .bind(&fleet.launch_path)
+        .bind(&fleet.launch_parameters)
+        .bind(i64::from(fleet.process_restart_hours))
+        .bind(fleet.session_mode.as_str())
+        .bind(i64::from(fleet.sessions_per_process))
+        .bind(i64::from(fleet.storage_gb))
+        .bind(fleet.force_destroy)
+        .bind(fleet.status.as_str())
+        .bind(crate::time::parse_rfc3339(&fleet.created_at).unwrap_or_default())
+        .execute(&self.write)
+        .await
+        .map_err(|e| fix_error(e, "fleet", "name"))?;
+        Ok(())
+    }
+
+    async fn get_fleet(&self, id_or_name: &str) -> Result<Option<Fleet>> {
+        sqlx::query("SELECT * FROM fleets WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1")
+            .bind(id_or_name)
+            .bind(id_or_name)
+            .bind(id_or_name)
+            .fetch_optional(&self.read)
+            .await?
+            .map(|row| fleet_from_row(&row))
+            .transpose()
+    }
+
+    async fn update_fleet(&self, fleet: &Fleet) -> Result<()> {
+        sqlx::query(
+            "UPDATE fleets SET description = ?, build_id = ?, update_mode = ?, launch_path = ?, launch_parameters = ?,
+                process_restart_hours = ?, sessions_per_process = ?, storage_gb = ?, force_destroy = ?
+             WHERE id = ?",
+        )
+        .bind(&fleet.description)
+        .bind(&fleet.build_id)
+        .bind(fleet.update_mode.as_str())
+        .bind(&fleet.launch_path)
+        .bind(&fleet.launch_parameters)
+        .bind(i64::from(fleet.process_restart_hours))
+        .bind(i64::from(fleet.sessions_per_process))
+        .bind(i64::from(fleet.storage_gb))
+        .bind(fleet.force_destroy)
+        .bind(&fleet.id)
+        .execute(&self.write)
+        .await
+        .map_err(|e| fix_error(e, "fleet", "build_id"))?;
+        Ok(())
+    }
+
+    async fn delete_fleet(&self, id: &str) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let zones: Vec<String> = sqlx::query_scalar("SELECT name FROM zones WHERE fleet_id = ?")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+        if !zones.is_empty() {
+            return Err(Error::conflict(
+                "fleet_has_zones",
+                format!(
+                    "fleet {id} still has zone(s) {}; delete them first",
+                    zones.join(", ")
+                ),
+            ));
+        }
+        sqlx::query("DELETE FROM sessions WHERE fleet_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let deleted = sqlx::query("DELETE FROM fleets WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted > 0)
+    }
+
+    async fn insert_zone(&self, zone: &Zone) -> Result<()> {
+        let spec = serde_json::to_string(&zone.spec).map_err(|e| Error::Internal(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO zones (id, fleet_id, name, spec, status, deleting, created_at) VALUES (?, ?, ?, ?, ?, FALSE, ?)",
+        )
+        .bind(&zone.id)
+        .bind(&zone.spec.fleet_id)
+        .bind(&zone.spec.name)
+        .bind(spec)
+        .bind(zone.status.as_str())
+        .bind(crate::time::parse_rfc3339(&zone.created_at).unwrap_or_default())
+        .execute(&self.write)
+        .await
+        .map_err(|e| fix_error(e, "zone", "name"))?;
+        Ok(())
+    }
+
+    async fn get_zone(&self, id: &str) -> Result<Option<ZoneRecord>> {
+        sqlx::query("SELECT * FROM zones WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?
+            .map(|row| zone_from_row(&row))
+            .transpose()
+    }
+
+    async fn find_zone(&self, fleet_id: &str, id_or_name: &str) -> Result<Option<ZoneRecord>> {
+        sqlx::query("SELECT * FROM zones WHERE fleet_id = ? AND (id = ? OR name = ?) LIMIT 1")
+            .bind(fleet_id)
+            .bind(id_or_name)
+            .bind(id_or_name)
+            .fetch_optional(&self.read)
+            .await?
+            .map(|row| zone_from_row(&row))
+            .transpose()
+    }
+
+    async fn update_zone(&self, zone: &Zone) -> Result<()> {
+        let spec = serde_json::to_string(&zone.spec).map_err(|e| Error::Internal(e.to_string()))?;
+        sqlx::query("UPDATE zones SET spec = ?, status = ? WHERE id = ?")
+            .bind(spec)
+            .bind(zone.status.as_str())
+            .bind(&zone.id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn mark_zone_deleting(&self, id: &str) -> Result<bool> {
+        let changed =
+            sqlx::query("UPDATE zones SET deleting = TRUE, status = 'DELETING' WHERE id = ?")
+                .bind(id)
+                .execute(&self.write)
+                .await?
+                .rows_affected();
+        Ok(changed > 0)
+    }
+
+    async fn list_zones(&self) -> Result<Vec<ZoneRecord>> {
+        sqlx::query("SELECT * FROM zones ORDER BY id")
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(zone_from_row)
+            .collect()
+    }
+
+    async fn set_zone_status(&self, id: &str, status: ResourceStatus) -> Result<()> {
+        sqlx::query("UPDATE zones SET status = ? WHERE id = ? AND status <> ?")
+            .bind(status.as_str())
+            .bind(id)
+            .bind(status.as_str())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_zone(&self, id: &str) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        for statement in [
+            "DELETE FROM sessions WHERE zone_id = ?",
+            "DELETE FROM processes WHERE zone_id = ?",
+            "DELETE FROM machines WHERE zone_id = ?",
+            "DELETE FROM zones WHERE id = ?",
+        ] {
+            sqlx::query(statement).bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn zone_observation(&self, zone_id: &str) -> Result<ZoneObservation> {
+        let machines = sqlx::query(
+            "SELECT * FROM machines WHERE zone_id = ? AND status <> 'TERMINATED' ORDER BY id",
+        )
+        .bind(zone_id)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(machine_from_row)
+        .collect::<Result<Vec<_>>>()?;
+        let processes = sqlx::query(&format!(
+            "SELECT * FROM processes WHERE zone_id = ? AND agent_state IN {LIVE_STATES} ORDER BY id"
+        ))
+        .bind(zone_id)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(process_from_row)
+        .collect::<Result<Vec<_>>>()?;
+        Ok(ZoneObservation {
+            machines,
+            processes,
+        })
+    }
+
+    async fn zone_active_sessions(&self, zone_id: &str) -> Result<Vec<Session>> {
+        sqlx::query("SELECT * FROM sessions WHERE zone_id = ? AND status = 'ACTIVE' ORDER BY id")
+            .bind(zone_id)
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(session_from_row)
+            .collect()
+    }
+
+    async fn insert_machine(&self, machine: &MachineRecord, token_hash: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO machines (id, zone_id, fleet_id, data_center, location, instance_type, processes_per_machine,
+                status, build_id, token_hash, driver_ref, address, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&machine.id)
+        .bind(&machine.zone_id)
+        .bind(&machine.fleet_id)
+        .bind(&machine.data_center)
+        .bind(&machine.location)
+        .bind(&machine.instance_type)
+        .bind(i64::from(machine.processes_per_machine))
+        .bind(machine.status.as_str())
+        .bind(&machine.build_id)
+        .bind(token_hash)
+        .bind(&machine.driver_ref)
+        .bind(&machine.address)
+        .bind(machine.created_at_ms)
+        .execute(&self.write)
+        .await
+        .map_err(|e| fix_error(e, "machine", "id"))?;
+        Ok(())
+    }
+
+    async fn get_machine(&self, id: &str) -> Result<Option<MachineRecord>> {
+        sqlx::query("SELECT * FROM machines WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?
+            .map(|row| machine_from_row(&row))
+            .transpose()
+    }
+
+    async fn machine_by_token(&self, token_hash: &str) -> Result<Option<MachineRecord>> {
+        sqlx::query("SELECT * FROM machines WHERE token_hash = ?")
+            .bind(token_hash)
+            .fetch_optional(&self.read)
+            .await?
+            .map(|row| machine_from_row(&row))
+            .transpose()
+    }
+
+    async fn set_machine_status(&self, id: &str, status: MachineStatus) -> Result<()> {
+        sqlx::query("UPDATE machines SET status = ? WHERE id = ?")
+            .bind(status.as_str())
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_machine_driver_ref(&self, id: &str, driver_ref: &str) -> Result<()> {
+        sqlx::query("UPDATE machines SET driver_ref = ?, status = CASE WHEN status = 'PENDING' THEN 'LAUNCHING' ELSE status END WHERE id = ?")
+            .bind(driver_ref)
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn machine_gone(&self, id: &str, reason: &str, now_ms: i64) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let live: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM processes WHERE machine_id = ? AND agent_state IN {LIVE_STATES}"
+        ))
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for process in live {
+            process_ended(&mut tx, &process, false, None, None, reason, now_ms).await?;
+        }
+        sqlx::query("UPDATE sessions SET status = 'LOST', reason = ?, ended_at = ? WHERE machine_id = ? AND status = 'ACTIVE'")
+            .bind(reason)
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE machines SET status = 'TERMINATED' WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn fleet_machines(&self, fleet_id: &str) -> Result<Vec<MachineRecord>> {
+        sqlx::query("SELECT * FROM machines WHERE fleet_id = ? ORDER BY id")
+            .bind(fleet_id)
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(machine_from_row)
+            .collect()
+    }
+
+    async fn fleet_processes(&self, fleet_id: &str) -> Result<Vec<ProcessRecord>> {
+        sqlx::query("SELECT * FROM processes WHERE fleet_id = ? ORDER BY started_at, id")
+            .bind(fleet_id)
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(process_from_row)
+            .collect()
+    }
+
+    async fn machine_processes(&self, machine_id: &str) -> Result<Vec<ProcessRecord>> {
+        sqlx::query(&format!(
+            "SELECT * FROM processes WHERE machine_id = ? AND agent_state IN {LIVE_STATES} ORDER BY id"
+        ))
+        .bind(machine_id)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(process_from_row)
+        .collect()
+    }
+
+    async fn apply_agent_report(
+        &self,
+        machine: &MachineRecord,
+        report: &SyncRequest,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let mut placement_changed = false;
+        let status = match machine.status {
+            MachineStatus::Pending | MachineStatus::Launching => MachineStatus::Active,
+            other => other,
+        };
+        placement_changed |= status != machine.status;
+        sqlx::query(
+            "UPDATE machines SET last_heartbeat_at = ?, address = ?, driver_ref = COALESCE(driver_ref, ?), agent_error = ?, status = ?
+             WHERE id = ?",
+        )
+        .bind(now_ms)
+        .bind(&report.address)
+        .bind(report.agent_pid.to_string())
+        .bind(&report.error)
+        .bind(status.as_str())
+        .bind(&machine.id)
+        .execute(&mut *tx)
+        .await?;
+
+        // Sessions the game servers ended, before exits: a process that ends its session
+        // and then exits (simple mode) has not lost it.
+        for session in &report.ended_sessions {
+            let owned: Option<String> =
+                sqlx::query_scalar("SELECT id FROM sessions WHERE id = ? AND machine_id = ?")
+                    .bind(session)
+                    .bind(&machine.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if owned.is_some() {
+                placement_changed |= session_ended(&mut tx, session, now_ms).await?;
+            }
+        }
+        for exit in &report.exited {
+            let crashed = !exit.requested && (exit.exit_code != Some(0) || exit.signal.is_some());
+            let reason = match (exit.exit_code, exit.signal) {
+                (_, Some(signal)) => {
+                    format!("process {} killed by signal {signal}", exit.process_id)
+                }
+                (Some(code), _) => format!("process {} exited with status {code}", exit.process_id),
+                _ => format!("process {} exited", exit.process_id),
+            };
+            let owned: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM processes WHERE id = ? AND machine_id = ?")
+                    .bind(&exit.process_id)
+                    .bind(&machine.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if owned.is_none() {
+                continue;
+            }
+            process_ended(
+                &mut tx,
+                &exit.process_id,
+                crashed,
+                exit.exit_code,
+                exit.signal,
+                &reason,
+                now_ms,
+            )
+            .await?;
+            placement_changed = true;
+        }
+
+        let known: Vec<(String, String)> = sqlx::query_as(&format!(
+            "SELECT id, agent_state FROM processes WHERE machine_id = ? AND agent_state IN {LIVE_STATES}"
+        ))
+        .bind(&machine.id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let known: HashMap<String, String> = known.into_iter().collect();
+        let reported: BTreeSet<&str> = report
+            .processes
+            .iter()
+            .map(|p| p.process_id.as_str())
+            .collect();
+        for process in &report.processes {
+            let state = process.state.as_str();
+            match known.get(&process.process_id) {
+                Some(previous) if previous == state => {}
+                Some(_) => {
+                    sqlx::query(
+                        "UPDATE processes SET agent_state = ?, pid = ?, port = ? WHERE id = ?",
+                    )
+                    .bind(state)
+                    .bind(i64::from(process.pid))
+                    .bind(i64::from(process.port))
+                    .bind(&process.process_id)
+                    .execute(&mut *tx)
+                    .await?;
+                    placement_changed = true;
+                }
+                None => {
+                    // INSERT OR IGNORE: a report about a process that already ended (a
+                    // late, retried report) must not bring it back to life.
+                    let started = crate::time::parse_rfc3339(&process.started_at).unwrap_or(now_ms);
+                    sqlx::query(
+                        "INSERT INTO processes (id, machine_id, zone_id, fleet_id, build_id, port, pid, agent_state, started_at)
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                    )
+                    .bind(&process.process_id)
+                    .bind(&machine.id)
+                    .bind(&machine.zone_id)
+                    .bind(&machine.fleet_id)
+                    .bind(&process.build_id)
+                    .bind(i64::from(process.port))
+                    .bind(i64::from(process.pid))
+                    .bind(state)
+                    .bind(started)
+                    .execute(&mut *tx)
+                    .await?;
+                    placement_changed = true;
+                }
+            }
+        }
+        // A process the store thinks is live but the agent no longer runs has ended
+        // without the agent telling us how (e.g. the agent restarted).
+        for (process, _) in known
+            .iter()
+            .filter(|(id, _)| !reported.contains(id.as_str()))
+        {
+            let reason = format!("process {process} is no longer running on its machine");
+            process_ended(&mut tx, process, false, None, None, &reason, now_ms).await?;
+            placement_changed = true;
+        }
+        tx.commit().await?;
+        Ok(placement_changed)
+    }
+
+    async fn machine_active_sessions(&self, machine_id: &str) -> Result<Vec<Session>> {
+        sqlx::query("SELECT * FROM sessions WHERE machine_id = ? AND status = 'ACTIVE' ORDER BY id")
+            .bind(machine_id)
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(session_from_row)
+            .collect()
+    }
+
+    async fn place_session(&self, args: PlaceArgs<'_>) -> Result<PlaceOutcome> {
+        let mut tx = self.write.begin().await?;
+        if let Some(key) = &args.idempotency_key {
+            let earlier =
+                sqlx::query("SELECT * FROM sessions WHERE fleet_id = ? AND idempotency_key = ?")
+                    .bind(&args.fleet.id)
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(row) = earlier {
+                return Ok(PlaceOutcome::Repeated(session_from_row(&row)?));
+            }
+        }
+        let capacity = match args.fleet.session_mode {
+            SessionMode::Simple => 1,
+            SessionMode::Parallel => i64::from(args.fleet.sessions_per_process.max(1)),
+        };
+        let simple = args.fleet.session_mode == SessionMode::Simple;
+        // Ready processes on active machines with a free slot; in simple mode a process
+        // takes one session in its life.
+        let rows = sqlx::query(
+            "SELECT p.id AS process_id, p.machine_id, p.port, p.build_id, p.active_sessions, m.data_center, m.address,
+                    (SELECT COUNT(*) FROM sessions s WHERE s.machine_id = m.id AND s.status = 'ACTIVE') AS machine_sessions
+             FROM processes p JOIN machines m ON m.id = p.machine_id
+             WHERE p.zone_id = ? AND p.agent_state = 'READY' AND m.status = 'ACTIVE'
+               AND p.active_sessions < ? AND (? = FALSE OR p.sessions_started = 0)",
+        )
+        .bind(&args.zone.id)
+        .bind(capacity)
+        .bind(simple)
+        .fetch_all(&mut *tx)
+        .await?;
+        let priorities: BTreeMap<&str, u32> = args
+            .zone
+            .spec
+            .data_centers
+            .iter()
+            .map(|dc| (dc.name.as_str(), dc.priority))
+            .collect();
+        let mut candidates = Vec::with_capacity(rows.len());
+        let mut details = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let data_center: String = row.try_get("data_center")?;
+            let process_id: String = row.try_get("process_id")?;
+            candidates.push(Candidate {
+                process_id: process_id.clone(),
+                machine_id: row.try_get("machine_id")?,
+                priority: priorities
+                    .get(data_center.as_str())
+                    .copied()
+                    .unwrap_or(u32::MAX),
+                data_center,
+                machine_active_sessions: u32_of(row.try_get("machine_sessions")?),
+                process_active_sessions: u32_of(row.try_get("active_sessions")?),
+            });
+            let address: Option<String> = row.try_get("address")?;
+            details.insert(
+                process_id,
+                (
+                    row.try_get::<i64, _>("port")?,
+                    row.try_get::<String, _>("build_id")?,
+                    address.unwrap_or_default(),
+                ),
+            );
+        }
+        let Some(chosen) = placement::choose(
+            &candidates,
+            &args.latencies_ms,
+            args.max_latency_ms,
+            args.strategy,
+        ) else {
+            return Ok(PlaceOutcome::NoCapacity);
+        };
+        let (port, build_id, address) = details.remove(&chosen.process_id).unwrap_or_default();
+        sqlx::query(
+            "UPDATE processes SET active_sessions = active_sessions + 1, sessions_started = sessions_started + 1 WHERE id = ?",
+        )
+        .bind(&chosen.process_id)
+        .execute(&mut *tx)
+        .await?;
+        let properties =
+            serde_json::to_string(&args.properties).map_err(|e| Error::Internal(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO sessions (id, fleet_id, zone_id, zone_name, data_center, machine_id, process_id, build_id, address, port,
+                status, max_players, properties, idempotency_key, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'ACTIVE', ?, ?, ?, ?)",
+        )
+        .bind(&args.session_id)
+        .bind(&args.fleet.id)
+        .bind(&args.zone.id)
+        .bind(&args.zone.spec.name)
+        .bind(&chosen.data_center)
+        .bind(&chosen.machine_id)
+        .bind(&chosen.process_id)
+        .bind(&build_id)
+        .bind(&address)
+        .bind(port)
+        .bind(args.max_players.map(i64::from))
+        .bind(properties)
+        .bind(&args.idempotency_key)
+        .bind(args.now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query("SELECT * FROM sessions WHERE id = ?")
+            .bind(&args.session_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let session = session_from_row(&row)?;
+        tx.commit().await?;
+        Ok(PlaceOutcome::Placed(session))
+    }
+
+    async fn get_session(&self, id: &str) -> Result<Option<Session>> {
+        sqlx::query("SELECT * FROM sessions WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?
+            .map(|row| session_from_row(&row))
+            .transpose()
+    }
+
+    async fn end_session(&self, id: &str, now_ms: i64) -> Result<Option<Session>> {
+        let mut tx = self.write.begin().await?;
+        session_ended(&mut tx, id, now_ms).await?;
+        let row = sqlx::query("SELECT * FROM sessions WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        row.map(|row| session_from_row(&row)).transpose()
+    }
+
+    async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>> {
+        let mut sql = String::from("SELECT * FROM sessions WHERE 1 = 1");
+        let mut binds: Vec<String> = Vec::new();
+        for (column, value) in [
+            ("fleet_id", &filter.fleet_id),
+            ("zone_id", &filter.zone_id),
+            ("data_center", &filter.data_center),
+            ("machine_id", &filter.machine_id),
+            ("build_id", &filter.build_id),
+        ] {
+            if let Some(value) = value {
+                sql.push_str(&format!(" AND {column} = ?"));
+                binds.push(value.clone());
+            }
+        }
+        if let Some(status) = filter.status {
+            sql.push_str(" AND status = ?");
+            binds.push(status.as_str().to_string());
+        }
+        sql.push_str(&format!(
+            " ORDER BY created_at, id LIMIT {}",
+            filter.limit.max(1)
+        ));
+        let mut query = sqlx::query(&sql);
+        for value in &binds {
+            query = query.bind(value);
+        }
+        query
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(session_from_row)
+            .collect()
+    }
+}

@@ -1,0 +1,421 @@
+//! The zone reconciler: for every zone, observe → plan → act, level-triggered.
+//!
+//! Each pass lists what exists (the store's picture plus the drivers' liveness), asks the
+//! pure [`crate::autoscale::plan`] what should exist, and does the difference. A pass is
+//! idempotent and holds no state between passes but the drivers' escalation timers, so a
+//! restarted fleetformd picks up exactly where the last one stopped: it recovers its
+//! picture from the store and re-adopts the machines that are still alive.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetform_api::{MachineStatus, ResourceStatus, ZoneSpecView};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::autoscale::{self, MachineView};
+use crate::machines::{LaunchRequest, Liveness, Locations};
+use crate::store::{MachineRecord, Store, ZoneRecord};
+use crate::time::{new_id, now_ms};
+use crate::Result;
+
+/// How long a launched machine may take to sync for the first time before it is replaced.
+pub const REGISTER_TIMEOUT_MS: i64 = 120_000;
+
+/// A counter bumped whenever something placement, agents or the reconciler care about
+/// changes; waiters re-read the store when it moves. Cheap and lossless (watch keeps only
+/// the latest value, and every waiter re-reads everything).
+#[derive(Debug, Clone)]
+pub struct Changes {
+    sender: Arc<watch::Sender<u64>>,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Changes {
+            sender: Arc::new(watch::channel(0).0),
+        }
+    }
+}
+
+impl Changes {
+    /// Signals a change.
+    pub fn bump(&self) {
+        self.sender.send_modify(|generation| *generation += 1);
+    }
+
+    /// A receiver that wakes on the next change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.sender.subscribe()
+    }
+}
+
+/// A new agent token and the hash the store keeps.
+pub fn new_agent_token() -> (String, String) {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hash = token_hash(&token);
+    (format!("fft_{token}"), hash)
+}
+
+/// The stored form of an agent token.
+pub fn token_hash(token: &str) -> String {
+    let token = token.strip_prefix("fft_").unwrap_or(token);
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Reconciles every zone, forever.
+#[derive(Debug, Clone)]
+pub struct Reconciler {
+    pub store: Arc<dyn Store>,
+    pub locations: Arc<Locations>,
+    pub changes: Changes,
+    /// Where agents reach this server.
+    pub server_url: String,
+    pub interval: Duration,
+}
+
+impl Reconciler {
+    /// Runs passes until `shutdown` resolves: after every change, and at least every
+    /// `interval` (the periodic requeue that makes the loop eventually consistent).
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut changes = self.changes.subscribe();
+        loop {
+            if let Err(error) = self.pass().await {
+                tracing::warn!(%error, "reconcile pass failed; retrying");
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = changes.changed() => {
+                    // Let a burst of changes (an agent's report, several placements) settle.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
+
+    /// One pass over every zone.
+    pub async fn pass(&self) -> Result<()> {
+        for record in self.store.list_zones().await? {
+            if let Err(error) = self.reconcile_zone(&record).await {
+                tracing::warn!(zone = %record.zone.id, %error, "reconcile failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn reconcile_zone(&self, record: &ZoneRecord) -> Result<()> {
+        let zone = &record.zone;
+        let now = now_ms();
+        let mut observed = self.store.zone_observation(&zone.id).await?;
+
+        // Observe: a machine whose driver says it is gone, or that never registered, is
+        // gone for the store too (its sessions LOST), and the plan will replace it.
+        let mut gone = Vec::new();
+        for machine in &observed.machines {
+            if let Some(reason) = self.gone_reason(machine, now).await? {
+                tracing::info!(machine = %machine.id, %reason, "machine gone");
+                self.store.machine_gone(&machine.id, &reason, now).await?;
+                gone.push(machine.id.clone());
+            }
+        }
+        if !gone.is_empty() {
+            self.changes.bump();
+            observed.machines.retain(|m| !gone.contains(&m.id));
+            observed.processes.retain(|p| !gone.contains(&p.machine_id));
+        }
+
+        if record.deleting {
+            return self.tear_down(zone.id.as_str(), &observed.machines).await;
+        }
+
+        let fleet = self.store.get_fleet(&zone.spec.fleet_id).await?;
+        let Some(fleet) = fleet else {
+            return Ok(());
+        };
+        let views: Vec<MachineView> = observed
+            .machines
+            .iter()
+            .map(|machine| {
+                let processes = observed
+                    .processes
+                    .iter()
+                    .filter(|p| p.machine_id == machine.id);
+                MachineView {
+                    id: machine.id.clone(),
+                    data_center: machine.data_center.clone(),
+                    status: machine.status,
+                    processes_per_machine: machine.processes_per_machine,
+                    active_sessions: processes.clone().map(|p| p.active_sessions).sum(),
+                    ready_processes: processes
+                        .filter(|p| p.state.as_str() == "READY" && p.active_sessions == 0)
+                        .count() as u32,
+                    created_at_ms: machine.created_at_ms,
+                }
+            })
+            .collect();
+        let active_sessions: u32 = observed.processes.iter().map(|p| p.active_sessions).sum();
+        let busy_processes = observed
+            .processes
+            .iter()
+            .filter(|p| p.active_sessions > 0)
+            .count() as u32;
+        let plan = autoscale::plan(&zone.spec, &views, busy_processes, active_sessions);
+
+        // Act.
+        for launch in &plan.launch {
+            let Some(dc) = zone
+                .spec
+                .data_centers
+                .iter()
+                .find(|dc| dc.name == launch.data_center)
+            else {
+                continue;
+            };
+            self.launch(
+                zone.id.as_str(),
+                &zone.spec,
+                &fleet.build_id,
+                &dc.name,
+                &dc.location,
+                launch,
+            )
+            .await?;
+        }
+        for machine_id in &plan.terminate {
+            if let Some(machine) = observed.machines.iter().find(|m| &m.id == machine_id) {
+                self.terminate(machine).await?;
+            }
+        }
+        // Machines already on their way out get their escalation.
+        for machine in observed
+            .machines
+            .iter()
+            .filter(|m| m.status == MachineStatus::Terminating)
+        {
+            self.terminate(machine).await?;
+        }
+
+        let up = observed
+            .processes
+            .iter()
+            .filter(|p| p.state.as_str() == "READY")
+            .count() as u32;
+        let status = zone_status(
+            zone.status,
+            !observed.machines.is_empty() || !plan.launch.is_empty(),
+            up,
+            zone.spec
+                .initial_server_processes
+                .min(plan.desired_processes.max(1)),
+        );
+        if status != zone.status {
+            self.store.set_zone_status(&zone.id, status).await?;
+        }
+        if plan.partial {
+            self.changes.bump();
+        }
+        Ok(())
+    }
+
+    async fn gone_reason(&self, machine: &MachineRecord, now: i64) -> Result<Option<String>> {
+        let Some(location) = self.locations.get(&machine.location) else {
+            return Ok(Some(format!(
+                "location {:?} is no longer offered",
+                machine.location
+            )));
+        };
+        match machine.status {
+            MachineStatus::Pending if machine.driver_ref.is_none() => {
+                // Inserted, but fleetformd stopped before the driver launched it (or before
+                // it recorded what it launched; such an agent is refused when it syncs).
+                if now - machine.created_at_ms > 5_000 {
+                    return Ok(Some("machine was never launched".into()));
+                }
+                Ok(None)
+            }
+            MachineStatus::Terminated => Ok(None),
+            _ => {
+                let liveness = location
+                    .driver
+                    .liveness(&machine.id, machine.driver_ref.as_deref())
+                    .await?;
+                if liveness == Liveness::Gone {
+                    return Ok(Some(if machine.status == MachineStatus::Terminating {
+                        "machine terminated".into()
+                    } else {
+                        "machine stopped unexpectedly".into()
+                    }));
+                }
+                if machine.last_heartbeat_ms.is_none()
+                    && now - machine.created_at_ms > REGISTER_TIMEOUT_MS
+                {
+                    location
+                        .driver
+                        .terminate(&machine.id, machine.driver_ref.as_deref())
+                        .await?;
+                    return Ok(Some("machine's agent never registered".into()));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    async fn launch(
+        &self,
+        zone_id: &str,
+        spec: &ZoneSpecView,
+        build_id: &str,
+        data_center: &str,
+        location_name: &str,
+        launch: &autoscale::Launch,
+    ) -> Result<()> {
+        let Some(location) = self.locations.get(location_name) else {
+            tracing::warn!(zone = zone_id, location = location_name, "unknown location");
+            return Ok(());
+        };
+        let (token, hash) = new_agent_token();
+        let machine = MachineRecord {
+            id: new_id("mch"),
+            zone_id: zone_id.to_string(),
+            fleet_id: spec.fleet_id.clone(),
+            data_center: data_center.to_string(),
+            location: location_name.to_string(),
+            instance_type: launch.instance_type.clone(),
+            processes_per_machine: launch.processes_per_machine,
+            status: MachineStatus::Pending,
+            build_id: build_id.to_string(),
+            driver_ref: None,
+            address: None,
+            agent_error: None,
+            created_at_ms: now_ms(),
+            last_heartbeat_ms: None,
+        };
+        // The row first: a machine the store does not know could leak.
+        self.store.insert_machine(&machine, &hash).await?;
+        let request = LaunchRequest {
+            machine_id: machine.id.clone(),
+            instance_type: launch.instance_type.clone(),
+            agent_token: token,
+            server_url: self.server_url.clone(),
+        };
+        match location.driver.launch(&request).await {
+            Ok(driver_ref) => {
+                tracing::info!(machine = %machine.id, zone = zone_id, data_center, %driver_ref, "machine launched");
+                self.store
+                    .set_machine_driver_ref(&machine.id, &driver_ref)
+                    .await
+            }
+            Err(error) => {
+                tracing::warn!(machine = %machine.id, %error, "launch failed");
+                self.store
+                    .machine_gone(&machine.id, &format!("launch failed: {error}"), now_ms())
+                    .await
+            }
+        }
+    }
+
+    async fn terminate(&self, machine: &MachineRecord) -> Result<()> {
+        if machine.status != MachineStatus::Terminating {
+            self.store
+                .set_machine_status(&machine.id, MachineStatus::Terminating)
+                .await?;
+            // Wake the agent's long-poll so it hears `shutdown` now.
+            self.changes.bump();
+        }
+        if let Some(location) = self.locations.get(&machine.location) {
+            location
+                .driver
+                .terminate(&machine.id, machine.driver_ref.as_deref())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn tear_down(&self, zone_id: &str, machines: &[MachineRecord]) -> Result<()> {
+        if machines.is_empty() {
+            tracing::info!(zone = zone_id, "zone removed");
+            self.store.remove_zone(zone_id).await?;
+            self.changes.bump();
+            return Ok(());
+        }
+        for machine in machines {
+            self.terminate(machine).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The status a zone moves to. `LAUNCHING` from the first machine until `initial` processes
+/// are up; then `AVAILABLE`, which it stays while it runs (later issues add cooldown and
+/// `UNAVAILABLE`).
+pub fn zone_status(
+    current: ResourceStatus,
+    has_machines: bool,
+    up_processes: u32,
+    initial: u32,
+) -> ResourceStatus {
+    match current {
+        ResourceStatus::New | ResourceStatus::Launching if up_processes >= initial => {
+            ResourceStatus::Available
+        }
+        ResourceStatus::New if has_machines => ResourceStatus::Launching,
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zone_status_cases() {
+        use ResourceStatus::*;
+        let cases = [
+            ("new zone with no machine stays new", New, false, 0, 2, New),
+            (
+                "first machine makes it launching",
+                New,
+                true,
+                0,
+                2,
+                Launching,
+            ),
+            (
+                "initial processes up make it available",
+                Launching,
+                true,
+                2,
+                2,
+                Available,
+            ),
+            ("not enough yet", Launching, true, 1, 2, Launching),
+            (
+                "available stays available while sessions use processes",
+                Available,
+                true,
+                0,
+                2,
+                Available,
+            ),
+            ("deleting is not undone", Deleting, true, 5, 2, Deleting),
+        ];
+        for (name, current, machines, up, initial, want) in cases {
+            assert_eq!(zone_status(current, machines, up, initial), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn token_hash_ignores_prefix_and_tokens_differ() {
+        let (token, hash) = new_agent_token();
+        assert_eq!(token_hash(&token), hash);
+        assert_ne!(new_agent_token().0, token);
+    }
+}

@@ -1,0 +1,374 @@
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use fleetform_api::validate::validate_zone_spec;
+use fleetform_api::ZoneSpecView;
+
+use super::*;
+use crate::diag::attribute_path;
+
+fn rule(min: i64, servers: Option<i64>, percent: Option<i64>) -> BufferRuleState {
+    BufferRuleState {
+        min_active_sessions: Value::Value(min),
+        available_servers: servers.into(),
+        available_percent: percent.into(),
+    }
+}
+
+fn data_center(name: &str) -> DataCenterState {
+    DataCenterState {
+        name: Value::Value(name.into()),
+        location: Value::Value("local".into()),
+        max_server_processes: Value::Value(4),
+        machine_model: Value::Value(vec![MachineModelState {
+            instance_type: Value::Value("local".into()),
+            processes_per_machine: Value::Value(2),
+        }]),
+        ..Default::default()
+    }
+}
+
+/// A valid zone configuration as Terraform sends it: the fleet id is not known yet.
+fn config() -> ZoneState {
+    ZoneState {
+        fleet_id: Value::Unknown,
+        name: Value::Value("eu".into()),
+        initial_server_processes: Value::Value(2),
+        buffer_rule: Value::Value(vec![rule(0, Some(1), None)]),
+        data_center: Value::Value(vec![data_center("dc1")]),
+        timeouts: Value::Value(vec![]),
+        ..Default::default()
+    }
+}
+
+impl ZoneState {
+    fn rules(mut self, rules: Vec<BufferRuleState>) -> Self {
+        self.buffer_rule = Value::Value(rules);
+        self
+    }
+    fn data_centers(mut self, dcs: Vec<DataCenterState>) -> Self {
+        self.data_center = Value::Value(dcs);
+        self
+    }
+}
+
+fn paths(problems: Problems) -> Vec<String> {
+    problems
+        .describe()
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect()
+}
+
+#[test]
+fn validation_paths() {
+    let cases: Vec<(&str, ZoneState, &[&str])> = vec![
+        ("valid", config(), &[]),
+        (
+            "duplicate data-center names",
+            config().data_centers(vec![data_center("dc1"), data_center("dc1")]),
+            &["data_center[1].name"],
+        ),
+        (
+            "buffer_rule with both amounts",
+            config().rules(vec![rule(0, Some(1), Some(10))]),
+            &["buffer_rule[0]"],
+        ),
+        (
+            "buffer_rule with neither amount",
+            config().rules(vec![rule(0, None, None)]),
+            &["buffer_rule[0]"],
+        ),
+        (
+            "first threshold not 0",
+            config().rules(vec![rule(5, Some(1), None)]),
+            &["buffer_rule[0].min_active_sessions"],
+        ),
+        (
+            "thresholds not increasing",
+            config().rules(vec![rule(0, Some(1), None), rule(0, Some(2), None)]),
+            &["buffer_rule[1].min_active_sessions"],
+        ),
+        (
+            "no buffer rule in auto mode",
+            config().rules(vec![]),
+            &["buffer_rule"],
+        ),
+        (
+            "no buffer rule in fixed mode",
+            ZoneState {
+                scaling_mode: Value::Value("fixed".into()),
+                ..config().rules(vec![])
+            },
+            &[],
+        ),
+        (
+            "no buffer rule, mode unknown",
+            ZoneState {
+                scaling_mode: Value::Unknown,
+                ..config().rules(vec![])
+            },
+            &[],
+        ),
+        (
+            "unknown threshold skips the order but not the amounts",
+            config().rules(vec![
+                rule(0, Some(1), None),
+                BufferRuleState {
+                    min_active_sessions: Value::Unknown,
+                    ..rule(0, Some(1), Some(5))
+                },
+            ]),
+            &["buffer_rule[1]"],
+        ),
+        (
+            "no data center",
+            config().data_centers(vec![]),
+            &["data_center"],
+        ),
+        (
+            "vm data center without models",
+            config().data_centers(vec![DataCenterState {
+                machine_model: Value::Value(vec![]),
+                ..data_center("dc1")
+            }]),
+            &["data_center[0].machine_model"],
+        ),
+        (
+            "vm data center with unknown maximum",
+            config().data_centers(vec![DataCenterState {
+                max_server_processes: Value::Unknown,
+                ..data_center("dc1")
+            }]),
+            &[],
+        ),
+        (
+            "bare metal with a maximum",
+            config().data_centers(vec![DataCenterState {
+                machine_type: Value::Value("bare_metal".into()),
+                bare_metal_machines: Value::Value(2),
+                ..data_center("dc1")
+            }]),
+            &["data_center[0].max_server_processes"],
+        ),
+        (
+            "negative processes per machine",
+            config().data_centers(vec![DataCenterState {
+                machine_model: Value::Value(vec![MachineModelState {
+                    instance_type: Value::Unknown,
+                    processes_per_machine: Value::Value(-1),
+                }]),
+                ..data_center("dc1")
+            }]),
+            &["data_center[0].machine_model[0].processes_per_machine"],
+        ),
+        (
+            "free slots min above max",
+            ZoneState {
+                free_slots_min: Value::Value(5),
+                free_slots_max: Value::Value(2),
+                ..config()
+            },
+            &["free_slots_max"],
+        ),
+        (
+            "no initial processes",
+            ZoneState {
+                initial_server_processes: Value::Value(0),
+                ..config()
+            },
+            &["initial_server_processes"],
+        ),
+        (
+            "unknown placement strategy",
+            ZoneState {
+                placement_strategy: Value::Value("random".into()),
+                ..config()
+            },
+            &["placement_strategy"],
+        ),
+        (
+            "bad timeout",
+            ZoneState {
+                timeouts: Value::Value(vec![TimeoutsState {
+                    create: Value::Value("ten minutes".into()),
+                    ..Default::default()
+                }]),
+                ..config()
+            },
+            &["timeouts[0].create"],
+        ),
+        (
+            "unknown lists are skipped",
+            ZoneState {
+                buffer_rule: Value::Unknown,
+                data_center: Value::Unknown,
+                ..config()
+            },
+            &[],
+        ),
+    ];
+    for (case, config, expected) in cases {
+        assert_eq!(paths(validate_zone(&config)), *expected, "{case}");
+    }
+}
+
+fn spec() -> ZoneSpec {
+    ZoneState {
+        fleet_id: Value::Value("flt-1".into()),
+        ..ZoneState::plan(config(), None)
+    }
+    .spec()
+    .unwrap()
+}
+
+fn server_zone(spec: ZoneSpec) -> Zone {
+    Zone {
+        id: "zone-1".into(),
+        spec: ZoneSpecView::from(spec),
+        status: ResourceStatus::Available,
+        created_at: "2024-01-01T00:00:00Z".into(),
+    }
+}
+
+/// With every value known, plan-time validation finds exactly what the server would.
+#[test]
+fn known_configs_are_judged_like_the_server() {
+    let mut cases: Vec<(&str, ZoneSpec)> = vec![("valid", spec())];
+    let mut add = |name, change: fn(&mut ZoneSpec)| {
+        let mut spec = spec();
+        change(&mut spec);
+        cases.push((name, spec));
+    };
+    add("duplicate dc", |s| {
+        s.data_centers.push(s.data_centers[0].clone())
+    });
+    add("no dc", |s| s.data_centers.clear());
+    add("no rules", |s| s.buffer_rules.clear());
+    add("both amounts", |s| {
+        s.buffer_rules[0].available_percent = Some(5)
+    });
+    add("percent out of range", |s| {
+        s.buffer_rules[0].available_servers = None;
+        s.buffer_rules[0].available_percent = Some(1001);
+    });
+    add("order", |s| s.buffer_rules.push(s.buffer_rules[0].clone()));
+    add("free slots", |s| {
+        s.free_slots_min = Some(3);
+        s.free_slots_max = Some(1);
+    });
+    add("bare metal shapes", |s| {
+        s.data_centers[0].machine_type = MachineType::BareMetal;
+    });
+    add("vm shapes", |s| {
+        s.data_centers[0].machine_models.clear();
+        s.data_centers[0].max_server_processes = Some(0);
+        s.data_centers[0].bare_metal_machines = Some(1);
+    });
+    add("eleven models", |s| {
+        let model = s.data_centers[0].machine_models[0].clone();
+        s.data_centers[0].machine_models = vec![model; 11];
+    });
+    add("bad names", |s| {
+        s.name = "e u".into();
+        s.data_centers[0].name = String::new();
+        s.data_centers[0].location = String::new();
+        s.data_centers[0].machine_models[0].instance_type = String::new();
+        s.data_centers[0].machine_models[0].processes_per_machine = 0;
+        s.initial_server_processes = 0;
+    });
+    for (case, spec) in cases {
+        let mut server: Vec<(String, String)> = validate_zone_spec(&spec)
+            .into_iter()
+            .map(|error| (attribute_path(&error.field).to_string(), error.message))
+            .collect();
+        let state =
+            ZoneState::from_zone(server_zone(spec), Value::Value(true), Value::Value(vec![]));
+        let mut provider = validate_zone(&state).describe();
+        server.sort();
+        provider.sort();
+        assert_eq!(provider, server, "{case}");
+    }
+}
+
+#[test]
+fn second_plan_after_apply_is_clean() {
+    let planned = ZoneState::plan(config(), None);
+    assert!(planned.id.is_unknown());
+    assert_eq!(planned.placement_strategy, Value::Value("pack".into()));
+    assert_eq!(planned.wait_for_capacity, Value::Value(true));
+    let dc = &planned.data_center.as_ref_option().unwrap()[0];
+    assert_eq!(dc.machine_type, Value::Value("vm".into()));
+    assert_eq!(dc.priority, Value::Value(0));
+
+    let config = ZoneState {
+        fleet_id: Value::Value("flt-1".into()),
+        ..config()
+    };
+    let applied = ZoneState::from_zone(
+        server_zone(spec()),
+        planned.wait_for_capacity.clone(),
+        planned.timeouts.clone(),
+    );
+    assert_eq!(ZoneState::plan(config, Some(&applied)), applied);
+}
+
+#[test]
+fn import_fills_provider_only_attributes() {
+    let imported = ZoneState::from_zone(
+        server_zone(spec()),
+        Value::Value(true),
+        Value::Value(vec![]),
+    );
+    assert_eq!(imported.wait_for_capacity, Value::Value(true));
+    assert_eq!(imported.timeouts, Value::Value(vec![]));
+    assert_eq!(imported.spec().unwrap(), spec());
+}
+
+fn status(status: ResourceStatus) -> ZoneStatus {
+    ZoneStatus {
+        zone_id: "zone-1".into(),
+        status,
+        machines: Default::default(),
+        processes_idle: 0,
+        processes_active: 0,
+        processes_starting: 2,
+        processes_desired: 2,
+        active_sessions: 0,
+        players: 0,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn waits_until_available() {
+    let looks = AtomicU32::new(0);
+    let result = poll_until(Duration::from_secs(10), || async {
+        let n = looks.fetch_add(1, Ordering::SeqCst);
+        capacity_ready(&status(if n < 3 {
+            ResourceStatus::Launching
+        } else {
+            ResourceStatus::Available
+        }))
+    })
+    .await;
+    assert_eq!(result, Ok(()));
+    assert_eq!(looks.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn gives_up_at_the_timeout_with_what_it_saw() {
+    let started = tokio::time::Instant::now();
+    let result = poll_until(Duration::from_secs(30), || async {
+        capacity_ready(&status(ResourceStatus::Launching))
+    })
+    .await;
+    let why = result.unwrap_err();
+    assert!(why.contains("30s") && why.contains("LAUNCHING"), "{why}");
+    assert!(started.elapsed() <= Duration::from_secs(30));
+    assert!(started.elapsed() >= Duration::from_millis(29_500));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_answer_counts_against_the_timeout() {
+    let result = poll_until(Duration::from_secs(5), || std::future::pending()).await;
+    assert!(result.unwrap_err().contains("no answer yet"));
+}
