@@ -73,10 +73,12 @@ pub fn locations(config: &ServerConfig) -> Result<Locations> {
                 config.agent_bin.clone(),
                 machines_dir.clone(),
             )),
-            other => return Err(Error::Internal(format!(
+            other => {
+                return Err(Error::Internal(format!(
                 "location {:?}: driver {other:?} is not available in this build (available: local)",
                 location.name
-            ))),
+            )))
+            }
         };
         let name = location.name.clone();
         if locations

@@ -1,0 +1,655 @@
+//! Bad input to every admin and placement route gets a 4xx JSON error naming the field,
+//! never a 5xx, and changes nothing.
+
+use anyhow::Result;
+use fleetform_api::*;
+use fleetform_e2e::*;
+use serde_json::{json, Value};
+
+struct Case {
+    name: &'static str,
+    method: &'static str,
+    path: String,
+    body: Option<Vec<u8>>,
+    status: u16,
+    field: Option<&'static str>,
+}
+
+fn case(
+    name: &'static str,
+    method: &'static str,
+    path: impl Into<String>,
+    body: Option<Value>,
+    status: u16,
+    field: Option<&'static str>,
+) -> Case {
+    Case {
+        name,
+        method,
+        path: path.into(),
+        body: body.map(|b| serde_json::to_vec(&b).unwrap()),
+        status,
+        field,
+    }
+}
+
+fn build_body() -> Value {
+    json!({ "name": "b", "source": "file:///opt/game" })
+}
+
+fn fleet_body(build_id: &str) -> Value {
+    json!({ "name": "f", "build_id": build_id, "launch_path": "server" })
+}
+
+fn zone_body(fleet_id: &str) -> Value {
+    json!({
+        "fleet_id": fleet_id, "name": "z", "initial_server_processes": 1,
+        "buffer_rules": [{ "available_servers": 1 }],
+        "data_centers": [{ "name": "a", "location": "local",
+            "machine_models": [{ "instance_type": "local", "processes_per_machine": 1 }],
+            "max_server_processes": 1 }]
+    })
+}
+
+fn with(mut body: Value, path: &[&str], value: Value) -> Value {
+    let (last, parents) = path.split_last().expect("a path");
+    let mut target = &mut body;
+    for key in parents {
+        target = match key.parse::<usize>() {
+            Ok(index) => &mut target[index],
+            Err(_) => &mut target[*key],
+        };
+    }
+    match (last.parse::<usize>(), target.as_array_mut()) {
+        (Ok(index), Some(array)) if index == array.len() => array.push(value),
+        (Ok(index), Some(array)) => array[index] = value,
+        _ => target[*last] = value,
+    }
+    body
+}
+
+fn without(mut body: Value, key: &str) -> Value {
+    body.as_object_mut().unwrap().remove(key);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() -> Result<()> {
+    let server = Fleetformd::start()?;
+    let client = server.client();
+    // Something real to refer to, and to check nothing changes.
+    let build = client
+        .create_build(&serde_json::from_value(build_body())?)
+        .await?;
+    let fleet = client
+        .create_fleet(&serde_json::from_value(fleet_body(&build.id))?)
+        .await?;
+    let zone = client
+        .create_zone(&serde_json::from_value(zone_body(&fleet.id))?)
+        .await?;
+    let huge = Some(json!({ "name": "x".repeat(2 * 1024 * 1024), "source": "file:///x" }));
+    let b = &build.id;
+    let f = &fleet.id;
+    let z = &zone.id;
+
+    let cases = vec![
+        // builds
+        case(
+            "build: wrong type",
+            "POST",
+            "/v1/builds",
+            Some(with(build_body(), &["name"], json!(5))),
+            400,
+            Some("name"),
+        ),
+        case(
+            "build: unknown field",
+            "POST",
+            "/v1/builds",
+            Some(with(build_body(), &["colour"], json!("red"))),
+            400,
+            Some("colour"),
+        ),
+        case(
+            "build: missing field",
+            "POST",
+            "/v1/builds",
+            Some(without(build_body(), "source")),
+            400,
+            Some("source"),
+        ),
+        case(
+            "build: bad source",
+            "POST",
+            "/v1/builds",
+            Some(with(build_body(), &["source"], json!("ftp://x/y"))),
+            422,
+            Some("source"),
+        ),
+        case(
+            "build: bad os",
+            "POST",
+            "/v1/builds",
+            Some(with(build_body(), &["operating_system"], json!("beos"))),
+            400,
+            Some("operating_system"),
+        ),
+        case(
+            "build: sha256 of a directory",
+            "POST",
+            "/v1/builds",
+            Some(with(build_body(), &["sha256"], json!("a".repeat(64)))),
+            422,
+            Some("sha256"),
+        ),
+        case(
+            "build: oversized",
+            "POST",
+            "/v1/builds",
+            huge.clone(),
+            413,
+            None,
+        ),
+        case("build: not json", "POST", "/v1/builds", None, 400, None),
+        case(
+            "build: unknown id",
+            "GET",
+            "/v1/builds/bld-nope",
+            None,
+            404,
+            None,
+        ),
+        case(
+            "build: update unknown id",
+            "PUT",
+            "/v1/builds/bld-nope",
+            Some(build_body()),
+            404,
+            None,
+        ),
+        case(
+            "build: immutable source",
+            "PUT",
+            format!("/v1/builds/{b}"),
+            Some(with(build_body(), &["source"], json!("file:///other"))),
+            422,
+            Some("source"),
+        ),
+        case(
+            "build: delete in use",
+            "DELETE",
+            format!("/v1/builds/{b}"),
+            None,
+            409,
+            None,
+        ),
+        case(
+            "build: delete unknown",
+            "DELETE",
+            "/v1/builds/bld-nope",
+            None,
+            404,
+            None,
+        ),
+        // fleets
+        case(
+            "fleet: unknown build",
+            "POST",
+            "/v1/fleets",
+            Some(fleet_body("bld-nope")),
+            422,
+            Some("build_id"),
+        ),
+        case(
+            "fleet: script launch path",
+            "POST",
+            "/v1/fleets",
+            Some(with(fleet_body(b), &["launch_path"], json!("start.sh"))),
+            422,
+            Some("launch_path"),
+        ),
+        case(
+            "fleet: restart hours over 168",
+            "POST",
+            "/v1/fleets",
+            Some(with(fleet_body(b), &["process_restart_hours"], json!(169))),
+            422,
+            Some("process_restart_hours"),
+        ),
+        case(
+            "fleet: negative restart hours",
+            "POST",
+            "/v1/fleets",
+            Some(with(fleet_body(b), &["process_restart_hours"], json!(-1))),
+            400,
+            Some("process_restart_hours"),
+        ),
+        case(
+            "fleet: parallel sessions in simple mode",
+            "POST",
+            "/v1/fleets",
+            Some(with(fleet_body(b), &["sessions_per_process"], json!(2))),
+            422,
+            Some("sessions_per_process"),
+        ),
+        case(
+            "fleet: bad session mode",
+            "POST",
+            "/v1/fleets",
+            Some(with(fleet_body(b), &["session_mode"], json!("many"))),
+            400,
+            Some("session_mode"),
+        ),
+        case(
+            "fleet: unknown placeholder",
+            "POST",
+            "/v1/fleets",
+            Some(with(
+                fleet_body(b),
+                &["launch_parameters"],
+                json!("--x {nope}"),
+            )),
+            422,
+            Some("launch_parameters"),
+        ),
+        case(
+            "fleet: duplicate name",
+            "POST",
+            "/v1/fleets",
+            Some(fleet_body(b)),
+            409,
+            Some("name"),
+        ),
+        case(
+            "fleet: missing field",
+            "POST",
+            "/v1/fleets",
+            Some(without(fleet_body(b), "launch_path")),
+            400,
+            Some("launch_path"),
+        ),
+        case(
+            "fleet: unknown field",
+            "POST",
+            "/v1/fleets",
+            Some(with(fleet_body(b), &["regions"], json!([]))),
+            400,
+            Some("regions"),
+        ),
+        case(
+            "fleet: oversized",
+            "POST",
+            "/v1/fleets",
+            huge.clone(),
+            413,
+            None,
+        ),
+        case(
+            "fleet: rename",
+            "PUT",
+            format!("/v1/fleets/{f}"),
+            Some(with(fleet_body(b), &["name"], json!("g"))),
+            422,
+            Some("name"),
+        ),
+        case(
+            "fleet: unknown id",
+            "GET",
+            "/v1/fleets/flt-nope",
+            None,
+            404,
+            None,
+        ),
+        case(
+            "fleet: update unknown id",
+            "PUT",
+            "/v1/fleets/flt-nope",
+            Some(fleet_body(b)),
+            404,
+            None,
+        ),
+        case(
+            "fleet: delete with zones",
+            "DELETE",
+            format!("/v1/fleets/{f}"),
+            None,
+            409,
+            None,
+        ),
+        case(
+            "fleet: machines of unknown fleet",
+            "GET",
+            "/v1/fleets/flt-nope/machines",
+            None,
+            404,
+            None,
+        ),
+        // zones
+        case(
+            "zone: unknown fleet",
+            "POST",
+            "/v1/zones",
+            Some(zone_body("flt-nope")),
+            422,
+            Some("fleet_id"),
+        ),
+        case(
+            "zone: duplicate data center",
+            "POST",
+            "/v1/zones",
+            Some(with(
+                zone_body(f),
+                &["data_centers", "1"],
+                zone_body(f)["data_centers"][0].clone(),
+            )),
+            422,
+            Some("data_centers[1].name"),
+        ),
+        case(
+            "zone: both buffer amounts",
+            "POST",
+            "/v1/zones",
+            Some(with(
+                zone_body(f),
+                &["buffer_rules", "0", "available_percent"],
+                json!(10),
+            )),
+            422,
+            Some("buffer_rules[0]"),
+        ),
+        case(
+            "zone: no buffer rule in auto mode",
+            "POST",
+            "/v1/zones",
+            Some(with(zone_body(f), &["buffer_rules"], json!([]))),
+            422,
+            Some("buffer_rules"),
+        ),
+        case(
+            "zone: unknown location",
+            "POST",
+            "/v1/zones",
+            Some(with(
+                zone_body(f),
+                &["data_centers", "0", "location"],
+                json!("mars"),
+            )),
+            422,
+            Some("data_centers[0].location"),
+        ),
+        case(
+            "zone: wrong type deep",
+            "POST",
+            "/v1/zones",
+            Some(with(
+                zone_body(f),
+                &["data_centers", "0", "priority"],
+                json!("high"),
+            )),
+            400,
+            Some("data_centers[0].priority"),
+        ),
+        case(
+            "zone: unknown field deep",
+            "POST",
+            "/v1/zones",
+            Some(with(
+                zone_body(f),
+                &["data_centers", "0", "colour"],
+                json!(1),
+            )),
+            400,
+            Some("data_centers[0].colour"),
+        ),
+        case(
+            "zone: zero initial",
+            "POST",
+            "/v1/zones",
+            Some(with(zone_body(f), &["initial_server_processes"], json!(0))),
+            422,
+            Some("initial_server_processes"),
+        ),
+        case(
+            "zone: duplicate name",
+            "POST",
+            "/v1/zones",
+            Some(zone_body(f)),
+            409,
+            Some("name"),
+        ),
+        case(
+            "zone: oversized",
+            "POST",
+            "/v1/zones",
+            huge.clone(),
+            413,
+            None,
+        ),
+        case(
+            "zone: rename",
+            "PUT",
+            format!("/v1/zones/{z}"),
+            Some(with(zone_body(f), &["name"], json!("y"))),
+            422,
+            Some("name"),
+        ),
+        case(
+            "zone: unknown id",
+            "GET",
+            "/v1/zones/zone-nope",
+            None,
+            404,
+            None,
+        ),
+        case(
+            "zone: status of unknown id",
+            "GET",
+            "/v1/zones/zone-nope/status",
+            None,
+            404,
+            None,
+        ),
+        case(
+            "zone: delete unknown",
+            "DELETE",
+            "/v1/zones/zone-nope",
+            None,
+            404,
+            None,
+        ),
+        // placement
+        case(
+            "place: unknown fleet",
+            "POST",
+            "/v1/fleets/flt-nope/sessions",
+            Some(json!({ "zone": "z" })),
+            404,
+            None,
+        ),
+        case(
+            "place: unknown zone",
+            "POST",
+            format!("/v1/fleets/{f}/sessions"),
+            Some(json!({ "zone": "nowhere" })),
+            422,
+            Some("zone"),
+        ),
+        case(
+            "place: missing zone",
+            "POST",
+            format!("/v1/fleets/{f}/sessions"),
+            Some(json!({})),
+            400,
+            Some("zone"),
+        ),
+        case(
+            "place: wrong type",
+            "POST",
+            format!("/v1/fleets/{f}/sessions"),
+            Some(json!({ "zone": "z", "max_players": "ten" })),
+            400,
+            Some("max_players"),
+        ),
+        case(
+            "place: wrong type in map",
+            "POST",
+            format!("/v1/fleets/{f}/sessions"),
+            Some(json!({ "zone": "z", "player_latencies_ms": { "a": -3 } })),
+            400,
+            Some("player_latencies_ms.a"),
+        ),
+        case(
+            "place: unknown field",
+            "POST",
+            format!("/v1/fleets/{f}/sessions"),
+            Some(json!({ "zone": "z", "region": "eu" })),
+            400,
+            Some("region"),
+        ),
+        case(
+            "place: wait too long",
+            "POST",
+            format!("/v1/fleets/{f}/sessions"),
+            Some(json!({ "zone": "z", "wait_seconds": 100000 })),
+            422,
+            Some("wait_seconds"),
+        ),
+        case(
+            "place: oversized",
+            "POST",
+            format!("/v1/fleets/{f}/sessions"),
+            huge.clone(),
+            413,
+            None,
+        ),
+        case(
+            "session: unknown id",
+            "GET",
+            "/v1/sessions/sess-nope",
+            None,
+            404,
+            None,
+        ),
+        case(
+            "session: end unknown id",
+            "POST",
+            "/v1/sessions/sess-nope/end",
+            None,
+            404,
+            None,
+        ),
+        case(
+            "sessions: unknown filter",
+            "GET",
+            "/v1/sessions?colour=red",
+            None,
+            400,
+            Some("colour"),
+        ),
+        case(
+            "sessions: bad status filter",
+            "GET",
+            "/v1/sessions?status=PAUSED",
+            None,
+            422,
+            Some("status"),
+        ),
+        // the rest
+        case("unknown route", "GET", "/v1/nothing", None, 404, None),
+        case(
+            "wrong method",
+            "PATCH",
+            "/v1/builds",
+            Some(build_body()),
+            405,
+            None,
+        ),
+        case(
+            "agent: unknown machine token",
+            "POST",
+            "/v1/agent/sync",
+            Some(json!({ "agent_pid": 1, "address": "127.0.0.1", "processes": [] })),
+            401,
+            None,
+        ),
+    ];
+
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let mut failures = Vec::new();
+    for case in &cases {
+        let method = reqwest::Method::from_bytes(case.method.as_bytes())?;
+        let mut request = http
+            .request(method, format!("{}{}", server.url, case.path))
+            .bearer_auth(TOKEN);
+        request = match &case.body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(body.clone()),
+            None if case.method == "POST" && case.name.contains("not json") => {
+                request.body("{\"name\": ")
+            }
+            None => request,
+        };
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        let body: Result<ErrorBody, _> = serde_json::from_str(&text);
+        let problem = match body {
+            _ if status >= 500 => Some(format!("5xx: {status} {text}")),
+            Err(_) => Some(format!("not a JSON error body: {status} {text}")),
+            Ok(_) if status != case.status => {
+                Some(format!("status {status}, want {}: {text}", case.status))
+            }
+            Ok(body) if case.field.is_some() && body.error.field.as_deref() != case.field => {
+                Some(format!(
+                    "field {:?}, want {:?}: {text}",
+                    body.error.field, case.field
+                ))
+            }
+            Ok(_) => None,
+        };
+        if let Some(problem) = problem {
+            failures.push(format!("{}: {problem}", case.name));
+        }
+    }
+
+    // Without the admin token nothing is answered, with a JSON 401.
+    for token in [None, Some("wrong")] {
+        let mut request = http.get(format!("{}/v1/builds/{b}", server.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        if response.status().as_u16() != 401 {
+            failures.push(format!("token {token:?}: status {}", response.status()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+
+    // Nothing was half-applied: the same three resources, unchanged.
+    assert_eq!(client.get_build(b).await?, build);
+    assert_eq!(client.get_fleet(f).await?.spec(), fleet.spec());
+    assert_eq!(client.get_zone(z).await?.spec, zone.spec);
+    assert_eq!(
+        count_rows(&server, "SELECT COUNT(*) FROM builds WHERE id <> ?", b).await?,
+        0
+    );
+    assert_eq!(
+        count_rows(&server, "SELECT COUNT(*) FROM fleets WHERE id <> ?", f).await?,
+        0
+    );
+    assert_eq!(
+        count_rows(&server, "SELECT COUNT(*) FROM zones WHERE id <> ?", z).await?,
+        0
+    );
+    assert_eq!(
+        count_rows(&server, "SELECT COUNT(*) FROM sessions WHERE id <> ?", "").await?,
+        0
+    );
+    Ok(())
+}
