@@ -37,6 +37,9 @@ resource "fleetform_fleet" "game" {
   build_id          = fleetform_build.game.id
   launch_path       = "example-game-server"
   launch_parameters = "--port {port}"
+
+  # A demo: let `terraform destroy` end sessions still running on it.
+  force_destroy = true
 }
 
 resource "fleetform_zone" "local" {

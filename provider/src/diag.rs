@@ -100,7 +100,11 @@ impl Problems {
 /// Reports a failed call to fleetformd. A 4xx that names a field goes on that attribute;
 /// everything else goes on the resource, with a hint for the usual causes.
 pub fn client_error(diags: &mut Diagnostics, summary: &str, error: &ClientError) {
-    let mut detail = error.to_string();
+    // The diagnostic already points at the field, so an API error's own text suffices.
+    let mut detail = match error {
+        ClientError::Api { status, body, .. } => format!("{status}: {}", body.error.message),
+        other => other.to_string(),
+    };
     match error.status().map(|status| status.as_u16()) {
         Some(401 | 403) => detail.push_str(
             "\n\nCheck the provider's `token` (or the FLEETFORM_TOKEN environment variable).",
@@ -116,6 +120,18 @@ pub fn client_error(diags: &mut Diagnostics, summary: &str, error: &ClientError)
             diags.error(summary.to_string(), detail, attribute_path(field))
         }
         _ => diags.root_error(summary.to_string(), detail),
+    }
+}
+
+/// Reports an apply-time conversion failure (a provider bug: Terraform resolves every
+/// value before apply).
+pub fn or_report<T>(diags: &mut Diagnostics, spec: Result<T, String>) -> Option<T> {
+    match spec {
+        Ok(spec) => Some(spec),
+        Err(message) => {
+            diags.root_error("Provider error: incomplete plan", message);
+            None
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use tf_provider::value::{Value, ValueEmpty};
 use tf_provider::{AttributePath, Diagnostics, Resource};
 
 use crate::client::SharedClient;
-use crate::diag::{client_error, Problems};
+use crate::diag::{client_error, or_report, Problems};
 use crate::schema::{block, computed, defaulted, optional, required, schema};
 use crate::state::{changes, known, known_optional, or_default};
 
@@ -254,18 +254,6 @@ impl Resource for BuildResource {
                 client_error(diags, &format!("Could not import build {id:?}"), &error);
                 None
             }
-        }
-    }
-}
-
-/// Reports an apply-time conversion failure (a provider bug: Terraform resolves every
-/// value before apply).
-pub(crate) fn or_report<T>(diags: &mut Diagnostics, spec: Result<T, String>) -> Option<T> {
-    match spec {
-        Ok(spec) => Some(spec),
-        Err(message) => {
-            diags.root_error("Provider error: incomplete plan", message);
-            None
         }
     }
 }

@@ -9,8 +9,7 @@ use tf_provider::value::{Value, ValueEmpty};
 use tf_provider::{AttributePath, Diagnostics, Resource};
 
 use crate::client::SharedClient;
-use crate::diag::{client_error, Problems};
-use crate::resources::build::or_report;
+use crate::diag::{client_error, or_report, Problems};
 use crate::schema::{block, computed, defaulted, optional, required, schema};
 use crate::state::{changes, known, known_optional, known_u32, number, or_default};
 

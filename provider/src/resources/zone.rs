@@ -20,8 +20,7 @@ use tf_provider::value::{Value, ValueEmpty};
 use tf_provider::{AttributePath, Diagnostics, Resource};
 
 use crate::client::SharedClient;
-use crate::diag::{client_error, Problems};
-use crate::resources::build::or_report;
+use crate::diag::{client_error, or_report, Problems};
 use crate::schema::{block, computed, defaulted, optional, required, schema};
 use crate::state::{
     changes, known, known_optional_u32, known_u32, number, optional_number, or_default,
@@ -595,7 +594,7 @@ impl Resource for ZoneResource {
         let id = known(&state.id, "id").ok()?;
         match client.get_zone(&id).await {
             Ok(zone) => {
-                let wait = or_default(state.wait_for_capacity.clone(), true);
+                let wait = or_default(state.wait_for_capacity, true);
                 let timeouts = plan_blocks(state.timeouts.clone(), |timeouts| timeouts);
                 Some((ZoneState::from_zone(zone, wait, timeouts), private))
             }
@@ -664,13 +663,9 @@ impl Resource for ZoneResource {
                 return None;
             }
         };
-        let state = ZoneState::from_zone(
-            zone,
-            planned.wait_for_capacity.clone(),
-            planned.timeouts.clone(),
-        );
+        let id = zone.id.clone();
+        let state = ZoneState::from_zone(zone, planned.wait_for_capacity, planned.timeouts.clone());
         if planned.waits() {
-            let id = known(&state.id, "id").unwrap_or_default();
             let limit = timeout(&planned.timeouts, Operation::Create);
             if let Err(why) = wait_for_capacity(&client, &id, limit).await {
                 // Returning the state with an error makes Terraform keep the zone as
@@ -714,11 +709,7 @@ impl Resource for ZoneResource {
                 return None;
             }
         };
-        let state = ZoneState::from_zone(
-            zone,
-            planned.wait_for_capacity.clone(),
-            planned.timeouts.clone(),
-        );
+        let state = ZoneState::from_zone(zone, planned.wait_for_capacity, planned.timeouts.clone());
         if planned.waits() {
             let limit = timeout(&planned.timeouts, Operation::Update);
             if let Err(why) = wait_for_capacity(&client, &id, limit).await {
@@ -790,7 +781,8 @@ pub fn zone_schema() -> Schema {
     let buffer_rule = block(
         "A buffer rule: from `min_active_sessions` active sessions on, keep this many idle \
          server processes. One block is a single rule; several are segment rules chosen by \
-         the current number of active sessions.",
+         the current number of active sessions. At least one is required when `scaling_mode` \
+         is `auto`.",
         vec![
             (
                 "min_active_sessions",
@@ -821,7 +813,7 @@ pub fn zone_schema() -> Schema {
     );
     let machine_model = block(
         "A machine model the data center may buy, in rank order: the first is bought \
-         first, the next when the cloud has no capacity.",
+         first, the next when the cloud has no capacity. A `vm` data center ranks 1 to 10.",
         vec![
             (
                 "instance_type",
@@ -838,7 +830,8 @@ pub fn zone_schema() -> Schema {
         vec![],
     );
     let data_center = block(
-        "A data center of the zone. Names are unique within the zone.",
+        "A data center of the zone; at least one is required. Names are unique within the \
+         zone.",
         vec![
             (
                 "name",

@@ -306,7 +306,7 @@ fn second_plan_after_apply_is_clean() {
     };
     let applied = ZoneState::from_zone(
         server_zone(spec()),
-        planned.wait_for_capacity.clone(),
+        planned.wait_for_capacity,
         planned.timeouts.clone(),
     );
     assert_eq!(ZoneState::plan(config, Some(&applied)), applied);
@@ -369,6 +369,6 @@ async fn gives_up_at_the_timeout_with_what_it_saw() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hanging_answer_counts_against_the_timeout() {
-    let result = poll_until(Duration::from_secs(5), || std::future::pending()).await;
+    let result = poll_until(Duration::from_secs(5), std::future::pending).await;
     assert!(result.unwrap_err().contains("no answer yet"));
 }
