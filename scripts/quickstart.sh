@@ -40,7 +40,10 @@ token=$(sed -n 's/^development admin token: //p' "$work/fleetformd.out")
 echo "    $endpoint (log: $work/fleetformd.log)"
 
 # The build a studio would upload: a directory with the game server's executable.
-cp "$bin/example-game-server" "$work/build/"
+# (Copied beside and renamed over, so a game server still running from an earlier run
+# keeps its old file.)
+cp "$bin/example-game-server" "$work/build/.example-game-server.new"
+mv -f "$work/build/.example-game-server.new" "$work/build/example-game-server"
 cp examples/quickstart/main.tf "$work/tf/main.tf"
 cat >"$work/terraform.rc" <<RC
 provider_installation {
@@ -67,7 +70,7 @@ session=$(curl -sS --fail-with-body -X POST "$endpoint/v1/fleets/$fleet_id/sessi
     -H "Authorization: Bearer $token" -H 'content-type: application/json' \
     -d "{\"zone\": \"$zone_name\", \"max_players\": 10, \"wait_seconds\": 30}")
 echo "$session"
-address=$(echo "$session" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(f"{s[\"address\"]}:{s[\"port\"]}")')
+address=$(echo "$session" | python3 -c 'import json, sys; s = json.load(sys.stdin); print("%s:%s" % (s["address"], s["port"]))')
 echo "==> the session runs at $address; its game server says:"
 for _ in $(seq 1 50); do
     answer=$(curl -sS "http://$address/session" || true)

@@ -10,7 +10,7 @@
 mod macros {
     /// Declares a string-valued wire enum with `as_str`, `Display`, `FromStr` and `ALL`.
     macro_rules! wire_enum {
-        ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        ($(#[$meta:meta])* $name:ident $(default $default:ident)? { $($variant:ident => $text:literal),+ $(,)? }) => {
             $(#[$meta])*
             #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
             pub enum $name {
@@ -26,6 +26,14 @@ mod macros {
                     match self { $($name::$variant => $text),+ }
                 }
             }
+
+            $(
+                impl Default for $name {
+                    fn default() -> Self {
+                        $name::$default
+                    }
+                }
+            )?
 
             impl std::fmt::Display for $name {
                 fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -10,28 +10,28 @@ use serde::{Deserialize, Serialize};
 
 wire_enum!(
     /// Operating system a build runs on.
-    OperatingSystem { Linux => "linux", Windows => "windows" }
+    OperatingSystem default Linux { Linux => "linux", Windows => "windows" }
 );
 wire_enum!(
     /// How a fleet moves to a new build (`update_mode`).
-    UpdateMode { Soft => "soft", Force => "force" }
+    UpdateMode default Soft { Soft => "soft", Force => "force" }
 );
 wire_enum!(
     /// `simple`: one session per process, the process restarts after it;
     /// `parallel`: up to `sessions_per_process` at once.
-    SessionMode { Simple => "simple", Parallel => "parallel" }
+    SessionMode default Simple { Simple => "simple", Parallel => "parallel" }
 );
 wire_enum!(
     /// `fixed` runs the sum of the data centers' maximums; `auto` follows the buffer rules.
-    ScalingMode { Auto => "auto", Fixed => "fixed" }
+    ScalingMode default Auto { Auto => "auto", Fixed => "fixed" }
 );
 wire_enum!(
     /// `pack` fills busy machines first so idle ones can scale in; `spread` does the opposite.
-    PlacementStrategy { Pack => "pack", Spread => "spread" }
+    PlacementStrategy default Pack { Pack => "pack", Spread => "spread" }
 );
 wire_enum!(
     /// Kind of machines a data center is made of.
-    MachineType { Vm => "vm", BareMetal => "bare_metal" }
+    MachineType default Vm { Vm => "vm", BareMetal => "bare_metal" }
 );
 wire_enum!(
     /// Status of a fleet or a zone (DESIGN.md §3).
@@ -81,37 +81,6 @@ fn default_storage_gb() -> u32 {
 }
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
-}
-
-impl Default for OperatingSystem {
-    fn default() -> Self {
-        OperatingSystem::Linux
-    }
-}
-impl Default for UpdateMode {
-    fn default() -> Self {
-        UpdateMode::Soft
-    }
-}
-impl Default for SessionMode {
-    fn default() -> Self {
-        SessionMode::Simple
-    }
-}
-impl Default for ScalingMode {
-    fn default() -> Self {
-        ScalingMode::Auto
-    }
-}
-impl Default for PlacementStrategy {
-    fn default() -> Self {
-        PlacementStrategy::Pack
-    }
-}
-impl Default for MachineType {
-    fn default() -> Self {
-        MachineType::Vm
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ async fn kill_9_with_active_sessions_keeps_sessions_and_processes() -> Result<()
             let fresh = machines.iter().all(|m| {
                 m.last_heartbeat_at
                     .as_deref()
-                    .and_then(|t| time_ms(t))
+                    .and_then(time_ms)
                     .is_some_and(|t| t > now_ms() - 500)
             });
             Ok(fresh.then_some(()))
