@@ -29,7 +29,13 @@ pub async fn fetch(spec: &LaunchSpec, work_dir: &Path) -> Result<PathBuf> {
     if let Some(path) = source.strip_prefix("file://") {
         let path = PathBuf::from(path);
         if !path.is_absolute() {
-            return Err(bad_source(source, "a file:// source needs an absolute path"));
+            return Err(bad_source(
+                source,
+                "a file:// source needs an absolute path",
+            ));
+        }
+        if is_archive_name(source) && target.is_dir() {
+            return Ok(target); // Extracted before; the archive itself may be gone.
         }
         let metadata = tokio::fs::metadata(&path).await.map_err(|err| Error::Io {
             context: format!("reading build source {}", path.display()),
@@ -313,7 +319,9 @@ mod tests {
         assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err}");
         assert!(!work.join("builds/bld-1").exists());
 
-        let root = fetch(&spec(source.clone(), Some(sha)), &work).await.unwrap();
+        let root = fetch(&spec(source.clone(), Some(sha)), &work)
+            .await
+            .unwrap();
         assert_eq!(root, work.join("builds/bld-1"));
         assert_eq!(std::fs::read(root.join("data.txt")).unwrap(), b"hello");
         let mode = std::fs::metadata(root.join("bin/server"))
@@ -338,7 +346,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let source = format!("file://{}", dir.path().display());
         let work = dir.path().join("work");
-        assert_eq!(fetch(&spec(source.clone(), None), &work).await.unwrap(), dir.path());
+        assert_eq!(
+            fetch(&spec(source.clone(), None), &work).await.unwrap(),
+            dir.path()
+        );
         let err = fetch(&spec(source, Some("ab".repeat(32))), &work)
             .await
             .unwrap_err();
@@ -351,11 +362,31 @@ mod tests {
         let plain = dir.path().join("server.zip");
         std::fs::write(&plain, b"x").unwrap();
         let cases = [
-            ("s3", "s3://bucket/key.tar.gz".to_string(), "aws location driver"),
-            ("relative file", "file://relative/dir".to_string(), "absolute"),
-            ("missing file", "file:///nonexistent/fleetform".to_string(), "reading build source"),
-            ("not an archive", format!("file://{}", plain.display()), ".tar.gz"),
-            ("unknown scheme", "ftp://host/x.tar.gz".to_string(), "supported sources"),
+            (
+                "s3",
+                "s3://bucket/key.tar.gz".to_string(),
+                "aws location driver",
+            ),
+            (
+                "relative file",
+                "file://relative/dir".to_string(),
+                "absolute",
+            ),
+            (
+                "missing file",
+                "file:///nonexistent/fleetform".to_string(),
+                "reading build source",
+            ),
+            (
+                "not an archive",
+                format!("file://{}", plain.display()),
+                ".tar.gz",
+            ),
+            (
+                "unknown scheme",
+                "ftp://host/x.tar.gz".to_string(),
+                "supported sources",
+            ),
         ];
         for (name, source, needle) in cases {
             let err = fetch(&spec(source, None), dir.path()).await.unwrap_err();

@@ -179,12 +179,24 @@ mod tests {
             ("empty", "", &[]),
             ("blank", "  \t ", &[]),
             ("words", "--port 7000  -v", &["--port", "7000", "-v"]),
-            ("single quotes keep spaces", "--name 'my server'", &["--name", "my server"]),
-            ("double quotes", r#"--motd "hi \"you\" \\ \n""#, &["--motd", r#"hi "you" \ \n"#]),
+            (
+                "single quotes keep spaces",
+                "--name 'my server'",
+                &["--name", "my server"],
+            ),
+            (
+                "double quotes",
+                r#"--motd "hi \"you\" \\ \n""#,
+                &["--motd", r#"hi "you" \ \n"#],
+            ),
             ("quotes join a word", r#"--x=a'b c'"d""#, &["--x=ab cd"]),
             ("empty quoted argument", "a '' b", &["a", "", "b"]),
             ("escaped space", r"a\ b c", &["a b", "c"]),
-            ("placeholders pass through", "--port {port}", &["--port", "{port}"]),
+            (
+                "placeholders pass through",
+                "--port {port}",
+                &["--port", "{port}"],
+            ),
         ];
         for (name, text, expected) in cases {
             let args = split_args(text).unwrap_or_else(|err| panic!("case {name}: {err}"));

@@ -40,7 +40,11 @@ pub use ports::PortRange;
 
 /// Command-line options of `fleetform-agent`; each is also an environment variable.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "fleetform-agent", version, about = "Runs fleetform game-server processes on this machine")]
+#[command(
+    name = "fleetform-agent",
+    version,
+    about = "Runs fleetform game-server processes on this machine"
+)]
 pub struct Options {
     /// URL of the control plane (fleetformd), e.g. http://127.0.0.1:7400.
     #[arg(long, env = "FLEETFORM_SERVER")]
@@ -58,10 +62,18 @@ pub struct Options {
     #[arg(long, env = "FLEETFORM_AGENT_PORT_RANGE")]
     pub port_range: Option<PortRange>,
     /// Where the game-server SDK listens (keep it on loopback).
-    #[arg(long, env = "FLEETFORM_AGENT_SDK_LISTEN", default_value = "127.0.0.1:0")]
+    #[arg(
+        long,
+        env = "FLEETFORM_AGENT_SDK_LISTEN",
+        default_value = "127.0.0.1:0"
+    )]
     pub sdk_listen: SocketAddr,
     /// A READY process without a health beat for this long is killed.
-    #[arg(long, env = "FLEETFORM_AGENT_HEALTH_TIMEOUT_SECS", default_value_t = 15)]
+    #[arg(
+        long,
+        env = "FLEETFORM_AGENT_HEALTH_TIMEOUT_SECS",
+        default_value_t = 15
+    )]
     pub health_timeout_secs: u64,
 }
 

@@ -11,10 +11,11 @@ fn main() -> anyhow::Result<()> {
     let options = Options::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // fleetformd's local driver sends our stderr to a file: colour only a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // fleetformd may die and take our stderr pipe with it: losing log lines is fine,
         // panicking on them (the default reports write errors with eprint!) is not.
         .log_internal_errors(false)

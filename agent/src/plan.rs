@@ -144,7 +144,9 @@ pub fn plan(
             continue;
         }
         if let Some(ready_at) = process.ready_at {
-            let last_beat = process.last_health.map_or(ready_at, |beat| beat.max(ready_at));
+            let last_beat = process
+                .last_health
+                .map_or(ready_at, |beat| beat.max(ready_at));
             if now >= last_beat + timeouts.health {
                 actions.push(Action::Kill(id.clone(), KillReason::Unhealthy));
                 continue;
@@ -304,7 +306,6 @@ mod tests {
 
     trait ProcExt {
         fn starting(self) -> Self;
-        fn build(self, build_id: &str) -> Self;
         fn hosted(self) -> Self;
         fn ended(self, session: &str) -> Self;
         fn told_at(self, at_secs: u64) -> Self;
@@ -317,10 +318,6 @@ mod tests {
         fn starting(mut self) -> Self {
             self.ready_at = None;
             self.last_health = None;
-            self
-        }
-        fn build(mut self, build_id: &str) -> Self {
-            self.build_id = build_id.into();
             self
         }
         fn hosted(mut self) -> Self {
@@ -405,7 +402,11 @@ mod tests {
             Case {
                 name: "scale in stops starting processes first, then the youngest idle",
                 desired: desired(1),
-                local: vec![proc("old", 1), proc("young", 50), proc("boot", 90).starting()],
+                local: vec![
+                    proc("old", 1),
+                    proc("young", 50),
+                    proc("boot", 90).starting(),
+                ],
                 now_secs: 100,
                 expected: vec![stop("boot"), stop("young")],
             },
@@ -447,7 +448,10 @@ mod tests {
             Case {
                 name: "told process gets SIGTERM after the shutdown grace",
                 desired: desired(1),
-                local: vec![proc("a", 1).hosted().told_at(89), proc("b", 2).hosted().told_at(91)],
+                local: vec![
+                    proc("a", 1).hosted().told_at(89),
+                    proc("b", 2).hosted().told_at(91),
+                ],
                 now_secs: 100,
                 expected: vec![stop("a"), Action::Start(1)],
             },
@@ -475,7 +479,10 @@ mod tests {
             Case {
                 name: "health timeout counts from ready when no beat came",
                 desired: desired(2),
-                local: vec![proc("a", 90).last_health(None), proc("b", 80).last_health(None)],
+                local: vec![
+                    proc("a", 90).last_health(None),
+                    proc("b", 80).last_health(None),
+                ],
                 now_secs: 100,
                 expected: vec![kill("b", Unhealthy), Action::Start(1)],
             },
@@ -510,7 +517,11 @@ mod tests {
             Case {
                 name: "shutdown stops everything, busy or not, and starts nothing",
                 desired: desired(2).shutdown().session("a", "s1"),
-                local: vec![proc("a", 1).hosted(), proc("b", 2), proc("c", 3).stopped_at(99)],
+                local: vec![
+                    proc("a", 1).hosted(),
+                    proc("b", 2),
+                    proc("c", 3).stopped_at(99),
+                ],
                 now_secs: 100,
                 expected: vec![stop("a"), stop("b")],
             },
@@ -528,10 +539,7 @@ mod tests {
 
     #[test]
     fn reported_state_follows_the_lifecycle() {
-        assert_eq!(
-            proc("a", 1).starting().state(),
-            AgentProcessState::Starting
-        );
+        assert_eq!(proc("a", 1).starting().state(), AgentProcessState::Starting);
         assert_eq!(proc("a", 1).state(), AgentProcessState::Ready);
         assert_eq!(proc("a", 1).told_at(5).state(), AgentProcessState::Stopping);
         assert_eq!(

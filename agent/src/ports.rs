@@ -53,8 +53,10 @@ impl PortAllocator {
     pub fn allocate(&mut self, in_use: &BTreeSet<u16>) -> Result<u16> {
         match &self.range {
             Some(range) => {
-                let port = pick_in_range(&range.0, self.cursor, in_use, is_free)
-                    .ok_or_else(|| Error::NoPort(format!("{}-{}", range.0.start(), range.0.end())))?;
+                let port =
+                    pick_in_range(&range.0, self.cursor, in_use, is_free).ok_or_else(|| {
+                        Error::NoPort(format!("{}-{}", range.0.start(), range.0.end()))
+                    })?;
                 self.cursor = if port == *range.0.end() {
                     *range.0.start()
                 } else {
@@ -66,12 +68,13 @@ impl PortAllocator {
                 // The OS hands out a free ephemeral port; it may repeat one a live process of
                 // ours was given but has not bound yet, so check against `in_use`.
                 for _ in 0..32 {
-                    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| {
-                        Error::Io {
-                            context: "asking the OS for a free port".into(),
-                            source,
-                        }
-                    })?;
+                    let listener =
+                        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| {
+                            Error::Io {
+                                context: "asking the OS for a free port".into(),
+                                source,
+                            }
+                        })?;
                     let port = listener
                         .local_addr()
                         .map_err(|source| Error::Io {
@@ -118,7 +121,10 @@ mod tests {
             "7000-7010".parse::<PortRange>().unwrap(),
             PortRange(7000..=7010)
         );
-        assert_eq!("7000-7000".parse::<PortRange>().unwrap(), PortRange(7000..=7000));
+        assert_eq!(
+            "7000-7000".parse::<PortRange>().unwrap(),
+            PortRange(7000..=7000)
+        );
         for bad in ["7000", "7010-7000", "0-10", "a-b", "1-70000"] {
             assert!(bad.parse::<PortRange>().is_err(), "{bad:?} should fail");
         }

@@ -16,7 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use fleetform_api::agent::{AssignedSession, SdkSessionState};
-use fleetform_api::sdk::{END_SESSION_ROUTE, HEALTH_ROUTE, MAX_WAIT_MS, READY_ROUTE, SESSION_ROUTE};
+use fleetform_api::sdk::{
+    END_SESSION_ROUTE, HEALTH_ROUTE, MAX_WAIT_MS, READY_ROUTE, SESSION_ROUTE,
+};
 use fleetform_api::{ErrorBody, ErrorDetail};
 use serde::Deserialize;
 use tokio::sync::{watch, Notify};

@@ -149,6 +149,8 @@ pub struct Supervisor {
     sync_backoff: Backoff,
     sync_retry_at: Option<Instant>,
     idle_resync_at: Option<Instant>,
+    /// Failed syncs in a row.
+    sync_failures: u32,
     connected: bool,
 }
 
@@ -182,6 +184,7 @@ impl Supervisor {
             sync_backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
             sync_retry_at: None,
             idle_resync_at: None,
+            sync_failures: 0,
             connected: false,
         })
     }
@@ -197,7 +200,10 @@ impl Supervisor {
             let now = Instant::now();
             self.observe(now);
             self.reconcile(now);
-            if self.desired.as_ref().is_some_and(|desired| desired.shutdown)
+            if self
+                .desired
+                .as_ref()
+                .is_some_and(|desired| desired.shutdown)
                 && self.processes.is_empty()
             {
                 info!("machine shut down by fleetformd; every process stopped");
@@ -450,10 +456,7 @@ impl Supervisor {
         let process_id = format!("proc-{}", uuid::Uuid::now_v7().simple());
         let in_use: BTreeSet<u16> = self.processes.values().map(|m| m.port).collect();
         let port = self.ports.allocate(&in_use)?;
-        let log_path = self
-            .work_dir
-            .join("logs")
-            .join(format!("{process_id}.log"));
+        let log_path = self.work_dir.join("logs").join(format!("{process_id}.log"));
         let vars = LaunchVars {
             port,
             process_id: &process_id,
@@ -461,10 +464,7 @@ impl Supervisor {
         };
         let mut command = launch::command(root, spec, &vars, &log_path)?;
         let child = command.spawn().map_err(|source| Error::Io {
-            context: format!(
-                "starting {}",
-                root.join(&spec.launch_path).display()
-            ),
+            context: format!("starting {}", root.join(&spec.launch_path).display()),
             source,
         })?;
         let pid = child.id().unwrap_or_default();
@@ -633,6 +633,7 @@ impl Supervisor {
             self.connected = true;
         }
         self.sync_backoff.reset();
+        self.sync_failures = 0;
         self.sync_retry_at = None;
         // What was delivered is acknowledged; later entries stay for the next sync.
         let delivered_exits = in_flight.report.exited.len().min(self.pending_exits.len());
@@ -658,7 +659,7 @@ impl Supervisor {
         }
         self.revision = Some(response.revision);
         self.heartbeat_interval_ms = response.heartbeat_interval_ms;
-        for (process_id, _) in &self.processes {
+        for process_id in self.processes.keys() {
             let sessions = response
                 .desired
                 .sessions
@@ -673,9 +674,12 @@ impl Supervisor {
 
     fn sync_failed(&mut self, error: &str, now: Instant) {
         let delay = self.sync_backoff.fail();
+        self.sync_failures += 1;
         if self.connected {
             warn!(%error, "lost fleetformd; processes keep running, retrying");
             self.connected = false;
+        } else if self.sync_failures % 30 == 1 {
+            warn!(%error, failures = self.sync_failures, "cannot reach fleetformd; retrying");
         } else {
             debug!(%error, retry_ms = delay.as_millis() as u64, "sync failed");
         }
@@ -704,18 +708,15 @@ impl Supervisor {
 
     /// When the loop must look again even if nothing happens.
     fn next_wake(&self, now: Instant) -> Instant {
-        let mut wake = now + TICK;
+        let mut deadlines = vec![self.start_backoff.not_before()];
         if self.sync.is_none() {
-            for at in [self.sync_retry_at, self.idle_resync_at, self.start_backoff.not_before()]
-                .into_iter()
-                .flatten()
-            {
-                if at > now {
-                    wake = wake.min(at);
-                }
-            }
+            deadlines.extend([self.sync_retry_at, self.idle_resync_at]);
         }
-        wake
+        deadlines
+            .into_iter()
+            .flatten()
+            .filter(|at| *at > now)
+            .fold(now + TICK, Instant::min)
     }
 }
 

@@ -24,7 +24,10 @@ const SDK_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const SESSION_WAIT_MS: u32 = 20_000;
 
 #[derive(Debug, Parser)]
-#[command(name = "example-game-server", about = "Example game server for fleetform")]
+#[command(
+    name = "example-game-server",
+    about = "Example game server for fleetform"
+)]
 struct Args {
     /// Game port (default: FLEETFORM_PORT).
     #[arg(long, env = ENV_PORT)]
@@ -72,15 +75,13 @@ async fn main() {
         sessions: Arc::default(),
     };
 
-    let listener = match tokio::net::TcpListener::bind(SocketAddr::from((
-        Ipv4Addr::UNSPECIFIED,
-        args.port,
-    )))
-    .await
-    {
-        Ok(listener) => listener,
-        Err(err) => fail(&format!("cannot listen on port {}: {err}", args.port)),
-    };
+    let listener =
+        match tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, args.port)))
+            .await
+        {
+            Ok(listener) => listener,
+            Err(err) => fail(&format!("cannot listen on port {}: {err}", args.port)),
+        };
     let app = Router::new()
         .route("/session", get(session))
         .route("/session/end", post(end_session))
