@@ -422,7 +422,7 @@ mod tests {
         assert_eq!(buffer_for(rule_for(&rules, 11), 11), 6);
     }
 
-    fn apply(spec: &ZoneSpecView, machines: &[MachineView], plan: &Plan) -> Vec<MachineView> {
+    fn apply(machines: &[MachineView], plan: &Plan) -> Vec<MachineView> {
         let mut next: Vec<MachineView> = machines
             .iter()
             .filter(|m| !plan.terminate.contains(&m.id))
@@ -439,7 +439,6 @@ mod tests {
                 created_at_ms: 1,
             });
         }
-        let _ = spec;
         next
     }
 
@@ -473,10 +472,11 @@ mod tests {
             // Never below the initial count (unless the maximum is lower).
             prop_assert!(got.desired_processes >= initial.min(ceiling));
             // Converges: planning on the planned state changes nothing more.
-            let next = apply(&spec, &machines, &got);
+            let next = apply(&machines, &got);
             let again = plan(&spec, &next, busy, busy);
             if !got.partial {
                 prop_assert!(again.launch.is_empty(), "second pass launches {:?}", again.launch);
+                prop_assert!(again.terminate.is_empty(), "second pass stops {:?}", again.terminate);
             }
         }
     }

@@ -176,6 +176,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn get_machine(&self, id: &str) -> Result<Option<MachineRecord>>;
     async fn machine_by_token(&self, token_hash: &str) -> Result<Option<MachineRecord>>;
     async fn set_machine_status(&self, id: &str, status: MachineStatus) -> Result<()>;
+    /// Marks an idle machine `TERMINATING`, atomically with the check that it hosts no
+    /// active session (a placement may have landed since the reconciler looked). False
+    /// when it hosts one now and must stay.
+    async fn begin_idle_termination(&self, id: &str) -> Result<bool>;
     async fn set_machine_driver_ref(&self, id: &str, driver_ref: &str) -> Result<()>;
     /// The machine is gone: `TERMINATED`, its live processes `EXITED`, its active
     /// sessions `LOST` with `reason`. One transaction.

@@ -581,6 +581,19 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn begin_idle_termination(&self, id: &str) -> Result<bool> {
+        let changed = sqlx::query(
+            "UPDATE machines SET status = 'TERMINATING'
+             WHERE id = ? AND NOT EXISTS (SELECT 1 FROM sessions WHERE machine_id = ? AND status = 'ACTIVE')",
+        )
+        .bind(id)
+        .bind(id)
+        .execute(&self.write)
+        .await?
+        .rows_affected();
+        Ok(changed > 0)
+    }
+
     async fn set_machine_driver_ref(&self, id: &str, driver_ref: &str) -> Result<()> {
         sqlx::query("UPDATE machines SET driver_ref = ?, status = CASE WHEN status = 'PENDING' THEN 'LAUNCHING' ELSE status END WHERE id = ?")
             .bind(driver_ref)

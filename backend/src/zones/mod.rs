@@ -190,8 +190,15 @@ impl Reconciler {
             .await?;
         }
         for machine_id in &plan.terminate {
-            if let Some(machine) = observed.machines.iter().find(|m| &m.id == machine_id) {
-                self.terminate(machine).await?;
+            let Some(machine) = observed.machines.iter().find(|m| &m.id == machine_id) else {
+                continue;
+            };
+            // The plan saw it idle; the store checks again in the same statement that marks
+            // it, so a session placed since then keeps its machine.
+            if self.store.begin_idle_termination(&machine.id).await? {
+                // Wake the agent's long-poll so it hears `shutdown` now.
+                self.changes.bump();
+                self.stop(machine).await?;
             }
         }
         // Machines already on their way out get their escalation.
@@ -200,7 +207,7 @@ impl Reconciler {
             .iter()
             .filter(|m| m.status == MachineStatus::Terminating)
         {
-            self.terminate(machine).await?;
+            self.stop(machine).await?;
         }
 
         let up = observed
@@ -322,14 +329,8 @@ impl Reconciler {
         }
     }
 
-    async fn terminate(&self, machine: &MachineRecord) -> Result<()> {
-        if machine.status != MachineStatus::Terminating {
-            self.store
-                .set_machine_status(&machine.id, MachineStatus::Terminating)
-                .await?;
-            // Wake the agent's long-poll so it hears `shutdown` now.
-            self.changes.bump();
-        }
+    /// Asks a machine's driver to stop it (again: drivers escalate on repeated calls).
+    async fn stop(&self, machine: &MachineRecord) -> Result<()> {
         if let Some(location) = self.locations.get(&machine.location) {
             location
                 .driver
@@ -346,8 +347,16 @@ impl Reconciler {
             self.changes.bump();
             return Ok(());
         }
+        // Deleting a zone stops every machine, busy or not (the API refused the delete
+        // while sessions were active, unless the fleet says force_destroy).
         for machine in machines {
-            self.terminate(machine).await?;
+            if machine.status != MachineStatus::Terminating {
+                self.store
+                    .set_machine_status(&machine.id, MachineStatus::Terminating)
+                    .await?;
+                self.changes.bump();
+            }
+            self.stop(machine).await?;
         }
         Ok(())
     }

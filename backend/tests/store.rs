@@ -1,0 +1,375 @@
+//! The store's guarantees, as one suite over `dyn Store` so every backend runs the same
+//! checks (SQLite today; Postgres will call the same `suite_*` functions).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use fleetform_api::agent::{AgentProcessState, ProcessExit, ProcessReport, SyncRequest};
+use fleetform_api::*;
+use fleetformd::store::sqlite::SqliteStore;
+use fleetformd::store::{MachineRecord, PlaceArgs, PlaceOutcome, Store};
+
+async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("test.db"))
+        .await
+        .unwrap();
+    (dir, Arc::new(store))
+}
+
+struct World {
+    fleet: Fleet,
+    zone: Zone,
+    machines: Vec<MachineRecord>,
+}
+
+/// A fleet in `mode`, a zone, and `machines` active machines with `per_machine` READY
+/// processes each.
+async fn world(store: &dyn Store, mode: SessionMode, machines: usize, per_machine: usize) -> World {
+    let build = Build {
+        id: "bld-1".into(),
+        name: "b".into(),
+        version: None,
+        operating_system: OperatingSystem::Linux,
+        source: "file:///opt/b".into(),
+        sha256: None,
+        created_at: "2026-01-01T00:00:00Z".into(),
+    };
+    store.insert_build(&build).await.unwrap();
+    let fleet = Fleet {
+        id: "flt-1".into(),
+        name: "f".into(),
+        description: None,
+        build_id: build.id.clone(),
+        update_mode: UpdateMode::Soft,
+        launch_path: "server".into(),
+        launch_parameters: None,
+        process_restart_hours: 0,
+        session_mode: mode,
+        sessions_per_process: if mode == SessionMode::Simple { 1 } else { 4 },
+        storage_gb: 50,
+        force_destroy: false,
+        status: ResourceStatus::New,
+        created_at: "2026-01-01T00:00:00Z".into(),
+    };
+    store.insert_fleet(&fleet).await.unwrap();
+    let zone = Zone {
+        id: "zone-1".into(),
+        spec: ZoneSpec {
+            fleet_id: fleet.id.clone(),
+            name: "eu".into(),
+            scaling_mode: ScalingMode::Fixed,
+            initial_server_processes: 1,
+            buffer_rules: vec![],
+            free_slots_min: None,
+            free_slots_max: None,
+            cooldown_minutes: 0,
+            placement_strategy: PlacementStrategy::Pack,
+            data_centers: vec![DataCenterSpec {
+                name: "dc".into(),
+                location: "local".into(),
+                priority: 0,
+                machine_type: MachineType::Vm,
+                machine_models: vec![MachineModel {
+                    instance_type: "local".into(),
+                    processes_per_machine: per_machine as u32,
+                }],
+                max_server_processes: Some((machines * per_machine) as u32),
+                bare_metal_machines: None,
+            }],
+        }
+        .into(),
+        status: ResourceStatus::New,
+        created_at: "2026-01-01T00:00:00Z".into(),
+    };
+    store.insert_zone(&zone).await.unwrap();
+    let mut records = Vec::new();
+    for m in 0..machines {
+        let record = MachineRecord {
+            id: format!("mch-{m}"),
+            zone_id: zone.id.clone(),
+            fleet_id: fleet.id.clone(),
+            data_center: "dc".into(),
+            location: "local".into(),
+            instance_type: "local".into(),
+            processes_per_machine: per_machine as u32,
+            status: MachineStatus::Pending,
+            build_id: build.id.clone(),
+            driver_ref: None,
+            address: None,
+            agent_error: None,
+            created_at_ms: 0,
+            last_heartbeat_ms: None,
+        };
+        store
+            .insert_machine(&record, &format!("hash-{m}"))
+            .await
+            .unwrap();
+        let report = SyncRequest {
+            agent_pid: 100 + m as u32,
+            address: "127.0.0.1".into(),
+            processes: (0..per_machine)
+                .map(|p| process(&format!("proc-{m}-{p}"), AgentProcessState::Ready))
+                .collect(),
+            ..SyncRequest::default()
+        };
+        store.apply_agent_report(&record, &report, 1).await.unwrap();
+        records.push(store.get_machine(&record.id).await.unwrap().unwrap());
+    }
+    World {
+        fleet,
+        zone,
+        machines: records,
+    }
+}
+
+fn process(id: &str, state: AgentProcessState) -> ProcessReport {
+    ProcessReport {
+        process_id: id.into(),
+        port: 7000,
+        pid: 1,
+        state,
+        build_id: "bld-1".into(),
+        started_at: "2026-01-01T00:00:00Z".into(),
+    }
+}
+
+fn args<'a>(world: &'a World, session: &str, key: Option<&str>) -> PlaceArgs<'a> {
+    PlaceArgs {
+        fleet: &world.fleet,
+        zone: &world.zone,
+        session_id: session.into(),
+        max_players: None,
+        properties: BTreeMap::new(),
+        idempotency_key: key.map(str::to_string),
+        latencies_ms: BTreeMap::new(),
+        max_latency_ms: None,
+        strategy: PlacementStrategy::Pack,
+        now_ms: 2,
+    }
+}
+
+async fn suite_concurrent_placements_never_share_a_simple_process(store: Arc<dyn Store>) {
+    let world = Arc::new(world(store.as_ref(), SessionMode::Simple, 3, 2).await);
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let store = store.clone();
+            let world = world.clone();
+            tokio::spawn(async move {
+                store
+                    .place_session(args(&world, &format!("sess-{i}"), None))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut processes = BTreeSet::new();
+    let mut placed = 0;
+    for task in tasks {
+        if let PlaceOutcome::Placed(session) = task.await.unwrap() {
+            placed += 1;
+            assert!(processes.insert(session.process_id.clone()), "{session:?}");
+        }
+    }
+    assert_eq!(placed, 6);
+}
+
+async fn suite_parallel_mode_fills_a_process_before_the_next(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Parallel, 1, 2).await;
+    let mut per_process: BTreeMap<String, u32> = BTreeMap::new();
+    for i in 0..8 {
+        match store
+            .place_session(args(&world, &format!("s{i}"), None))
+            .await
+            .unwrap()
+        {
+            PlaceOutcome::Placed(session) => {
+                *per_process.entry(session.process_id).or_default() += 1
+            }
+            other => panic!("placement {i}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        per_process.values().copied().collect::<Vec<_>>(),
+        vec![4, 4]
+    );
+    assert_eq!(
+        store.place_session(args(&world, "s9", None)).await.unwrap(),
+        PlaceOutcome::NoCapacity
+    );
+    // Ending one frees its slot.
+    store.end_session("s0", 3).await.unwrap();
+    assert!(matches!(
+        store
+            .place_session(args(&world, "s10", None))
+            .await
+            .unwrap(),
+        PlaceOutcome::Placed(_)
+    ));
+}
+
+async fn suite_idempotency_key_returns_the_first_answer(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 1, 2).await;
+    let PlaceOutcome::Placed(first) = store
+        .place_session(args(&world, "a", Some("k")))
+        .await
+        .unwrap()
+    else {
+        panic!("first placement")
+    };
+    let again = store
+        .place_session(args(&world, "b", Some("k")))
+        .await
+        .unwrap();
+    assert_eq!(again, PlaceOutcome::Repeated(first));
+    assert!(store.get_session("b").await.unwrap().is_none());
+}
+
+async fn suite_repeated_agent_reports_are_idempotent(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 1, 2).await;
+    let machine = &world.machines[0];
+    let PlaceOutcome::Placed(session) = store.place_session(args(&world, "s", None)).await.unwrap()
+    else {
+        panic!("placement")
+    };
+    // The game ends its session and its process exits; the agent resends the same report
+    // (its first answer was lost) with the process gone from the live list.
+    let survivor = ["proc-0-0", "proc-0-1"]
+        .into_iter()
+        .find(|p| *p != session.process_id)
+        .unwrap();
+    let report = SyncRequest {
+        agent_pid: 100,
+        address: "127.0.0.1".into(),
+        processes: vec![process(survivor, AgentProcessState::Ready)],
+        exited: vec![ProcessExit {
+            process_id: session.process_id.clone(),
+            exit_code: Some(0),
+            signal: None,
+            requested: true,
+            exited_at: "2026-01-01T00:00:01Z".into(),
+        }],
+        ended_sessions: vec![session.id.clone()],
+        ..SyncRequest::default()
+    };
+    store.apply_agent_report(machine, &report, 5).await.unwrap();
+    store.apply_agent_report(machine, &report, 6).await.unwrap();
+    let ended = store.get_session(&session.id).await.unwrap().unwrap();
+    assert_eq!(ended.status, SessionStatus::Ended, "ended, not lost");
+    // A late report that still lists the exited process does not revive it.
+    let late = SyncRequest {
+        processes: vec![process(&session.process_id, AgentProcessState::Ready)],
+        ..report.clone()
+    };
+    store.apply_agent_report(machine, &late, 7).await.unwrap();
+    let live: Vec<String> = store
+        .machine_processes(&machine.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert!(!live.contains(&session.process_id), "{live:?}");
+}
+
+async fn suite_a_process_that_dies_loses_its_session(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 1, 1).await;
+    let PlaceOutcome::Placed(session) = store.place_session(args(&world, "s", None)).await.unwrap()
+    else {
+        panic!("placement")
+    };
+    let report = SyncRequest {
+        agent_pid: 100,
+        address: "127.0.0.1".into(),
+        processes: vec![],
+        exited: vec![ProcessExit {
+            process_id: session.process_id.clone(),
+            exit_code: None,
+            signal: Some(11),
+            requested: false,
+            exited_at: "2026-01-01T00:00:01Z".into(),
+        }],
+        ..SyncRequest::default()
+    };
+    store
+        .apply_agent_report(&world.machines[0], &report, 5)
+        .await
+        .unwrap();
+    let lost = store.get_session(&session.id).await.unwrap().unwrap();
+    assert_eq!(lost.status, SessionStatus::Lost);
+    assert!(lost.reason.unwrap().contains("signal 11"));
+}
+
+async fn suite_idle_termination_spares_a_busy_machine(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 2, 1).await;
+    let PlaceOutcome::Placed(session) = store.place_session(args(&world, "s", None)).await.unwrap()
+    else {
+        panic!("placement")
+    };
+    let busy = session.machine_id.clone();
+    let idle = world
+        .machines
+        .iter()
+        .find(|m| m.id != busy)
+        .unwrap()
+        .id
+        .clone();
+    assert!(!store.begin_idle_termination(&busy).await.unwrap());
+    assert!(store.begin_idle_termination(&idle).await.unwrap());
+    assert_eq!(
+        store.get_machine(&busy).await.unwrap().unwrap().status,
+        MachineStatus::Active
+    );
+    assert_eq!(
+        store.get_machine(&idle).await.unwrap().unwrap().status,
+        MachineStatus::Terminating
+    );
+}
+
+async fn suite_removing_a_zone_leaves_no_rows(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 2, 2).await;
+    store.place_session(args(&world, "s", None)).await.unwrap();
+    assert!(
+        store.delete_fleet(&world.fleet.id).await.is_err(),
+        "zones first"
+    );
+    store.remove_zone(&world.zone.id).await.unwrap();
+    store.delete_fleet(&world.fleet.id).await.unwrap();
+    assert!(store.get_zone(&world.zone.id).await.unwrap().is_none());
+    assert!(store
+        .fleet_machines(&world.fleet.id)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .fleet_processes(&world.fleet.id)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.get_session("s").await.unwrap().is_none());
+}
+
+macro_rules! sqlite_suite {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let (_dir, store) = sqlite().await;
+                super::$name(store).await;
+            }
+        )+
+    };
+}
+
+mod sqlite {
+    sqlite_suite!(
+        suite_concurrent_placements_never_share_a_simple_process,
+        suite_parallel_mode_fills_a_process_before_the_next,
+        suite_idempotency_key_returns_the_first_answer,
+        suite_repeated_agent_reports_are_idempotent,
+        suite_a_process_that_dies_loses_its_session,
+        suite_idle_termination_spares_a_busy_machine,
+        suite_removing_a_zone_leaves_no_rows,
+    );
+    use super::sqlite;
+}
