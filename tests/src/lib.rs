@@ -314,6 +314,8 @@ pub struct Terraform {
     pub dir: tempfile::TempDir,
     cli_config: PathBuf,
     endpoint: String,
+    /// Extra environment for terraform (and so for the provider it starts).
+    pub env: Vec<(String, String)>,
 }
 
 /// What one terraform command did.
@@ -349,6 +351,7 @@ impl Terraform {
             dir,
             cli_config,
             endpoint: server.url.clone(),
+            env: Vec::new(),
         })
     }
 
@@ -370,6 +373,7 @@ impl Terraform {
             .env("FLEETFORM_ENDPOINT", &self.endpoint)
             .env("FLEETFORM_TOKEN", TOKEN)
             .env_remove("TF_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .output()
             .context("run terraform (is it on PATH?)")?;

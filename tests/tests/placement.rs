@@ -221,3 +221,110 @@ async fn ending_a_session_restarts_its_process_in_simple_mode() -> Result<()> {
     drop(before);
     Ok(())
 }
+
+/// Creates a fleet of one process per machine from `build` in a fresh zone.
+async fn fleet_from(server: &Fleetformd, name: &str, build: &Build) -> Result<(Fleet, Zone)> {
+    let client = server.client();
+    let fleet = client
+        .create_fleet(&FleetSpec {
+            name: name.into(),
+            description: None,
+            build_id: build.id.clone(),
+            update_mode: UpdateMode::Soft,
+            launch_path: "example-game-server".into(),
+            launch_parameters: Some("--port {port}".into()),
+            process_restart_hours: 0,
+            session_mode: SessionMode::Simple,
+            sessions_per_process: 1,
+            storage_gb: 50,
+            force_destroy: true,
+        })
+        .await?;
+    let zone = client
+        .create_zone(&ZoneSpec {
+            fleet_id: fleet.id.clone(),
+            name: "eu".into(),
+            scaling_mode: ScalingMode::Fixed,
+            initial_server_processes: 1,
+            buffer_rules: vec![],
+            free_slots_min: None,
+            free_slots_max: None,
+            cooldown_minutes: 0,
+            placement_strategy: PlacementStrategy::Pack,
+            data_centers: vec![DataCenterSpec {
+                name: "local-1".into(),
+                location: "local".into(),
+                priority: 0,
+                machine_type: MachineType::Vm,
+                machine_models: vec![MachineModel {
+                    instance_type: "local".into(),
+                    processes_per_machine: 1,
+                }],
+                max_server_processes: Some(1),
+                bare_metal_machines: None,
+            }],
+        })
+        .await?;
+    Ok((fleet, zone))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tar_gz_builds_are_checked_against_their_sha256() -> Result<()> {
+    let server = Fleetformd::start()?;
+    let client = server.client();
+    let build_dir = example_build_dir(server.dir.path());
+    let archive = server.dir.path().join("game.tar.gz");
+    let tar = std::process::Command::new("tar")
+        .arg("czf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&build_dir)
+        .arg("example-game-server")
+        .status()?;
+    assert!(tar.success());
+    let digest = std::process::Command::new("sha256sum")
+        .arg(&archive)
+        .output()?;
+    let digest = String::from_utf8(digest.stdout)?
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let spec = |sha256: &str| BuildSpec {
+        name: "archive".into(),
+        version: None,
+        operating_system: OperatingSystem::Linux,
+        source: format!("file://{}", archive.display()),
+        sha256: Some(sha256.into()),
+    };
+    let good = client.create_build(&spec(&digest)).await?;
+    let bad = client.create_build(&spec(&"0".repeat(64))).await?;
+    let (_, good_zone) = fleet_from(&server, "good", &good).await?;
+    let (_, bad_zone) = fleet_from(&server, "bad", &bad).await?;
+
+    // The right digest: extracted, started, ready.
+    wait_idle(&server, &good_zone, 1).await?;
+    // The wrong one: the machine reports the mismatch and runs nothing.
+    eventually(Duration::from_secs(30), "checksum error reported", || {
+        let server = &server;
+        let zone = bad_zone.id.clone();
+        async move {
+            let rows = count_rows(
+                server,
+                "SELECT COUNT(*) FROM machines WHERE zone_id = ? AND agent_error LIKE '%sha%'",
+                &zone,
+            )
+            .await?;
+            Ok((rows > 0).then_some(()))
+        }
+    })
+    .await?;
+    let status = client.zone_status(&bad_zone.id).await?;
+    assert_eq!(
+        status.processes_idle + status.processes_starting,
+        0,
+        "{status:?}"
+    );
+    assert_ne!(status.status, ResourceStatus::Available);
+    Ok(())
+}
