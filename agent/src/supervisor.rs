@@ -152,6 +152,8 @@ pub struct Supervisor {
     /// Failed syncs in a row.
     sync_failures: u32,
     connected: bool,
+    /// The last `report_seq` sent (see `SyncRequest::report_seq`).
+    last_report_seq: std::cell::Cell<u64>,
 }
 
 impl Supervisor {
@@ -186,6 +188,7 @@ impl Supervisor {
             idle_resync_at: None,
             sync_failures: 0,
             connected: false,
+            last_report_seq: std::cell::Cell::new(0),
         })
     }
 
@@ -560,7 +563,14 @@ impl Supervisor {
     }
 
     fn request(&self, report: Report, wait_ms: u32) -> SyncRequest {
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_micros() as u64)
+            .unwrap_or(0);
+        let report_seq = now_us.max(self.last_report_seq.get() + 1);
+        self.last_report_seq.set(report_seq);
         SyncRequest {
+            report_seq,
             agent_pid: std::process::id(),
             address: self.address.clone(),
             known_revision: self.revision.clone(),

@@ -622,7 +622,9 @@ async fn agent_keeps_processes_while_fleetformd_is_away() {
     let failing_since = server.state.lock().unwrap().requests.len();
     tokio::time::sleep(Duration::from_secs(4)).await;
     let retries = server.state.lock().unwrap().requests.len() - failing_since;
-    assert!((3..=12).contains(&retries), "{retries} retries in 4 s");
+    // It retried, and it did not loop hot (at most ~5 paced attempts fit in 4 s; the
+    // bound leaves room for a loaded machine either way).
+    assert!((2..=12).contains(&retries), "{retries} retries in 4 s");
     server.update(|state| state.failing = false);
     let after = server.ready_processes(1).await;
     assert_eq!(after, ready);

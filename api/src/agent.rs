@@ -23,6 +23,12 @@ pub struct SyncRequest {
     pub agent_pid: u32,
     /// Where players reach this machine's game ports.
     pub address: String,
+    /// Strictly increasing over every report this machine's agent sends, across agent
+    /// restarts too (wall-clock microseconds, bumped past the previous value). fleetformd
+    /// ignores a report older than one it already applied: a cancelled long-poll may still
+    /// arrive after its successor. 0 means "unordered" (always applied).
+    #[serde(default)]
+    pub report_seq: u64,
     /// The `revision` of the last desired state the agent received.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known_revision: Option<String>,
@@ -144,8 +150,9 @@ pub struct AssignedSession {
 // 127.0.0.1). Routes, all JSON:
 //   POST /sdk/v1/processes/{process_id}/ready                     → 204
 //   POST /sdk/v1/processes/{process_id}/health                    → 204
-//   GET  /sdk/v1/processes/{process_id}/session?wait_ms=N&known=ID → SdkSessionState
-//        (answers at once when the state differs from `known`, else holds up to wait_ms)
+//   GET  /sdk/v1/processes/{process_id}/session?wait_ms=N&known=STATE_KEY → SdkSessionState
+//        (answers at once when the state differs from `known`, else holds up to wait_ms;
+//        STATE_KEY is `SdkSessionState::state_key()`, see `crate::sdk`)
 //   POST /sdk/v1/processes/{process_id}/sessions/{session_id}/end → 204
 // An unknown process id is a 404.
 

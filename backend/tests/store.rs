@@ -349,6 +349,79 @@ async fn suite_removing_a_zone_leaves_no_rows(store: Arc<dyn Store>) {
     assert!(store.get_session("s").await.unwrap().is_none());
 }
 
+async fn suite_zone_deletion_is_atomic_with_the_session_check(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 1, 2).await;
+    store.place_session(args(&world, "s", None)).await.unwrap();
+    // Active session and no force_destroy: refused, and the zone still takes sessions.
+    assert!(store
+        .begin_zone_deletion(&world.zone.id, false)
+        .await
+        .is_err());
+    assert!(
+        !store
+            .get_zone(&world.zone.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .deleting
+    );
+    // With force: deleting, and from then on no placement and no spec update.
+    store
+        .begin_zone_deletion(&world.zone.id, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.place_session(args(&world, "t", None)).await.unwrap(),
+        PlaceOutcome::NoCapacity
+    );
+    assert!(store.update_zone(&world.zone).await.is_err());
+}
+
+async fn suite_stale_and_late_reports_change_nothing(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 1, 1).await;
+    let machine = &world.machines[0];
+    let newer = SyncRequest {
+        report_seq: 20,
+        agent_pid: 100,
+        address: "127.0.0.1".into(),
+        processes: vec![process("proc-new", AgentProcessState::Ready)],
+        ..SyncRequest::default()
+    };
+    store.apply_agent_report(machine, &newer, 5).await.unwrap();
+    // An older report (a cancelled long-poll applied late) still lists the old process and
+    // not the new one: ignored.
+    let older = SyncRequest {
+        report_seq: 10,
+        processes: vec![process("proc-0-0", AgentProcessState::Ready)],
+        ..newer.clone()
+    };
+    assert!(!store.apply_agent_report(machine, &older, 6).await.unwrap());
+    let live: Vec<String> = store
+        .machine_processes(&machine.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(live, vec!["proc-new".to_string()]);
+    // A machine that is gone refuses its agent.
+    store.machine_gone(&machine.id, "test", 7).await.unwrap();
+    let after = SyncRequest {
+        report_seq: 30,
+        ..newer.clone()
+    };
+    assert!(store.apply_agent_report(machine, &after, 8).await.is_err());
+    assert_eq!(
+        store
+            .get_machine(&machine.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        MachineStatus::Terminated
+    );
+}
+
 macro_rules! sqlite_suite {
     ($($name:ident),+ $(,)?) => {
         $(
@@ -370,6 +443,8 @@ mod sqlite {
         suite_a_process_that_dies_loses_its_session,
         suite_idle_termination_spares_a_busy_machine,
         suite_removing_a_zone_leaves_no_rows,
+        suite_zone_deletion_is_atomic_with_the_session_check,
+        suite_stale_and_late_reports_change_nothing,
     );
     use super::sqlite;
 }

@@ -555,6 +555,15 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() -> Result<(
             Some("status"),
         ),
         // the rest
+        case("malformed path", "GET", "/v1/builds/%FF", None, 400, None),
+        case(
+            "malformed query",
+            "GET",
+            "/v1/sessions?status=%FF",
+            None,
+            400,
+            None,
+        ),
         case("unknown route", "GET", "/v1/nothing", None, 404, None),
         case(
             "wrong method",

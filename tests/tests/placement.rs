@@ -195,8 +195,8 @@ async fn ending_a_session_restarts_its_process_in_simple_mode() -> Result<()> {
     let client = server.client();
     wait_idle(&server, &zone, 2).await?;
     let session = client.place_session(&fleet.id, &request("eu")).await?;
-    let before = probe_game_server(&session.address, session.port).await;
-    // Ended by the game itself would work the same; here the matchmaker ends it.
+    // Ended by the matchmaker at once, possibly before the agent even heard of it: either
+    // way the process that took it must be replaced, never left idle and unplaceable.
     let ended = client.end_session(&session.id).await?;
     assert_eq!(ended.status, SessionStatus::Ended);
     // The process that hosted it goes away and a fresh one takes its place.
@@ -218,7 +218,38 @@ async fn ending_a_session_restarts_its_process_in_simple_mode() -> Result<()> {
     })
     .await?;
     assert!(processes.iter().all(|p| p.active_sessions == 0));
-    drop(before);
+    // And the second session, seen by its game server before it ends, goes the same way.
+    let second = client.place_session(&fleet.id, &request("eu")).await?;
+    eventually(
+        Duration::from_secs(10),
+        "session on its game server",
+        || {
+            let session = second.clone();
+            async move {
+                let game = probe_game_server(&session.address, session.port).await?;
+                Ok((game.session_id.as_deref() == Some(session.id.as_str())).then_some(()))
+            }
+        },
+    )
+    .await?;
+    client.end_session(&second.id).await?;
+    eventually(Duration::from_secs(30), "second replacement", || {
+        let client = client.clone();
+        let fleet = fleet.id.clone();
+        let old = second.process_id.clone();
+        async move {
+            let list = client.fleet_processes(&fleet).await?.processes;
+            let old_gone = list
+                .iter()
+                .any(|p| p.id == old && p.status == ProcessStatus::Exited);
+            let ready = list
+                .iter()
+                .filter(|p| p.status == ProcessStatus::Ready)
+                .count();
+            Ok((old_gone && ready == 2).then_some(()))
+        }
+    })
+    .await?;
     Ok(())
 }
 

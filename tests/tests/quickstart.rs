@@ -89,12 +89,13 @@ async fn quickstart_lifecycle_through_terraform() -> Result<()> {
         let client = client.clone();
         let fleet = fleet_id.clone();
         let old = session.process_id.clone();
+        let zone = zone_id.clone();
         async move {
             let list = client.fleet_processes(&fleet).await?.processes;
             let exited = list
                 .iter()
                 .any(|p| p.id == old && p.status == ProcessStatus::Exited);
-            let idle = client.zone_status(&zone_id_of(&list)).await?.processes_idle;
+            let idle = client.zone_status(&zone).await?.processes_idle;
             Ok((exited && idle >= 2).then_some(()))
         }
     })
@@ -273,11 +274,4 @@ async fn quickstart_lifecycle_through_terraform() -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn zone_id_of(processes: &[Process]) -> String {
-    processes
-        .first()
-        .map(|p| p.zone_id.clone())
-        .unwrap_or_default()
 }

@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use fleetform_api::validate::{validate_build_spec, validate_fleet_spec, validate_zone_spec};
 use fleetform_api::*;
 
-use super::extract::JsonBody;
+use super::extract::{Id, JsonBody};
 use super::AppState;
 use crate::store::{MachineRecord, ProcessRecord, ProcessState};
 use crate::time::{new_id, now_ms, rfc3339};
@@ -56,16 +56,13 @@ async fn load_build(state: &AppState, id: &str) -> Result<Build> {
         .ok_or_else(|| Error::not_found("build", id))
 }
 
-pub async fn get_build(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Build>> {
+pub async fn get_build(State(state): State<AppState>, Id(id): Id) -> Result<Json<Build>> {
     Ok(Json(load_build(&state, &id).await?))
 }
 
 pub async fn update_build(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Id(id): Id,
     JsonBody(spec): JsonBody<BuildSpec>,
 ) -> Result<Json<Build>> {
     first_error(validate_build_spec(&spec))?;
@@ -85,10 +82,7 @@ pub async fn update_build(
     Ok(Json(build))
 }
 
-pub async fn delete_build(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode> {
+pub async fn delete_build(State(state): State<AppState>, Id(id): Id) -> Result<StatusCode> {
     if state.store.delete_build(&id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -164,17 +158,14 @@ pub async fn load_fleet(state: &AppState, id_or_name: &str) -> Result<Fleet> {
         .ok_or_else(|| Error::not_found("fleet", id_or_name))
 }
 
-pub async fn get_fleet(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Fleet>> {
+pub async fn get_fleet(State(state): State<AppState>, Id(id): Id) -> Result<Json<Fleet>> {
     let fleet = load_fleet(&state, &id).await?;
     Ok(Json(with_status(&state, fleet).await?))
 }
 
 pub async fn update_fleet(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Id(id): Id,
     JsonBody(spec): JsonBody<FleetSpec>,
 ) -> Result<Json<Fleet>> {
     first_error(validate_fleet_spec(&spec))?;
@@ -200,10 +191,7 @@ pub async fn update_fleet(
     Ok(Json(with_status(&state, fleet).await?))
 }
 
-pub async fn delete_fleet(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode> {
+pub async fn delete_fleet(State(state): State<AppState>, Id(id): Id) -> Result<StatusCode> {
     let fleet = load_fleet(&state, &id).await?;
     state.store.delete_fleet(&fleet.id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -234,11 +222,7 @@ pub fn process_status(process: &ProcessRecord, mode: SessionMode) -> ProcessStat
         ProcessState::Live(Agent::Stopping) => ProcessStatus::Draining,
         ProcessState::Live(Agent::Ready) if process.active_sessions > 0 => ProcessStatus::Active,
         // A simple-mode process that hosted its one session restarts: it takes no more.
-        ProcessState::Live(Agent::Ready)
-            if mode == SessionMode::Simple && process.sessions_started > 0 =>
-        {
-            ProcessStatus::Draining
-        }
+        ProcessState::Live(Agent::Ready) if process.spent(mode) => ProcessStatus::Draining,
         ProcessState::Live(Agent::Ready) => ProcessStatus::Ready,
         ProcessState::Exited => ProcessStatus::Exited,
         ProcessState::Crashed => ProcessStatus::Crashed,
@@ -247,7 +231,7 @@ pub fn process_status(process: &ProcessRecord, mode: SessionMode) -> ProcessStat
 
 pub async fn fleet_machines(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Json<MachineList>> {
     let fleet = load_fleet(&state, &id).await?;
     let machines = state.store.fleet_machines(&fleet.id).await?;
@@ -258,7 +242,7 @@ pub async fn fleet_machines(
 
 pub async fn fleet_processes(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> Result<Json<ProcessList>> {
     let fleet = load_fleet(&state, &id).await?;
     let processes = state.store.fleet_processes(&fleet.id).await?;
@@ -342,13 +326,13 @@ async fn load_zone(state: &AppState, id: &str) -> Result<Zone> {
         .ok_or_else(|| Error::not_found("zone", id))
 }
 
-pub async fn get_zone(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Zone>> {
+pub async fn get_zone(State(state): State<AppState>, Id(id): Id) -> Result<Json<Zone>> {
     Ok(Json(load_zone(&state, &id).await?))
 }
 
 pub async fn update_zone(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    Id(id): Id,
     JsonBody(spec): JsonBody<ZoneSpec>,
 ) -> Result<Json<Zone>> {
     first_error(validate_zone_spec(&spec))?;
@@ -377,32 +361,19 @@ pub async fn update_zone(
     Ok(Json(zone))
 }
 
-pub async fn delete_zone(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode> {
+pub async fn delete_zone(State(state): State<AppState>, Id(id): Id) -> Result<StatusCode> {
     let zone = load_zone(&state, &id).await?;
-    let active = state.store.zone_active_sessions(&zone.id).await?.len();
-    if active > 0 {
-        let fleet = state.store.get_fleet(&zone.spec.fleet_id).await?;
-        if !fleet.is_some_and(|f| f.force_destroy) {
-            return Err(Error::conflict(
-                "sessions_active",
-                format!(
-                    "zone {id} hosts {active} active session(s); end them, or set force_destroy = true on the fleet"
-                ),
-            ));
-        }
-    }
-    state.store.mark_zone_deleting(&zone.id).await?;
+    let force = state
+        .store
+        .get_fleet(&zone.spec.fleet_id)
+        .await?
+        .is_some_and(|fleet| fleet.force_destroy);
+    state.store.begin_zone_deletion(&zone.id, force).await?;
     state.changes.bump();
     Ok(StatusCode::ACCEPTED)
 }
 
-pub async fn zone_status(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<ZoneStatus>> {
+pub async fn zone_status(State(state): State<AppState>, Id(id): Id) -> Result<Json<ZoneStatus>> {
     let zone = load_zone(&state, &id).await?;
     let fleet = load_fleet(&state, &zone.spec.fleet_id).await?;
     let observed = state.store.zone_observation(&zone.id).await?;

@@ -106,6 +106,16 @@ async fn desired_machine(state: &AppState, machine: &MachineRecord) -> Result<De
         session_mode: fleet.session_mode,
         sessions_per_process: fleet.sessions_per_process,
     });
+    // Simple-mode processes whose session is over are drained (and so replaced), even when
+    // the session ended before the agent ever heard of it.
+    let drain = state
+        .store
+        .machine_processes(&machine.id)
+        .await?
+        .into_iter()
+        .filter(|process| process.spent(fleet.session_mode))
+        .map(|process| process.id)
+        .collect();
     let mut sessions: BTreeMap<String, Vec<AssignedSession>> = BTreeMap::new();
     for session in state.store.machine_active_sessions(&machine.id).await? {
         sessions
@@ -122,6 +132,6 @@ async fn desired_machine(state: &AppState, machine: &MachineRecord) -> Result<De
         launch,
         process_count: machine.processes_per_machine,
         sessions,
-        drain: Vec::new(),
+        drain,
     })
 }

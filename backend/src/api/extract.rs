@@ -1,7 +1,10 @@
 //! Request extractors whose rejections are our JSON errors naming the field.
 
+use std::collections::HashMap;
+
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::Error;
@@ -32,6 +35,43 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 }
             })?;
         parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// The one path parameter of a route (an id or a name); a malformed one (say, invalid
+/// UTF-8 after percent-decoding) is our JSON 400, not axum's plain-text one.
+#[derive(Debug)]
+pub struct Id(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| Error::BadRequest {
+                message: format!("malformed path: {rejection}"),
+                field: None,
+            })?;
+        Ok(Id(id))
+    }
+}
+
+/// Query parameters as a map, with a JSON 400 when the query string is malformed.
+#[derive(Debug)]
+pub struct QueryMap(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(map) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| Error::BadRequest {
+                message: format!("malformed query string: {rejection}"),
+                field: None,
+            })?;
+        Ok(QueryMap(map))
     }
 }
 

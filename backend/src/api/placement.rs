@@ -1,16 +1,15 @@
 //! Placement routes used by the matchmaker.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use fleetform_api::validate::validate_placement;
 use fleetform_api::{PlacementRequest, Session, SessionList, SessionStatus};
 
 use super::admin::load_fleet;
-use super::extract::JsonBody;
+use super::extract::{Id, JsonBody, QueryMap};
 use super::AppState;
 use crate::store::{PlaceArgs, PlaceOutcome, SessionFilter};
 use crate::time::{new_id, now_ms};
@@ -21,7 +20,7 @@ const RETRY_AFTER_SECS: u64 = 2;
 
 pub async fn place(
     State(state): State<AppState>,
-    Path(fleet): Path<String>,
+    Id(fleet): Id,
     JsonBody(request): JsonBody<PlacementRequest>,
 ) -> Result<(StatusCode, Json<Session>)> {
     if let Some(error) = validate_placement(&request).into_iter().next() {
@@ -86,7 +85,7 @@ pub async fn place(
     }
 }
 
-pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Session>> {
+pub async fn get(State(state): State<AppState>, Id(id): Id) -> Result<Json<Session>> {
     state
         .store
         .get_session(&id)
@@ -95,7 +94,7 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> Resul
         .ok_or_else(|| Error::not_found("session", id))
 }
 
-pub async fn end(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Session>> {
+pub async fn end(State(state): State<AppState>, Id(id): Id) -> Result<Json<Session>> {
     let session = state
         .store
         .end_session(&id, now_ms())
@@ -107,7 +106,7 @@ pub async fn end(State(state): State<AppState>, Path(id): Path<String>) -> Resul
 
 pub async fn list(
     State(state): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
+    QueryMap(query): QueryMap,
 ) -> Result<Json<SessionList>> {
     let mut filter = SessionFilter {
         limit: 1000,

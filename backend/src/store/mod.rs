@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use fleetform_api::agent::{AgentProcessState, SyncRequest};
 use fleetform_api::{
-    Build, Fleet, MachineStatus, PlacementStrategy, ResourceStatus, Session, SessionStatus, Zone,
+    Build, Fleet, MachineStatus, PlacementStrategy, ResourceStatus, Session, SessionMode,
+    SessionStatus, Zone,
 };
 
 use crate::placement::Candidate;
@@ -60,6 +61,26 @@ pub struct ProcessRecord {
     pub active_sessions: u32,
     pub sessions_started: u32,
     pub started_at_ms: i64,
+}
+
+impl ProcessRecord {
+    /// A simple-mode process whose one session is over: it takes no other and must be
+    /// replaced (the agent drains it).
+    pub fn spent(&self, mode: SessionMode) -> bool {
+        mode == SessionMode::Simple && self.sessions_started > 0 && self.active_sessions == 0
+    }
+
+    /// Whether a placement may put a session on it now. The placement query in each
+    /// store implementation is the SQL mirror of this rule.
+    pub fn takes_sessions(&self, mode: SessionMode, sessions_per_process: u32) -> bool {
+        let capacity = match mode {
+            SessionMode::Simple => 1,
+            SessionMode::Parallel => sessions_per_process.max(1),
+        };
+        self.state == ProcessState::Live(AgentProcessState::Ready)
+            && self.active_sessions < capacity
+            && !(mode == SessionMode::Simple && self.sessions_started > 0)
+    }
 }
 
 /// A process's lifecycle as stored: what the agent reports while it lives, then how it ended.
@@ -161,8 +182,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn get_zone(&self, id: &str) -> Result<Option<ZoneRecord>>;
     /// A zone of a fleet by id or name.
     async fn find_zone(&self, fleet_id: &str, id_or_name: &str) -> Result<Option<ZoneRecord>>;
+    /// Replaces a zone's spec; a conflict when it is being deleted.
     async fn update_zone(&self, zone: &Zone) -> Result<()>;
-    async fn mark_zone_deleting(&self, id: &str) -> Result<bool>;
+    /// Marks a zone for deletion, atomically with the check that it hosts no active
+    /// session unless `force` (the fleet's `force_destroy`).
+    async fn begin_zone_deletion(&self, id: &str, force: bool) -> Result<()>;
     async fn list_zones(&self) -> Result<Vec<ZoneRecord>>;
     async fn set_zone_status(&self, id: &str, status: ResourceStatus) -> Result<()>;
     /// Removes a zone and every row of its machines, processes and sessions.
@@ -190,7 +214,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     // -- agents
     /// Records an agent's report (heartbeat, processes, exits, ended sessions). One
-    /// transaction. Returns true when it changed what placement can use.
+    /// transaction. Returns true when it changed what placement can use. A report older
+    /// than one already applied (`report_seq`) only counts as a heartbeat; a report for a
+    /// `TERMINATED` machine is refused (`Unauthorized`: the agent stops).
     async fn apply_agent_report(
         &self,
         machine: &MachineRecord,

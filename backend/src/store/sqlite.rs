@@ -233,17 +233,22 @@ async fn process_ended(
     Ok(())
 }
 
-/// Ends one active session and frees its slot. False when it was not active.
+/// Ends one active session and frees its slot; `machine` limits it to that machine's
+/// sessions (an agent may only end its own). False when it was not active.
 async fn session_ended(
     tx: &mut sqlx::SqliteConnection,
     session_id: &str,
+    machine: Option<&str>,
     now_ms: i64,
 ) -> Result<bool> {
     let process: Option<String> = sqlx::query_scalar(
-        "UPDATE sessions SET status = 'ENDED', ended_at = ? WHERE id = ? AND status = 'ACTIVE' RETURNING process_id",
+        "UPDATE sessions SET status = 'ENDED', ended_at = ?
+         WHERE id = ? AND status = 'ACTIVE' AND (? IS NULL OR machine_id = ?) RETURNING process_id",
     )
     .bind(now_ms)
     .bind(session_id)
+    .bind(machine)
+    .bind(machine)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(process) = process else {
@@ -442,23 +447,49 @@ impl Store for SqliteStore {
 
     async fn update_zone(&self, zone: &Zone) -> Result<()> {
         let spec = serde_json::to_string(&zone.spec).map_err(|e| Error::Internal(e.to_string()))?;
-        sqlx::query("UPDATE zones SET spec = ?, status = ? WHERE id = ?")
+        // The status is the reconciler's; only the spec changes here.
+        let changed = sqlx::query("UPDATE zones SET spec = ? WHERE id = ? AND NOT deleting")
             .bind(spec)
-            .bind(zone.status.as_str())
             .bind(&zone.id)
             .execute(&self.write)
-            .await?;
+            .await?
+            .rows_affected();
+        if changed == 0 {
+            return Err(Error::conflict(
+                "zone_deleting",
+                format!("zone {} is being deleted (or is gone)", zone.id),
+            ));
+        }
         Ok(())
     }
 
-    async fn mark_zone_deleting(&self, id: &str) -> Result<bool> {
+    async fn begin_zone_deletion(&self, id: &str, force: bool) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let active: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sessions WHERE zone_id = ? AND status = 'ACTIVE'",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if active > 0 && !force {
+            return Err(Error::conflict(
+                "sessions_active",
+                format!(
+                    "zone {id} hosts {active} active session(s); end them, or set force_destroy = true on the fleet"
+                ),
+            ));
+        }
         let changed =
             sqlx::query("UPDATE zones SET deleting = TRUE, status = 'DELETING' WHERE id = ?")
                 .bind(id)
-                .execute(&self.write)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected();
-        Ok(changed > 0)
+        tx.commit().await?;
+        if changed == 0 {
+            return Err(Error::not_found("zone", id));
+        }
+        Ok(())
     }
 
     async fn list_zones(&self) -> Result<Vec<ZoneRecord>> {
@@ -605,15 +636,14 @@ impl Store for SqliteStore {
 
     async fn machine_gone(&self, id: &str, reason: &str, now_ms: i64) -> Result<()> {
         let mut tx = self.write.begin().await?;
-        let live: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT id FROM processes WHERE machine_id = ? AND agent_state IN {LIVE_STATES}"
+        sqlx::query(&format!(
+            "UPDATE processes SET agent_state = 'EXITED', ended_at = ?, active_sessions = 0
+             WHERE machine_id = ? AND agent_state IN {LIVE_STATES}"
         ))
+        .bind(now_ms)
         .bind(id)
-        .fetch_all(&mut *tx)
+        .execute(&mut *tx)
         .await?;
-        for process in live {
-            process_ended(&mut tx, &process, false, None, None, reason, now_ms).await?;
-        }
         sqlx::query("UPDATE sessions SET status = 'LOST', reason = ?, ended_at = ? WHERE machine_id = ? AND status = 'ACTIVE'")
             .bind(reason)
             .bind(now_ms)
@@ -667,21 +697,42 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<bool> {
         let mut tx = self.write.begin().await?;
-        let mut placement_changed = false;
-        let status = match machine.status {
-            MachineStatus::Pending | MachineStatus::Launching => MachineStatus::Active,
-            other => other,
-        };
-        placement_changed |= status != machine.status;
+        // The machine as it is now, not as the caller read it: the reconciler may have
+        // started terminating it since.
+        let (status, last_seq): (String, i64) =
+            sqlx::query_as("SELECT status, last_report_seq FROM machines WHERE id = ?")
+                .bind(&machine.id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(Error::Unauthorized)?;
+        let status: MachineStatus = parse(&status, "machine status")?;
+        if status == MachineStatus::Terminated {
+            return Err(Error::Unauthorized);
+        }
+        let seq = i64::try_from(report.report_seq).unwrap_or(i64::MAX);
+        if report.report_seq != 0 && seq <= last_seq {
+            // A late, older report: it still proves the machine alive, nothing more.
+            sqlx::query("UPDATE machines SET last_heartbeat_at = ? WHERE id = ?")
+                .bind(now_ms)
+                .bind(&machine.id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(false);
+        }
+        let mut placement_changed =
+            matches!(status, MachineStatus::Pending | MachineStatus::Launching);
         sqlx::query(
-            "UPDATE machines SET last_heartbeat_at = ?, address = ?, driver_ref = COALESCE(driver_ref, ?), agent_error = ?, status = ?
+            "UPDATE machines SET last_heartbeat_at = ?, address = ?, driver_ref = COALESCE(driver_ref, ?), agent_error = ?,
+                last_report_seq = MAX(last_report_seq, ?),
+                status = CASE WHEN status IN ('PENDING', 'LAUNCHING') THEN 'ACTIVE' ELSE status END
              WHERE id = ?",
         )
         .bind(now_ms)
         .bind(&report.address)
         .bind(report.agent_pid.to_string())
         .bind(&report.error)
-        .bind(status.as_str())
+        .bind(seq)
         .bind(&machine.id)
         .execute(&mut *tx)
         .await?;
@@ -689,15 +740,7 @@ impl Store for SqliteStore {
         // Sessions the game servers ended, before exits: a process that ends its session
         // and then exits (simple mode) has not lost it.
         for session in &report.ended_sessions {
-            let owned: Option<String> =
-                sqlx::query_scalar("SELECT id FROM sessions WHERE id = ? AND machine_id = ?")
-                    .bind(session)
-                    .bind(&machine.id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if owned.is_some() {
-                placement_changed |= session_ended(&mut tx, session, now_ms).await?;
-            }
+            placement_changed |= session_ended(&mut tx, session, Some(&machine.id), now_ms).await?;
         }
         for exit in &report.exited {
             let crashed = !exit.requested && (exit.exit_code != Some(0) || exit.signal.is_some());
@@ -823,13 +866,13 @@ impl Store for SqliteStore {
             SessionMode::Parallel => i64::from(args.fleet.sessions_per_process.max(1)),
         };
         let simple = args.fleet.session_mode == SessionMode::Simple;
-        // Ready processes on active machines with a free slot; in simple mode a process
-        // takes one session in its life.
+        // The SQL mirror of `ProcessRecord::takes_sessions`, on active machines of a zone
+        // that is not being deleted.
         let rows = sqlx::query(
             "SELECT p.id AS process_id, p.machine_id, p.port, p.build_id, p.active_sessions, m.data_center, m.address,
                     (SELECT COUNT(*) FROM sessions s WHERE s.machine_id = m.id AND s.status = 'ACTIVE') AS machine_sessions
-             FROM processes p JOIN machines m ON m.id = p.machine_id
-             WHERE p.zone_id = ? AND p.agent_state = 'READY' AND m.status = 'ACTIVE'
+             FROM processes p JOIN machines m ON m.id = p.machine_id JOIN zones z ON z.id = p.zone_id
+             WHERE p.zone_id = ? AND p.agent_state = 'READY' AND m.status = 'ACTIVE' AND NOT z.deleting
                AND p.active_sessions < ? AND (? = FALSE OR p.sessions_started = 0)",
         )
         .bind(&args.zone.id)
@@ -928,7 +971,7 @@ impl Store for SqliteStore {
 
     async fn end_session(&self, id: &str, now_ms: i64) -> Result<Option<Session>> {
         let mut tx = self.write.begin().await?;
-        session_ended(&mut tx, id, now_ms).await?;
+        session_ended(&mut tx, id, None, now_ms).await?;
         let row = sqlx::query("SELECT * FROM sessions WHERE id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)

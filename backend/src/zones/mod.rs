@@ -155,7 +155,9 @@ impl Reconciler {
                     processes_per_machine: machine.processes_per_machine,
                     active_sessions: processes.clone().map(|p| p.active_sessions).sum(),
                     ready_processes: processes
-                        .filter(|p| p.state.as_str() == "READY" && p.active_sessions == 0)
+                        .filter(|p| {
+                            p.takes_sessions(fleet.session_mode, fleet.sessions_per_process)
+                        })
                         .count() as u32,
                     created_at_ms: machine.created_at_ms,
                 }
@@ -213,7 +215,10 @@ impl Reconciler {
         let up = observed
             .processes
             .iter()
-            .filter(|p| p.state.as_str() == "READY")
+            .filter(|p| {
+                p.takes_sessions(fleet.session_mode, fleet.sessions_per_process)
+                    || p.active_sessions > 0
+            })
             .count() as u32;
         let status = zone_status(
             zone.status,
