@@ -253,7 +253,7 @@ impl Client {
 }
 
 /// Percent-encodes one path segment or query component.
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         match byte {

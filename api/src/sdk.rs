@@ -23,6 +23,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 
 use crate::agent::SdkSessionState;
+use crate::client::encode;
 use crate::ErrorBody;
 
 /// Route of `ready` (axum path syntax): `POST` → 204.
@@ -209,20 +210,6 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response, SdkErro
             text: String::from_utf8_lossy(&bytes).into_owned(),
         }),
     }
-}
-
-/// Percent-encodes one path segment or query component.
-fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

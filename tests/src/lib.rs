@@ -440,3 +440,88 @@ pub fn quickstart_main_tf() -> String {
     std::fs::read_to_string(repo_root().join("examples/quickstart/main.tf"))
         .expect("examples/quickstart/main.tf")
 }
+
+/// Test fixtures: the bodies the end-to-end tests create, with the fields they vary.
+pub mod fixtures {
+    use fleetform_api::*;
+    use std::path::Path;
+
+    /// A build of the directory (or archive) at `source`.
+    pub fn build(source: &Path, sha256: Option<String>) -> BuildSpec {
+        BuildSpec {
+            name: "example".into(),
+            version: None,
+            operating_system: OperatingSystem::Linux,
+            source: format!("file://{}", source.display()),
+            sha256,
+        }
+    }
+
+    /// A simple-mode fleet running the example game server; `force_destroy` so a test
+    /// can always tear it down.
+    pub fn fleet(name: &str, build_id: &str) -> FleetSpec {
+        FleetSpec {
+            name: name.into(),
+            description: None,
+            build_id: build_id.into(),
+            update_mode: UpdateMode::Soft,
+            launch_path: "example-game-server".into(),
+            launch_parameters: Some("--port {port}".into()),
+            process_restart_hours: 0,
+            session_mode: SessionMode::Simple,
+            sessions_per_process: 1,
+            storage_gb: 50,
+            force_destroy: true,
+        }
+    }
+
+    /// Zone `eu` of one `local` data center: `processes_per_machine` per machine, at most
+    /// `max_processes`; fixed mode until [`ZoneFixture::auto`] says otherwise.
+    pub fn zone(fleet_id: &str, processes_per_machine: u32, max_processes: u32) -> ZoneFixture {
+        ZoneFixture(ZoneSpec {
+            fleet_id: fleet_id.into(),
+            name: "eu".into(),
+            scaling_mode: ScalingMode::Fixed,
+            initial_server_processes: max_processes,
+            buffer_rules: vec![],
+            free_slots_min: None,
+            free_slots_max: None,
+            cooldown_minutes: 0,
+            placement_strategy: PlacementStrategy::Pack,
+            data_centers: vec![DataCenterSpec {
+                name: "local-1".into(),
+                location: "local".into(),
+                priority: 0,
+                machine_type: MachineType::Vm,
+                machine_models: vec![MachineModel {
+                    instance_type: "local".into(),
+                    processes_per_machine,
+                }],
+                max_server_processes: Some(max_processes),
+                bare_metal_machines: None,
+            }],
+        })
+    }
+
+    /// A zone body being built.
+    pub struct ZoneFixture(pub ZoneSpec);
+
+    impl ZoneFixture {
+        /// Auto mode: `initial` processes at least, `available_servers` idle on top.
+        pub fn auto(mut self, initial: u32, available_servers: u32) -> Self {
+            self.0.scaling_mode = ScalingMode::Auto;
+            self.0.initial_server_processes = initial;
+            self.0.buffer_rules = vec![BufferRule {
+                min_active_sessions: 0,
+                available_servers: Some(available_servers),
+                available_percent: None,
+            }];
+            self
+        }
+
+        /// The body.
+        pub fn spec(self) -> ZoneSpec {
+            self.0
+        }
+    }
+}

@@ -8,58 +8,18 @@ use anyhow::Result;
 use fleetform_api::*;
 use fleetform_e2e::*;
 
-/// Creates build, fleet and a zone of `machines` local machines with 2 processes each.
+/// Creates build, fleet and a fixed zone of `machines` local machines with 2 processes each.
 async fn setup(server: &Fleetformd, name: &str, machines: u32) -> Result<(Fleet, Zone)> {
     let client = server.client();
     let build_dir = example_build_dir(server.dir.path());
     let build = client
-        .create_build(&BuildSpec {
-            name: "example".into(),
-            version: Some("1".into()),
-            operating_system: OperatingSystem::Linux,
-            source: format!("file://{}", build_dir.display()),
-            sha256: None,
-        })
+        .create_build(&fixtures::build(&build_dir, None))
         .await?;
     let fleet = client
-        .create_fleet(&FleetSpec {
-            name: name.into(),
-            description: None,
-            build_id: build.id,
-            update_mode: UpdateMode::Soft,
-            launch_path: "example-game-server".into(),
-            launch_parameters: Some("--port {port}".into()),
-            process_restart_hours: 0,
-            session_mode: SessionMode::Simple,
-            sessions_per_process: 1,
-            storage_gb: 50,
-            force_destroy: true,
-        })
+        .create_fleet(&fixtures::fleet(name, &build.id))
         .await?;
     let zone = client
-        .create_zone(&ZoneSpec {
-            fleet_id: fleet.id.clone(),
-            name: "eu".into(),
-            scaling_mode: ScalingMode::Fixed,
-            initial_server_processes: machines * 2,
-            buffer_rules: vec![],
-            free_slots_min: None,
-            free_slots_max: None,
-            cooldown_minutes: 0,
-            placement_strategy: PlacementStrategy::Pack,
-            data_centers: vec![DataCenterSpec {
-                name: "local-1".into(),
-                location: "local".into(),
-                priority: 0,
-                machine_type: MachineType::Vm,
-                machine_models: vec![MachineModel {
-                    instance_type: "local".into(),
-                    processes_per_machine: 2,
-                }],
-                max_server_processes: Some(machines * 2),
-                bare_metal_machines: None,
-            }],
-        })
+        .create_zone(&fixtures::zone(&fleet.id, 2, machines * 2).spec())
         .await?;
     Ok((fleet, zone))
 }
@@ -253,48 +213,14 @@ async fn ending_a_session_restarts_its_process_in_simple_mode() -> Result<()> {
     Ok(())
 }
 
-/// Creates a fleet of one process per machine from `build` in a fresh zone.
+/// Creates a fleet of one process on one machine from `build`.
 async fn fleet_from(server: &Fleetformd, name: &str, build: &Build) -> Result<(Fleet, Zone)> {
     let client = server.client();
     let fleet = client
-        .create_fleet(&FleetSpec {
-            name: name.into(),
-            description: None,
-            build_id: build.id.clone(),
-            update_mode: UpdateMode::Soft,
-            launch_path: "example-game-server".into(),
-            launch_parameters: Some("--port {port}".into()),
-            process_restart_hours: 0,
-            session_mode: SessionMode::Simple,
-            sessions_per_process: 1,
-            storage_gb: 50,
-            force_destroy: true,
-        })
+        .create_fleet(&fixtures::fleet(name, &build.id))
         .await?;
     let zone = client
-        .create_zone(&ZoneSpec {
-            fleet_id: fleet.id.clone(),
-            name: "eu".into(),
-            scaling_mode: ScalingMode::Fixed,
-            initial_server_processes: 1,
-            buffer_rules: vec![],
-            free_slots_min: None,
-            free_slots_max: None,
-            cooldown_minutes: 0,
-            placement_strategy: PlacementStrategy::Pack,
-            data_centers: vec![DataCenterSpec {
-                name: "local-1".into(),
-                location: "local".into(),
-                priority: 0,
-                machine_type: MachineType::Vm,
-                machine_models: vec![MachineModel {
-                    instance_type: "local".into(),
-                    processes_per_machine: 1,
-                }],
-                max_server_processes: Some(1),
-                bare_metal_machines: None,
-            }],
-        })
+        .create_zone(&fixtures::zone(&fleet.id, 1, 1).spec())
         .await?;
     Ok((fleet, zone))
 }
@@ -321,13 +247,7 @@ async fn tar_gz_builds_are_checked_against_their_sha256() -> Result<()> {
         .next()
         .unwrap_or_default()
         .to_string();
-    let spec = |sha256: &str| BuildSpec {
-        name: "archive".into(),
-        version: None,
-        operating_system: OperatingSystem::Linux,
-        source: format!("file://{}", archive.display()),
-        sha256: Some(sha256.into()),
-    };
+    let spec = |sha256: &str| fixtures::build(&archive, Some(sha256.into()));
     let good = client.create_build(&spec(&digest)).await?;
     let bad = client.create_build(&spec(&"0".repeat(64))).await?;
     let (_, good_zone) = fleet_from(&server, "good", &good).await?;

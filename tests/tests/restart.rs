@@ -13,57 +13,13 @@ async fn kill_9_with_active_sessions_keeps_sessions_and_processes() -> Result<()
     let client = server.client();
     let build_dir = example_build_dir(server.dir.path());
     let build = client
-        .create_build(&BuildSpec {
-            name: "example".into(),
-            version: None,
-            operating_system: OperatingSystem::Linux,
-            source: format!("file://{}", build_dir.display()),
-            sha256: None,
-        })
+        .create_build(&fixtures::build(&build_dir, None))
         .await?;
     let fleet = client
-        .create_fleet(&FleetSpec {
-            name: "restart".into(),
-            description: None,
-            build_id: build.id,
-            update_mode: UpdateMode::Soft,
-            launch_path: "example-game-server".into(),
-            launch_parameters: Some("--port {port}".into()),
-            process_restart_hours: 0,
-            session_mode: SessionMode::Simple,
-            sessions_per_process: 1,
-            storage_gb: 50,
-            force_destroy: true,
-        })
+        .create_fleet(&fixtures::fleet("restart", &build.id))
         .await?;
     let zone = client
-        .create_zone(&ZoneSpec {
-            fleet_id: fleet.id.clone(),
-            name: "eu".into(),
-            scaling_mode: ScalingMode::Auto,
-            initial_server_processes: 4,
-            buffer_rules: vec![BufferRule {
-                min_active_sessions: 0,
-                available_servers: Some(1),
-                available_percent: None,
-            }],
-            free_slots_min: None,
-            free_slots_max: None,
-            cooldown_minutes: 0,
-            placement_strategy: PlacementStrategy::Pack,
-            data_centers: vec![DataCenterSpec {
-                name: "local-1".into(),
-                location: "local".into(),
-                priority: 0,
-                machine_type: MachineType::Vm,
-                machine_models: vec![MachineModel {
-                    instance_type: "local".into(),
-                    processes_per_machine: 2,
-                }],
-                max_server_processes: Some(4),
-                bare_metal_machines: None,
-            }],
-        })
+        .create_zone(&fixtures::zone(&fleet.id, 2, 4).auto(4, 1).spec())
         .await?;
     eventually(Duration::from_secs(60), "4 ready processes", || {
         let client = client.clone();
