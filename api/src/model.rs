@@ -205,9 +205,14 @@ impl Fleet {
 // ---------------------------------------------------------------------------------------------
 // Zones
 
-/// One buffer rule: from `min_active_sessions` active sessions on, keep this many idle
-/// servers (`available_servers`) or this share of the active ones (`available_percent`).
-/// Exactly one of the two amounts is set.
+/// One buffer rule: from `min_active_sessions` active sessions on, keep idle capacity for
+/// new sessions. Exactly one amount is set:
+/// - `available_servers`: this many idle servers (in parallel mode, free session slots);
+/// - `available_percent`: this share of the active sessions;
+/// - `available_predicted`: the session requests forecast over one machine boot time (from
+///   the last minutes' arrival rate and the same time on the previous day), plus this many
+///   servers as a safety margin. Capacity is bought before the demand arrives instead of
+///   after, so a smaller static buffer gives the same service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BufferRule {
@@ -217,6 +222,8 @@ pub struct BufferRule {
     pub available_servers: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available_percent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_predicted: Option<u32>,
 }
 
 /// A machine model a data center may buy, in rank order.

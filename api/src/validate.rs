@@ -251,7 +251,11 @@ pub fn buffer_rules(rules: &[BufferRule], mode: ScalingMode) -> Vec<FieldError> 
                 ),
             ));
         }
-        if let Err(message) = buffer_amounts(rule.available_servers, rule.available_percent) {
+        if let Err(message) = buffer_amounts(
+            rule.available_servers,
+            rule.available_percent,
+            rule.available_predicted,
+        ) {
             errors.push(FieldError::new(path.clone(), message));
         }
         if let Some(percent) = rule.available_percent {
@@ -267,13 +271,21 @@ pub fn buffer_rules(rules: &[BufferRule], mode: ScalingMode) -> Vec<FieldError> 
 }
 
 /// Exactly one of a buffer rule's amounts.
-pub fn buffer_amounts(servers: Option<u32>, percent: Option<u32>) -> Rule {
-    match (servers, percent) {
-        (Some(_), Some(_)) => {
-            Err("set exactly one of available_servers or available_percent, not both".into())
-        }
-        (None, None) => Err("set exactly one of available_servers or available_percent".into()),
-        _ => Ok(()),
+pub fn buffer_amounts(servers: Option<u32>, percent: Option<u32>, predicted: Option<u32>) -> Rule {
+    let set = [servers.is_some(), percent.is_some(), predicted.is_some()]
+        .into_iter()
+        .filter(|set| *set)
+        .count();
+    match set {
+        1 => Ok(()),
+        0 => Err(
+            "set exactly one of available_servers, available_percent or available_predicted"
+                .into(),
+        ),
+        _ => Err(
+            "set exactly one of available_servers, available_percent or available_predicted, not several"
+                .into(),
+        ),
     }
 }
 
@@ -531,6 +543,7 @@ mod tests {
             min_active_sessions: min,
             available_servers: servers,
             available_percent: percent,
+            available_predicted: None,
         }
     }
 

@@ -36,6 +36,9 @@ pub enum Error {
     Store(#[from] sqlx::Error),
     #[error("machine driver: {0}")]
     Driver(String),
+    /// The cloud has no capacity for this machine model now; the next model is tried.
+    #[error("no capacity for instance type {instance_type}")]
+    InsufficientCapacity { instance_type: String },
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -86,9 +89,10 @@ impl Error {
             Error::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None)
             }
-            Error::Store(_) | Error::Driver(_) | Error::Internal(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
-            }
+            Error::Store(_)
+            | Error::Driver(_)
+            | Error::InsufficientCapacity { .. }
+            | Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
     }
 }

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState};
 use crate::config::{self, ServerConfig};
 use crate::store::sqlite::SqliteStore;
-use crate::zones::{Changes, Reconciler};
+use crate::zones::{Changes, Demand, Reconciler, Shortages};
 use crate::{Error, Result};
 
 /// Serves fleetformd on `listener` until `shutdown` resolves.
@@ -22,6 +22,7 @@ pub async fn run(
     let store = Arc::new(SqliteStore::open(&config.data_dir.join("fleetform.db")).await?);
     let locations = Arc::new(config::locations(&config)?);
     let changes = Changes::default();
+    let demand = Arc::new(Demand::default());
     let address = listener
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
@@ -37,6 +38,7 @@ pub async fn run(
         changes: changes.clone(),
         admin_token: config.admin_token.clone().into(),
         heartbeat_interval: config.heartbeat_interval,
+        demand: demand.clone(),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reconciler = Reconciler {
@@ -45,6 +47,8 @@ pub async fn run(
         changes,
         server_url,
         interval: config.reconcile_interval,
+        demand,
+        shortages: Arc::new(Shortages::default()),
     };
     let mut reconciler_stop = stop_rx.clone();
     let reconciler = tokio::spawn(reconciler.run(async move {

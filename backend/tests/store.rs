@@ -100,6 +100,7 @@ async fn world(store: &dyn Store, mode: SessionMode, machines: usize, per_machin
             agent_error: None,
             created_at_ms: 0,
             last_heartbeat_ms: None,
+            target_processes: per_machine as u32,
         };
         store
             .insert_machine(&record, &format!("hash-{m}"))

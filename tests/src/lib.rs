@@ -515,6 +515,7 @@ pub mod fixtures {
                 min_active_sessions: 0,
                 available_servers: Some(available_servers),
                 available_percent: None,
+                available_predicted: None,
             }];
             self
         }

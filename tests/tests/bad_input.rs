@@ -161,7 +161,12 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() -> Result<(
         case("agent: unknown machine token", "POST", "/v1/agent/sync", Some(json!({ "agent_pid": 1, "address": "127.0.0.1", "processes": [] })), 401, None),
     ];
 
-    let http = reqwest::Client::builder().no_proxy().build()?;
+    // A fresh connection per case: after a 413 the server closes the connection without
+    // reading the rest of the body, and a pooled one could be reused before that is seen.
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()?;
     let mut failures = Vec::new();
     for case in &cases {
         let method = reqwest::Method::from_bytes(case.method.as_bytes())?;

@@ -401,15 +401,18 @@ pub async fn zone_status(State(state): State<AppState>, Id(id): Id) -> Result<Js
             _ => {}
         }
     }
-    let busy = status.processes_active;
-    status.processes_desired = crate::autoscale::machines_per_data_center(
-        &zone.spec,
-        crate::autoscale::desired_processes(&zone.spec, busy, status.active_sessions),
-    )
-    .iter()
-    .zip(&zone.spec.data_centers)
-    .map(|(count, dc)| count * crate::autoscale::processes_per_machine(dc))
-    .sum();
+    // What the reconciler last decided: the targets of the machines it keeps.
+    status.processes_desired = observed
+        .machines
+        .iter()
+        .filter(|m| {
+            !matches!(
+                m.status,
+                MachineStatus::Terminating | MachineStatus::Terminated | MachineStatus::Unhealthy
+            )
+        })
+        .map(|m| m.target_processes.min(m.processes_per_machine))
+        .sum();
     Ok(Json(status))
 }
 

@@ -130,7 +130,7 @@ async fn desired_machine(state: &AppState, machine: &MachineRecord) -> Result<De
     Ok(DesiredMachine {
         shutdown: false,
         launch,
-        process_count: machine.processes_per_machine,
+        process_count: machine.target_processes.min(machine.processes_per_machine),
         sessions,
         drain,
     })

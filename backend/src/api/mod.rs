@@ -19,7 +19,7 @@ use axum::{Json, Router};
 
 use crate::machines::Locations;
 use crate::store::Store;
-use crate::zones::Changes;
+use crate::zones::{Changes, Demand};
 use crate::Error;
 
 /// What every handler shares.
@@ -30,6 +30,8 @@ pub struct AppState {
     pub changes: Changes,
     pub admin_token: Arc<str>,
     pub heartbeat_interval: Duration,
+    /// Placement requests per zone (shared with the reconciler's forecast).
+    pub demand: Arc<Demand>,
 }
 
 /// The whole API as a router, testable with `oneshot` and no socket.

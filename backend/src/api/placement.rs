@@ -43,6 +43,7 @@ pub async fn place(
             format!("zone {} is being deleted", zone.zone.spec.name),
         ));
     }
+    state.demand.record(&zone.zone.id, now_ms());
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs(u64::from(request.wait_seconds.unwrap_or(0)));
     let mut changes = state.changes.subscribe();
@@ -73,6 +74,10 @@ pub async fn place(
             }
             PlaceOutcome::Repeated(session) => return Ok((StatusCode::CREATED, Json(session))),
             PlaceOutcome::NoCapacity => {
+                if woke_from_cooldown(&state, &zone.zone.id).await? {
+                    // The reconciler brings the zone back to its initial capacity now.
+                    state.changes.bump();
+                }
                 let timed_out = tokio::time::timeout_at(deadline, changes.changed()).await;
                 if timed_out.is_err() || tokio::time::Instant::now() >= deadline {
                     return Err(Error::NoCapacity {
@@ -83,6 +88,19 @@ pub async fn place(
             }
         }
     }
+}
+
+/// A placement that finds a zone in cooldown wakes it: its idle clock restarts, so the
+/// plan stops cooling and brings back `initial_server_processes`.
+async fn woke_from_cooldown(state: &AppState, zone_id: &str) -> Result<bool> {
+    let Some(record) = state.store.get_zone(zone_id).await? else {
+        return Ok(false);
+    };
+    if record.zone.status != fleetform_api::ResourceStatus::AvailableCooldown {
+        return Ok(false);
+    }
+    state.store.touch_zone(zone_id, now_ms()).await?;
+    Ok(true)
 }
 
 pub async fn get(State(state): State<AppState>, Id(id): Id) -> Result<Json<Session>> {

@@ -147,6 +147,11 @@ impl MachineDriver for LocalDriver {
         Ok(())
     }
 
+    fn boot_estimate(&self) -> Duration {
+        // A local process: starting the agent and the game servers takes about a second.
+        Duration::from_secs(2)
+    }
+
     async fn liveness(&self, machine_id: &str, driver_ref: Option<&str>) -> Result<Liveness> {
         if self.live_pid(machine_id, driver_ref).is_some() {
             Ok(Liveness::Alive)

@@ -44,6 +44,9 @@ pub trait MachineDriver: Send + Sync + std::fmt::Debug {
     async fn terminate(&self, machine_id: &str, driver_ref: Option<&str>) -> Result<()>;
     /// Whether the machine still exists.
     async fn liveness(&self, machine_id: &str, driver_ref: Option<&str>) -> Result<Liveness>;
+    /// About how long a launched machine takes until its processes can take sessions: the
+    /// horizon predictive buffer rules look ahead.
+    fn boot_estimate(&self) -> std::time::Duration;
 }
 
 /// A location the server offers and the driver behind it.

@@ -25,6 +25,8 @@ pub struct ZoneRecord {
     pub zone: Zone,
     /// Set by `DELETE /v1/zones/{id}`; the reconciler terminates its machines, then removes it.
     pub deleting: bool,
+    /// Start of the zone's idle period, for cooldown (see `autoscale::Observed`).
+    pub idle_since_ms: i64,
 }
 
 /// A machine as the store knows it.
@@ -45,6 +47,8 @@ pub struct MachineRecord {
     pub agent_error: Option<String>,
     pub created_at_ms: i64,
     pub last_heartbeat_ms: Option<i64>,
+    /// Processes the planner wants it to run (at most `processes_per_machine`).
+    pub target_processes: u32,
 }
 
 /// A live or ended game-server process.
@@ -205,6 +209,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// when it hosts one now and must stay.
     async fn begin_idle_termination(&self, id: &str) -> Result<bool>;
     async fn set_machine_driver_ref(&self, id: &str, driver_ref: &str) -> Result<()>;
+    /// Sets how many processes machines should run; `(machine id, processes)` pairs.
+    async fn set_machine_targets(&self, targets: &[(String, u32)]) -> Result<()>;
+    /// Restarts a zone's idle clock at `now_ms`: it has active sessions, or a placement
+    /// request woke it from cooldown.
+    async fn touch_zone(&self, zone_id: &str, now_ms: i64) -> Result<()>;
     /// The machine is gone: `TERMINATED`, its live processes `EXITED`, its active
     /// sessions `LOST` with `reason`. One transaction.
     async fn machine_gone(&self, id: &str, reason: &str, now_ms: i64) -> Result<()>;

@@ -136,6 +136,9 @@ fn zone_from_row(row: &SqliteRow) -> Result<ZoneRecord> {
             created_at: rfc3339(row.try_get("created_at")?),
         },
         deleting: row.try_get("deleting")?,
+        idle_since_ms: row
+            .try_get::<Option<i64>, _>("idle_since")?
+            .unwrap_or(row.try_get("created_at")?),
     })
 }
 
@@ -155,6 +158,10 @@ fn machine_from_row(row: &SqliteRow) -> Result<MachineRecord> {
         agent_error: row.try_get("agent_error")?,
         created_at_ms: row.try_get("created_at")?,
         last_heartbeat_ms: row.try_get("last_heartbeat_at")?,
+        target_processes: row
+            .try_get::<Option<i64>, _>("target_processes")?
+            .map(u32_of)
+            .unwrap_or(u32_of(row.try_get("processes_per_machine")?)),
     })
 }
 
@@ -563,8 +570,8 @@ impl Store for SqliteStore {
     async fn insert_machine(&self, machine: &MachineRecord, token_hash: &str) -> Result<()> {
         sqlx::query(
             "INSERT INTO machines (id, zone_id, fleet_id, data_center, location, instance_type, processes_per_machine,
-                status, build_id, token_hash, driver_ref, address, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                status, build_id, token_hash, driver_ref, address, created_at, target_processes)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&machine.id)
         .bind(&machine.zone_id)
@@ -579,6 +586,7 @@ impl Store for SqliteStore {
         .bind(&machine.driver_ref)
         .bind(&machine.address)
         .bind(machine.created_at_ms)
+        .bind(i64::from(machine.target_processes))
         .execute(&self.write)
         .await
         .map_err(|e| fix_error(e, "machine", "id"))?;
@@ -623,6 +631,31 @@ impl Store for SqliteStore {
         .await?
         .rows_affected();
         Ok(changed > 0)
+    }
+
+    async fn set_machine_targets(&self, targets: &[(String, u32)]) -> Result<()> {
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write.begin().await?;
+        for (id, target) in targets {
+            sqlx::query("UPDATE machines SET target_processes = ? WHERE id = ?")
+                .bind(i64::from(*target))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn touch_zone(&self, zone_id: &str, now_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE zones SET idle_since = MAX(COALESCE(idle_since, 0), ?) WHERE id = ?")
+            .bind(now_ms)
+            .bind(zone_id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
     }
 
     async fn set_machine_driver_ref(&self, id: &str, driver_ref: &str) -> Result<()> {

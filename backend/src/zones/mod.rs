@@ -14,11 +14,12 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::autoscale::{self, MachineView};
+use crate::autoscale::forecast::{forecast_arrivals, ArrivalHistory};
+use crate::autoscale::{self, FleetShape, MachineView, Observed};
 use crate::machines::{LaunchRequest, Liveness, Locations};
-use crate::store::{MachineRecord, Store, ZoneRecord};
+use crate::store::{MachineRecord, Store, ZoneObservation, ZoneRecord};
 use crate::time::{new_id, now_ms};
-use crate::Result;
+use crate::{Error, Result};
 
 /// How long a launched machine may take to sync for the first time before it is replaced.
 pub const REGISTER_TIMEOUT_MS: i64 = 120_000;
@@ -78,6 +79,10 @@ pub struct Reconciler {
     /// Where agents reach this server.
     pub server_url: String,
     pub interval: Duration,
+    /// Placement requests per zone, for predictive buffer rules.
+    pub demand: Arc<Demand>,
+    /// Machine models the cloud recently had no capacity for.
+    pub shortages: Arc<Shortages>,
 }
 
 impl Reconciler {
@@ -140,38 +145,31 @@ impl Reconciler {
         let Some(fleet) = fleet else {
             return Ok(());
         };
-        let views: Vec<MachineView> = observed
-            .machines
-            .iter()
-            .map(|machine| {
-                let processes = observed
-                    .processes
-                    .iter()
-                    .filter(|p| p.machine_id == machine.id);
-                MachineView {
-                    id: machine.id.clone(),
-                    data_center: machine.data_center.clone(),
-                    status: machine.status,
-                    processes_per_machine: machine.processes_per_machine,
-                    active_sessions: processes.clone().map(|p| p.active_sessions).sum(),
-                    ready_processes: processes
-                        .filter(|p| {
-                            p.takes_sessions(fleet.session_mode, fleet.sessions_per_process)
-                        })
-                        .count() as u32,
-                    created_at_ms: machine.created_at_ms,
-                }
-            })
-            .collect();
+        let shape = FleetShape {
+            session_mode: fleet.session_mode,
+            sessions_per_process: fleet.sessions_per_process,
+        };
         let active_sessions: u32 = observed.processes.iter().map(|p| p.active_sessions).sum();
-        let busy_processes = observed
-            .processes
-            .iter()
-            .filter(|p| p.active_sessions > 0)
-            .count() as u32;
-        let plan = autoscale::plan(&zone.spec, &views, busy_processes, active_sessions);
+        let mut idle_since_ms = record.idle_since_ms;
+        if active_sessions > 0 {
+            // The idle period (for cooldown) starts when the last session ends.
+            self.store.touch_zone(&zone.id, now).await?;
+            idle_since_ms = now;
+        }
+        let inputs = Observed {
+            machines: machine_views(&observed, shape),
+            idle_since_ms,
+            unavailable_models: self.shortages.unavailable(&zone.id, now),
+            predicted_arrivals: self
+                .demand
+                .forecast(&zone.id, now, self.boot_estimate(&zone.spec)),
+        };
+        let plan = autoscale::plan(&zone.spec, shape, &inputs, now);
 
         // Act.
+        for short in &plan.short {
+            tracing::warn!(zone = %zone.id, data_center = %short, "no machine model has capacity");
+        }
         for launch in &plan.launch {
             let Some(dc) = zone
                 .spec
@@ -211,6 +209,18 @@ impl Reconciler {
         {
             self.stop(machine).await?;
         }
+        let retargeted: Vec<(String, u32)> = observed
+            .machines
+            .iter()
+            .filter_map(|machine| {
+                let target = *plan.process_targets.get(&machine.id)?;
+                (target != machine.target_processes).then(|| (machine.id.clone(), target))
+            })
+            .collect();
+        if !retargeted.is_empty() {
+            self.store.set_machine_targets(&retargeted).await?;
+            self.changes.bump();
+        }
 
         let up = observed
             .processes
@@ -222,6 +232,7 @@ impl Reconciler {
             .count() as u32;
         let status = zone_status(
             zone.status,
+            plan.cooling,
             !observed.machines.is_empty() || !plan.launch.is_empty(),
             up,
             zone.spec
@@ -235,6 +246,17 @@ impl Reconciler {
             self.changes.bump();
         }
         Ok(())
+    }
+
+    /// How long a machine of this zone takes to boot: the slowest of its locations'
+    /// drivers' estimates (the horizon of the demand forecast).
+    fn boot_estimate(&self, spec: &ZoneSpecView) -> Duration {
+        spec.data_centers
+            .iter()
+            .filter_map(|dc| self.locations.get(&dc.location))
+            .map(|location| location.driver.boot_estimate())
+            .max()
+            .unwrap_or(Duration::from_secs(60))
     }
 
     async fn gone_reason(&self, machine: &MachineRecord, now: i64) -> Result<Option<String>> {
@@ -309,6 +331,7 @@ impl Reconciler {
             agent_error: None,
             created_at_ms: now_ms(),
             last_heartbeat_ms: None,
+            target_processes: launch.target_processes,
         };
         // The row first: a machine the store does not know could leak.
         self.store.insert_machine(&machine, &hash).await?;
@@ -324,6 +347,20 @@ impl Reconciler {
                 self.store
                     .set_machine_driver_ref(&machine.id, &driver_ref)
                     .await
+            }
+            Err(Error::InsufficientCapacity { instance_type }) => {
+                tracing::warn!(machine = %machine.id, data_center, %instance_type, "no capacity for this model; trying the next");
+                self.shortages
+                    .record(zone_id, data_center, &instance_type, now_ms());
+                self.store
+                    .machine_gone(
+                        &machine.id,
+                        &format!("no capacity for {instance_type}"),
+                        now_ms(),
+                    )
+                    .await?;
+                self.changes.bump();
+                Ok(())
             }
             Err(error) => {
                 tracing::warn!(machine = %machine.id, %error, "launch failed");
@@ -367,21 +404,123 @@ impl Reconciler {
     }
 }
 
-/// The status a zone moves to. `LAUNCHING` from the first machine until `initial` processes
-/// are up; then `AVAILABLE`, which it stays while it runs (later issues add cooldown and
-/// `UNAVAILABLE`).
+/// The status a zone moves to. `AVAILABLE_COOLDOWN` while the plan says it cools down;
+/// `LAUNCHING` from the first machine (or from a wake-up) until `initial` processes are up;
+/// then `AVAILABLE`, which it stays while it runs.
 pub fn zone_status(
     current: ResourceStatus,
+    cooling: bool,
     has_machines: bool,
     up_processes: u32,
     initial: u32,
 ) -> ResourceStatus {
     match current {
+        ResourceStatus::Deleting => ResourceStatus::Deleting,
+        _ if cooling => ResourceStatus::AvailableCooldown,
+        ResourceStatus::AvailableCooldown => ResourceStatus::Launching,
         ResourceStatus::New | ResourceStatus::Launching if up_processes >= initial => {
             ResourceStatus::Available
         }
         ResourceStatus::New if has_machines => ResourceStatus::Launching,
         other => other,
+    }
+}
+
+/// The policy's view of each machine of an observation.
+pub fn machine_views(observed: &ZoneObservation, shape: FleetShape) -> Vec<MachineView> {
+    let slots = shape.slots_per_process();
+    observed
+        .machines
+        .iter()
+        .map(|machine| {
+            let processes: Vec<_> = observed
+                .processes
+                .iter()
+                .filter(|p| p.machine_id == machine.id)
+                .collect();
+            let busy: Vec<_> = processes.iter().filter(|p| p.active_sessions > 0).collect();
+            MachineView {
+                id: machine.id.clone(),
+                data_center: machine.data_center.clone(),
+                instance_type: machine.instance_type.clone(),
+                status: machine.status,
+                processes_per_machine: machine.processes_per_machine,
+                running_processes: processes.len() as u32,
+                busy_processes: busy.len() as u32,
+                active_sessions: busy.iter().map(|p| p.active_sessions).sum(),
+                free_slots_in_busy: busy
+                    .iter()
+                    .map(|p| slots.saturating_sub(p.active_sessions))
+                    .sum(),
+                created_at_ms: machine.created_at_ms,
+            }
+        })
+        .collect()
+}
+
+/// Placement requests per zone and minute, in memory (a restart forgets them; the forecast
+/// then starts from the recent rate again).
+#[derive(Debug, Default)]
+pub struct Demand {
+    zones: std::sync::Mutex<std::collections::HashMap<String, ArrivalHistory>>,
+}
+
+impl Demand {
+    /// Counts one placement request for `zone_id` at `now_ms`.
+    pub fn record(&self, zone_id: &str, now_ms: i64) {
+        self.zones
+            .lock()
+            .expect("demand lock")
+            .entry(zone_id.to_string())
+            .or_default()
+            .record(now_ms.div_euclid(60_000), 1);
+    }
+
+    /// Requests expected for `zone_id` over `horizon` from `now_ms`.
+    pub fn forecast(&self, zone_id: &str, now_ms: i64, horizon: Duration) -> f64 {
+        let zones = self.zones.lock().expect("demand lock");
+        zones.get(zone_id).map_or(0.0, |history| {
+            forecast_arrivals(
+                history,
+                now_ms.div_euclid(60_000),
+                horizon.as_secs_f64() / 60.0,
+            )
+        })
+    }
+}
+
+/// How long a machine model stays out of the running after the cloud said it has no
+/// capacity for it.
+pub const SHORTAGE_MS: i64 = 10 * 60_000;
+
+/// Machine models the cloud recently had no capacity for, per zone.
+#[derive(Debug, Default)]
+pub struct Shortages {
+    until: std::sync::Mutex<std::collections::HashMap<(String, String, String), i64>>,
+}
+
+impl Shortages {
+    /// The cloud has no capacity for `instance_type` in `data_center` of `zone_id`.
+    pub fn record(&self, zone_id: &str, data_center: &str, instance_type: &str, now_ms: i64) {
+        self.until.lock().expect("shortage lock").insert(
+            (zone_id.into(), data_center.into(), instance_type.into()),
+            now_ms + SHORTAGE_MS,
+        );
+    }
+
+    /// `(data center, instance type)` pairs of `zone_id` still short at `now_ms`.
+    pub fn unavailable(
+        &self,
+        zone_id: &str,
+        now_ms: i64,
+    ) -> std::collections::BTreeSet<(String, String)> {
+        let mut until = self.until.lock().expect("shortage lock");
+        until.retain(|_, expires| *expires > now_ms);
+        until
+            .keys()
+            .filter(|(zone, _, _)| zone == zone_id)
+            .map(|(_, dc, model)| (dc.clone(), model.clone()))
+            .collect()
     }
 }
 
@@ -392,37 +531,23 @@ mod tests {
     #[test]
     fn zone_status_cases() {
         use ResourceStatus::*;
+        #[rustfmt::skip]
         let cases = [
-            ("new zone with no machine stays new", New, false, 0, 2, New),
-            (
-                "first machine makes it launching",
-                New,
-                true,
-                0,
-                2,
-                Launching,
-            ),
-            (
-                "initial processes up make it available",
-                Launching,
-                true,
-                2,
-                2,
-                Available,
-            ),
-            ("not enough yet", Launching, true, 1, 2, Launching),
-            (
-                "available stays available while sessions use processes",
-                Available,
-                true,
-                0,
-                2,
-                Available,
-            ),
-            ("deleting is not undone", Deleting, true, 5, 2, Deleting),
+            ("new zone with no machine stays new", New, false, false, 0, 2, New),
+            ("first machine makes it launching", New, false, true, 0, 2, Launching),
+            ("initial processes up make it available", Launching, false, true, 2, 2, Available),
+            ("not enough yet", Launching, false, true, 1, 2, Launching),
+            ("available stays available while sessions use processes", Available, false, true, 0, 2, Available),
+            ("deleting is not undone", Deleting, true, true, 5, 2, Deleting),
+            ("cooldown", Available, true, false, 0, 2, AvailableCooldown),
+            ("woken from cooldown it launches again", AvailableCooldown, false, false, 0, 2, Launching),
         ];
-        for (name, current, machines, up, initial, want) in cases {
-            assert_eq!(zone_status(current, machines, up, initial), want, "{name}");
+        for (name, current, cooling, machines, up, initial, want) in cases {
+            assert_eq!(
+                zone_status(current, cooling, machines, up, initial),
+                want,
+                "{name}"
+            );
         }
     }
 

@@ -162,6 +162,7 @@ impl ZoneState {
                             &rule.available_percent,
                             "buffer_rule.available_percent",
                         )?,
+                        available_predicted: None,
                     })
                 })
                 .collect::<Result<_, String>>()?,
@@ -356,6 +357,7 @@ fn validate_buffer_rules(
                     min_active_sessions: min.unwrap_or(0),
                     available_servers: servers,
                     available_percent: percent,
+                    available_predicted: None,
                 });
             }
         }
@@ -369,7 +371,7 @@ fn validate_buffer_rules(
     for (index, servers, percent) in known_amounts {
         problems.rule(
             AttributePath::new("buffer_rule").index(index as i64),
-            validate::buffer_amounts(servers, percent),
+            validate::buffer_amounts(servers, percent, None),
         );
     }
 }
