@@ -520,23 +520,28 @@ fn distribute(spec: &ZoneSpecView, processes: u32, kept: &[&MachineView], plan: 
                 )
             });
         }
-        // One process at a time to each data center in turn.
-        loop {
+        // One process at a time to each data center in turn; within a data center a
+        // cursor walks its holders, so a pass is linear in processes plus machines.
+        let mut cursors: Vec<(Vec<usize>, usize)> =
+            by_dc.into_values().map(|indices| (indices, 0)).collect();
+        while remaining > 0 {
             let mut placed = false;
-            for indices in by_dc.values() {
+            for (indices, cursor) in &mut cursors {
                 if remaining == 0 {
                     break;
                 }
-                if let Some(&i) = indices
-                    .iter()
-                    .find(|&&i| holders[i].target < holders[i].capacity)
+                while *cursor < indices.len()
+                    && holders[indices[*cursor]].target >= holders[indices[*cursor]].capacity
                 {
+                    *cursor += 1;
+                }
+                if let Some(&i) = indices.get(*cursor) {
                     holders[i].target += 1;
                     remaining -= 1;
                     placed = true;
                 }
             }
-            if !placed || remaining == 0 {
+            if !placed {
                 break;
             }
         }

@@ -902,12 +902,17 @@ impl Store for SqliteStore {
         // The SQL mirror of `ProcessRecord::takes_sessions`, on active machines of a zone
         // that is not being deleted.
         let rows = sqlx::query(
-            "SELECT p.id AS process_id, p.machine_id, p.port, p.build_id, p.active_sessions, m.data_center, m.address,
-                    (SELECT COUNT(*) FROM sessions s WHERE s.machine_id = m.id AND s.status = 'ACTIVE') AS machine_sessions
+            "WITH busy AS (
+                SELECT machine_id, SUM(active_sessions) AS sessions FROM processes
+                WHERE zone_id = ? AND active_sessions > 0 GROUP BY machine_id)
+             SELECT p.id AS process_id, p.machine_id, p.port, p.build_id, p.active_sessions, m.data_center, m.address,
+                    COALESCE(b.sessions, 0) AS machine_sessions
              FROM processes p JOIN machines m ON m.id = p.machine_id JOIN zones z ON z.id = p.zone_id
+                  LEFT JOIN busy b ON b.machine_id = p.machine_id
              WHERE p.zone_id = ? AND p.agent_state = 'READY' AND m.status = 'ACTIVE' AND NOT z.deleting
                AND p.active_sessions < ? AND (? = FALSE OR p.sessions_started = 0)",
         )
+        .bind(&args.zone.id)
         .bind(&args.zone.id)
         .bind(capacity)
         .bind(simple)

@@ -429,15 +429,22 @@ pub fn zone_status(
 /// The policy's view of each machine of an observation.
 pub fn machine_views(observed: &ZoneObservation, shape: FleetShape) -> Vec<MachineView> {
     let slots = shape.slots_per_process();
+    let mut by_machine: std::collections::HashMap<&str, Vec<&crate::store::ProcessRecord>> =
+        std::collections::HashMap::with_capacity(observed.machines.len());
+    for process in &observed.processes {
+        by_machine
+            .entry(process.machine_id.as_str())
+            .or_default()
+            .push(process);
+    }
     observed
         .machines
         .iter()
         .map(|machine| {
-            let processes: Vec<_> = observed
-                .processes
-                .iter()
-                .filter(|p| p.machine_id == machine.id)
-                .collect();
+            let processes = by_machine
+                .get(machine.id.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             let busy: Vec<_> = processes.iter().filter(|p| p.active_sessions > 0).collect();
             MachineView {
                 id: machine.id.clone(),
