@@ -1,7 +1,9 @@
 //! The registry docs (`docs/`) and examples (`examples/`) must match the provider's schema:
 //! every attribute and block documented once, in the right section (Required / Optional /
-//! Read-Only) with the right type, nothing documented that the schema lacks, and examples
-//! that only use names the schema has.
+//! Read-Only) with the right type, nothing documented that the schema lacks; examples
+//! (every `.tf` file under `examples/`) and the pages' configuration snippets that only use
+//! names the schema has; and a zone page that shows each `examples/scaling/<mode>` zone.
+//! `examples_terraform.rs` checks the same examples with the real `terraform`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -412,23 +414,38 @@ fn example_problems(file: &str, hcl: &str) -> Vec<String> {
     problems
 }
 
+/// Every `.tf` file under `examples/`, as paths relative to the repository.
 fn example_files() -> Vec<String> {
-    let mut files = vec!["examples/quickstart/main.tf".to_string()];
-    for dir in ["examples/resources", "examples/data-sources"] {
-        for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
-            let entry = entry.unwrap();
-            for file in ["resource.tf", "data-source.tf"] {
-                if entry.path().join(file).exists() {
-                    files.push(format!(
-                        "{dir}/{}/{file}",
-                        entry.file_name().to_string_lossy()
-                    ));
-                }
+    fn walk(dir: &Path, relative: &str, files: &mut Vec<String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|entry| entry.unwrap())
+            .collect();
+        entries.sort_by_key(|entry| entry.file_name());
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // Terraform's own working files, and Rust build output of the example server.
+            if name.starts_with('.') || name == "target" {
+                continue;
+            }
+            let path = format!("{relative}/{name}");
+            if entry.file_type().unwrap().is_dir() {
+                walk(&entry.path(), &path, files);
+            } else if name.ends_with(".tf") {
+                files.push(path);
             }
         }
     }
-    files.sort();
+    let mut files = Vec::new();
+    walk(&repo().join("examples"), "examples", &mut files);
     files
+}
+
+/// Whether an HCL file declares a fleetform resource or data source.
+fn declares_fleetform(hcl: &str) -> bool {
+    hcl.lines().any(|line| {
+        line.starts_with("resource \"fleetform_") || line.starts_with("data \"fleetform_")
+    })
 }
 
 #[test]
@@ -438,14 +455,100 @@ fn examples_use_only_schema_names() {
         let file = format!("examples/resources/{type_name}/resource.tf");
         assert!(files.contains(&file), "{file} is missing");
     }
+    for required in [
+        "examples/quickstart/main.tf",
+        "examples/provider/provider.tf",
+    ] {
+        assert!(
+            files.iter().any(|file| file == required),
+            "{required} is missing"
+        );
+    }
     let mut problems = Vec::new();
     for file in &files {
         let hcl = read(file);
-        assert!(
-            !used_names(&hcl).is_empty(),
-            "{file}: the scan found no attribute at all"
-        );
+        if declares_fleetform(&hcl) {
+            assert!(
+                !used_names(&hcl).is_empty(),
+                "{file}: the scan found no attribute at all"
+            );
+        }
         problems.extend(example_problems(file, &hcl));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The ```terraform blocks of a doc page.
+fn code_blocks(page: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in page.lines() {
+        match &mut current {
+            None if line.trim() == "```terraform" || line.trim() == "```hcl" => {
+                current = Some(String::new())
+            }
+            None => {}
+            Some(_) if line.trim() == "```" => blocks.push(current.take().unwrap()),
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+        }
+    }
+    blocks
+}
+
+/// Configuration shown in the docs (beyond the included example files) only uses names
+/// the schema has.
+#[test]
+fn doc_snippets_use_only_schema_names() {
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for (page_path, ..) in pages() {
+        for (index, block) in code_blocks(&read(&page_path)).iter().enumerate() {
+            if declares_fleetform(block) {
+                checked += 1;
+                problems.extend(example_problems(
+                    &format!("{page_path} (code block {index})"),
+                    block,
+                ));
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} doc snippets found");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The `resource "fleetform_zone"` block of an HCL file: from its first line to the first
+/// `}` at the start of a line.
+fn zone_block(hcl: &str) -> Option<String> {
+    let start = hcl.find("\nresource \"fleetform_zone\"")? + 1;
+    let end = start + hcl[start..].find("\n}")? + 2;
+    Some(hcl[start..end].to_string())
+}
+
+/// Each scaling example (`examples/scaling/<mode>/main.tf`) is shown in the zone's doc page,
+/// verbatim, so the page's mode examples are the ones `terraform validate` checks.
+#[test]
+fn zone_page_shows_every_scaling_example() {
+    let page = read("docs/resources/zone.md");
+    let scaling: Vec<String> = example_files()
+        .into_iter()
+        .filter(|file| file.starts_with("examples/scaling/"))
+        .collect();
+    assert!(
+        scaling.len() >= 9,
+        "expected an example per scaling mode, found {scaling:?}"
+    );
+    let mut problems = Vec::new();
+    for file in &scaling {
+        match zone_block(&read(file)) {
+            None => problems.push(format!("{file}: no fleetform_zone resource")),
+            Some(block) if !page.contains(&block) => problems.push(format!(
+                "docs/resources/zone.md does not show the zone of {file}:\n{block}"
+            )),
+            Some(_) => {}
+        }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -26,6 +26,11 @@ resource "fleetform_zone" "example" {
     priority            = 0
     machine_type        = "bare_metal"
     bare_metal_machines = 4
+
+    machine_model {
+      instance_type         = "metal-32-core"
+      processes_per_machine = 16
+    }
   }
 
   data_center {

@@ -57,6 +57,7 @@ pub struct BufferRuleState {
     pub min_active_sessions: Value<i64>,
     pub available_servers: Value<i64>,
     pub available_percent: Value<i64>,
+    pub available_predicted: Value<i64>,
 }
 
 /// One `data_center` block.
@@ -100,6 +101,7 @@ impl ZoneState {
                         min_active_sessions: number(rule.min_active_sessions),
                         available_servers: optional_number(rule.available_servers),
                         available_percent: optional_number(rule.available_percent),
+                        available_predicted: optional_number(rule.available_predicted),
                     })
                     .collect(),
             ),
@@ -162,7 +164,10 @@ impl ZoneState {
                             &rule.available_percent,
                             "buffer_rule.available_percent",
                         )?,
-                        available_predicted: None,
+                        available_predicted: known_optional_u32(
+                            &rule.available_predicted,
+                            "buffer_rule.available_predicted",
+                        )?,
                     })
                 })
                 .collect::<Result<_, String>>()?,
@@ -327,6 +332,33 @@ fn whole(value: &Value<i64>, path: AttributePath, problems: &mut Problems) -> Op
     }
 }
 
+/// A buffer-rule amount as plan-time validation sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Amount {
+    Null,
+    Unknown,
+    /// Set; a value out of range (already reported) stands in as a valid one.
+    Set(u32),
+}
+
+impl Amount {
+    fn of(value: &Value<i64>, path: AttributePath, valid: u32, problems: &mut Problems) -> Self {
+        match whole(value, path, problems) {
+            Some(None) => Amount::Null,
+            Some(Some(number)) => Amount::Set(number),
+            None if value.is_unknown() => Amount::Unknown,
+            None => Amount::Set(valid),
+        }
+    }
+}
+
+/// The buffer rules, checked by the server's own `validate::buffer_rules` on stand-ins for
+/// the values not known yet, keeping only the errors the known values make certain:
+/// - amounts (exactly one of three): an unknown amount stands in as null when another is
+///   set (it may turn out null), or as a valid value when none is (it may turn out set);
+///   so two set amounts are an error even while the third is unknown;
+/// - order (the first at 0, then strictly increasing): a threshold is compared only when
+///   it and the previous one are known, whatever else in the rules is unknown.
 fn validate_buffer_rules(
     rules: &Value<Vec<BufferRuleState>>,
     mode: ScalingMode,
@@ -335,45 +367,62 @@ fn validate_buffer_rules(
     let Some(rules) = rules.as_ref_option() else {
         return;
     };
-    let mut complete = Vec::with_capacity(rules.len());
-    let mut known_amounts = Vec::new();
+    let mut stand_ins = Vec::with_capacity(rules.len());
+    let mut uncertain = BTreeSet::new();
+    let mut previous_known = true;
     for (index, rule) in rules.iter().enumerate() {
         let at = |name: &'static str| {
             AttributePath::new("buffer_rule")
                 .index(index as i64)
                 .attribute(name)
         };
-        let min = whole(
+        // Null is the planned default, 0.
+        let threshold = whole(
             &rule.min_active_sessions,
             at("min_active_sessions"),
             problems,
         );
-        let servers = whole(&rule.available_servers, at("available_servers"), problems);
-        let percent = whole(&rule.available_percent, at("available_percent"), problems);
-        if let (Some(servers), Some(percent)) = (servers, percent) {
-            known_amounts.push((index, servers, percent));
-            if let Some(min) = min {
-                complete.push(BufferRule {
-                    min_active_sessions: min.unwrap_or(0),
-                    available_servers: servers,
-                    available_percent: percent,
-                    available_predicted: None,
-                });
+        if threshold.is_none() || !previous_known {
+            uncertain.insert(format!("buffer_rules[{index}].min_active_sessions"));
+        }
+        previous_known = threshold.is_some();
+
+        // Each amount with the value that stands in for it when it must be set: any
+        // number of servers is valid, a percentage is 1–1000.
+        let mut amounts = [
+            (&rule.available_servers, "available_servers", 0),
+            (&rule.available_percent, "available_percent", 1),
+            (&rule.available_predicted, "available_predicted", 0),
+        ]
+        .map(|(value, name, valid)| (Amount::of(value, at(name), valid, problems), valid));
+        let any_set = amounts
+            .iter()
+            .any(|(amount, _)| matches!(amount, Amount::Set(_)));
+        if !any_set {
+            if let Some((first, valid)) = amounts
+                .iter_mut()
+                .find(|(amount, _)| *amount == Amount::Unknown)
+            {
+                *first = Amount::Set(*valid);
             }
         }
+        let [servers, percent, predicted] = amounts.map(|(amount, _)| match amount {
+            Amount::Set(number) => Some(number),
+            Amount::Null | Amount::Unknown => None,
+        });
+        stand_ins.push(BufferRule {
+            min_active_sessions: threshold.flatten().unwrap_or(0),
+            available_servers: servers,
+            available_percent: percent,
+            available_predicted: predicted,
+        });
     }
-    if complete.len() == rules.len() {
-        problems.field_errors(validate::buffer_rules(&complete, mode));
-        return;
-    }
-    // Some values are unknown, so the thresholds' order can't be checked yet; the amounts
-    // of each rule whose amounts are known still can.
-    for (index, servers, percent) in known_amounts {
-        problems.rule(
-            AttributePath::new("buffer_rule").index(index as i64),
-            validate::buffer_amounts(servers, percent, None),
-        );
-    }
+    problems.field_errors(
+        validate::buffer_rules(&stand_ins, mode)
+            .into_iter()
+            .filter(|error| !uncertain.contains(&error.field))
+            .collect(),
+    );
 }
 
 fn validate_data_centers(dcs: &Value<Vec<DataCenterState>>, problems: &mut Problems) {
@@ -781,10 +830,10 @@ impl Resource for ZoneResource {
 pub fn zone_schema() -> Schema {
     use AttributeType::{Bool, Number, String};
     let buffer_rule = block(
-        "A buffer rule: from `min_active_sessions` active sessions on, keep this many idle \
-         server processes. One block is a single rule; several are segment rules chosen by \
-         the current number of active sessions. At least one is required when `scaling_mode` \
-         is `auto`.",
+        "A buffer rule: from `min_active_sessions` active sessions on, keep this much idle \
+         capacity for new sessions. One block is a single rule; several are segment rules, \
+         the one in force being the last whose threshold the active sessions reached. At \
+         least one is required when `scaling_mode` is `auto`.",
         vec![
             (
                 "min_active_sessions",
@@ -798,16 +847,26 @@ pub fn zone_schema() -> Schema {
                 "available_servers",
                 optional(
                     Number,
-                    "Idle server processes to keep. Exactly one of `available_servers` and \
-                     `available_percent` is set.",
+                    "Idle server processes to keep (free session slots in `parallel` \
+                     session mode). Exactly one of `available_servers`, \
+                     `available_percent` and `available_predicted` is set.",
                 ),
             ),
             (
                 "available_percent",
                 optional(
                     Number,
-                    "Idle server processes to keep, as a percentage (1–1000) of the active \
-                     ones.",
+                    "Idle capacity to keep, as a percentage (1–1000) of the active \
+                     sessions, rounded up.",
+                ),
+            ),
+            (
+                "available_predicted",
+                optional(
+                    Number,
+                    "Predictive buffer: hold capacity for the session requests forecast \
+                     over one machine boot time (from the last minutes' arrivals and the \
+                     same time the day before), plus this many servers as a safety margin.",
                 ),
             ),
         ],
@@ -919,16 +978,17 @@ pub fn zone_schema() -> Schema {
                 "free_slots_min",
                 optional(
                     Number,
-                    "Fewest free process slots kept on running machines, so processes start \
-                     in seconds instead of booting machines.",
+                    "Fewest free process slots kept on running VMs: room to start a process \
+                     in seconds instead of booting a machine. At most `free_slots_max`.",
                 ),
             ),
             (
                 "free_slots_max",
                 optional(
                     Number,
-                    "Most free process slots kept; when both bounds can't hold, the minimum \
-                     wins.",
+                    "Most free process slots kept on running VMs; at least \
+                     `free_slots_min`. When whole machines can't satisfy both bounds, the \
+                     minimum wins.",
                 ),
             ),
             (

@@ -11,6 +11,15 @@ fn rule(min: i64, servers: Option<i64>, percent: Option<i64>) -> BufferRuleState
         min_active_sessions: Value::Value(min),
         available_servers: servers.into(),
         available_percent: percent.into(),
+        available_predicted: Value::Null,
+    }
+}
+
+/// A predictive rule: the forecast plus `margin` servers.
+fn predicted(min: i64, margin: i64) -> BufferRuleState {
+    BufferRuleState {
+        available_predicted: Value::Value(margin),
+        ..rule(min, None, None)
     }
 }
 
@@ -198,6 +207,235 @@ fn validation_paths() {
             &["timeouts[0].create"],
         ),
         (
+            "segment rules with servers and percent",
+            config().rules(vec![
+                rule(0, Some(4), None),
+                rule(100, None, Some(20)),
+                rule(1000, None, Some(10)),
+            ]),
+            &[],
+        ),
+        (
+            "predictive alone",
+            config().rules(vec![predicted(0, 2)]),
+            &[],
+        ),
+        (
+            "predictive segment after a static rule",
+            config().rules(vec![rule(0, Some(2), None), predicted(50, 0)]),
+            &[],
+        ),
+        (
+            "predictive with servers",
+            config().rules(vec![BufferRuleState {
+                available_servers: Value::Value(3),
+                ..predicted(0, 2)
+            }]),
+            &["buffer_rule[0]"],
+        ),
+        (
+            "predictive with percent on the second rule",
+            config().rules(vec![
+                rule(0, Some(1), None),
+                BufferRuleState {
+                    available_percent: Value::Value(10),
+                    ..predicted(10, 2)
+                },
+            ]),
+            &["buffer_rule[1]"],
+        ),
+        (
+            "predictive with an unknown servers may be fine",
+            config().rules(vec![BufferRuleState {
+                available_servers: Value::Unknown,
+                ..predicted(0, 2)
+            }]),
+            &[],
+        ),
+        (
+            "two amounts set, the third unknown",
+            config().rules(vec![BufferRuleState {
+                available_predicted: Value::Unknown,
+                ..rule(0, Some(1), Some(5))
+            }]),
+            &["buffer_rule[0]"],
+        ),
+        (
+            "no amount set but one unknown",
+            config().rules(vec![BufferRuleState {
+                available_percent: Value::Unknown,
+                ..rule(0, None, None)
+            }]),
+            &[],
+        ),
+        (
+            "negative predictive margin",
+            config().rules(vec![predicted(0, -1)]),
+            &["buffer_rule[0].available_predicted"],
+        ),
+        (
+            "percent out of range",
+            config().rules(vec![rule(0, None, Some(1001))]),
+            &["buffer_rule[0].available_percent"],
+        ),
+        (
+            "thresholds out of order while an amount is unknown",
+            config().rules(vec![
+                rule(0, Some(1), None),
+                BufferRuleState {
+                    available_percent: Value::Unknown,
+                    ..rule(10, None, None)
+                },
+                rule(5, Some(2), None),
+            ]),
+            &["buffer_rule[2].min_active_sessions"],
+        ),
+        (
+            "first threshold not 0 while the fleet and an amount are unknown",
+            config().rules(vec![BufferRuleState {
+                available_servers: Value::Unknown,
+                ..rule(3, None, None)
+            }]),
+            &["buffer_rule[0].min_active_sessions"],
+        ),
+        (
+            "a threshold after an unknown one is not compared",
+            config().rules(vec![
+                rule(0, Some(1), None),
+                BufferRuleState {
+                    min_active_sessions: Value::Unknown,
+                    ..rule(0, Some(1), None)
+                },
+                rule(0, Some(1), None),
+            ]),
+            &[],
+        ),
+        (
+            "known thresholds around an unknown one are still compared",
+            config().rules(vec![
+                rule(0, Some(1), None),
+                rule(0, Some(1), None),
+                BufferRuleState {
+                    min_active_sessions: Value::Unknown,
+                    ..rule(0, Some(1), None)
+                },
+            ]),
+            &["buffer_rule[1].min_active_sessions"],
+        ),
+        (
+            "thresholds out of order with predictive rules",
+            config().rules(vec![predicted(0, 1), predicted(20, 2), predicted(20, 3)]),
+            &["buffer_rule[2].min_active_sessions"],
+        ),
+        (
+            "free slots equal bounds",
+            ZoneState {
+                free_slots_min: Value::Value(4),
+                free_slots_max: Value::Value(4),
+                ..config()
+            },
+            &[],
+        ),
+        (
+            "free slots max unknown",
+            ZoneState {
+                free_slots_min: Value::Value(4),
+                free_slots_max: Value::Unknown,
+                ..config()
+            },
+            &[],
+        ),
+        (
+            "free slots min only",
+            ZoneState {
+                free_slots_min: Value::Value(4),
+                ..config()
+            },
+            &[],
+        ),
+        (
+            "bare metal first with a vm overflow",
+            config().data_centers(vec![
+                DataCenterState {
+                    location: Value::Value("fra-metal".into()),
+                    machine_type: Value::Value("bare_metal".into()),
+                    max_server_processes: Value::Null,
+                    bare_metal_machines: Value::Value(4),
+                    machine_model: Value::Null,
+                    ..data_center("metal")
+                },
+                DataCenterState {
+                    priority: Value::Value(1),
+                    ..data_center("cloud")
+                },
+            ]),
+            &[],
+        ),
+        (
+            "unknown machine type is not judged",
+            config().data_centers(vec![DataCenterState {
+                machine_type: Value::Unknown,
+                max_server_processes: Value::Null,
+                ..data_center("dc1")
+            }]),
+            &[],
+        ),
+        (
+            "unknown machine type",
+            config().data_centers(vec![DataCenterState {
+                machine_type: Value::Value("container".into()),
+                ..data_center("dc1")
+            }]),
+            &["data_center[0].machine_type"],
+        ),
+        (
+            "negative priority",
+            config().data_centers(vec![DataCenterState {
+                priority: Value::Value(-1),
+                ..data_center("dc1")
+            }]),
+            &["data_center[0].priority"],
+        ),
+        (
+            "eleven ranked models",
+            config().data_centers(vec![DataCenterState {
+                machine_model: Value::Value(vec![
+                    MachineModelState {
+                        instance_type: Value::Value("c6i.2xlarge".into()),
+                        processes_per_machine: Value::Value(6),
+                    };
+                    11
+                ]),
+                ..data_center("dc1")
+            }]),
+            &["data_center[0].machine_model"],
+        ),
+        (
+            "bare metal without machines",
+            config().data_centers(vec![DataCenterState {
+                machine_type: Value::Value("bare_metal".into()),
+                max_server_processes: Value::Null,
+                ..data_center("dc1")
+            }]),
+            &["data_center[0].bare_metal_machines"],
+        ),
+        (
+            "unknown scaling mode",
+            ZoneState {
+                scaling_mode: Value::Value("manual".into()),
+                ..config()
+            },
+            &["scaling_mode"],
+        ),
+        (
+            "negative cooldown",
+            ZoneState {
+                cooldown_minutes: Value::Value(-5),
+                ..config()
+            },
+            &["cooldown_minutes"],
+        ),
+        (
             "unknown lists are skipped",
             ZoneState {
                 buffer_rule: Value::Unknown,
@@ -252,6 +490,25 @@ fn known_configs_are_judged_like_the_server() {
         s.buffer_rules[0].available_percent = Some(1001);
     });
     add("order", |s| s.buffer_rules.push(s.buffer_rules[0].clone()));
+    add("predicted alone", |s| {
+        s.buffer_rules[0].available_servers = None;
+        s.buffer_rules[0].available_predicted = Some(2);
+    });
+    add("predicted with servers", |s| {
+        s.buffer_rules[0].available_predicted = Some(2)
+    });
+    add("all three amounts", |s| {
+        s.buffer_rules[0].available_percent = Some(5);
+        s.buffer_rules[0].available_predicted = Some(0);
+    });
+    add("predictive segment out of order", |s| {
+        s.buffer_rules.push(BufferRule {
+            min_active_sessions: 0,
+            available_servers: None,
+            available_percent: None,
+            available_predicted: Some(1),
+        })
+    });
     add("free slots", |s| {
         s.free_slots_min = Some(3);
         s.free_slots_max = Some(1);
@@ -310,6 +567,102 @@ fn second_plan_after_apply_is_clean() {
         planned.timeouts.clone(),
     );
     assert_eq!(ZoneState::plan(config, Some(&applied)), applied);
+}
+
+/// The diagnostics say what to fix, in the server's words.
+#[test]
+fn validation_messages() {
+    let cases: Vec<(&str, ZoneState, &str, &str)> = vec![
+        (
+            "predictive with another amount",
+            config().rules(vec![BufferRuleState {
+                available_percent: Value::Value(10),
+                ..predicted(0, 2)
+            }]),
+            "buffer_rule[0]",
+            "set exactly one of available_servers, available_percent or available_predicted, \
+             not several",
+        ),
+        (
+            "no amount",
+            config().rules(vec![rule(0, None, None)]),
+            "buffer_rule[0]",
+            "set exactly one of available_servers, available_percent or available_predicted",
+        ),
+        (
+            "thresholds out of order",
+            config().rules(vec![
+                predicted(0, 1),
+                rule(30, Some(2), None),
+                predicted(10, 1),
+            ]),
+            "buffer_rule[2].min_active_sessions",
+            "must be greater than the previous rule's 30 (thresholds strictly increase)",
+        ),
+        (
+            "first threshold",
+            config().rules(vec![predicted(5, 1)]),
+            "buffer_rule[0].min_active_sessions",
+            "the first buffer rule must start at 0 active sessions, got 5",
+        ),
+        (
+            "free slots",
+            ZoneState {
+                free_slots_min: Value::Value(4),
+                free_slots_max: Value::Value(2),
+                ..config()
+            },
+            "free_slots_max",
+            "must be at least free_slots_min (4), got 2",
+        ),
+    ];
+    for (case, config, path, message) in cases {
+        assert_eq!(
+            validate_zone(&config).describe(),
+            vec![(path.to_string(), message.to_string())],
+            "{case}"
+        );
+    }
+}
+
+/// A predictive rule's margin survives plan, apply, read and import unchanged, so the
+/// second plan is clean.
+#[test]
+fn predictive_rules_round_trip() {
+    let config = ZoneState {
+        fleet_id: Value::Value("flt-1".into()),
+        ..config().rules(vec![
+            rule(0, Some(2), None),
+            predicted(100, 3),
+            rule(1000, None, Some(10)),
+        ])
+    };
+    let planned = ZoneState::plan(config.clone(), None);
+    let spec = ZoneState {
+        id: Value::Value("zone-1".into()),
+        ..planned.clone()
+    }
+    .spec()
+    .unwrap();
+    assert_eq!(spec.buffer_rules[1].available_predicted, Some(3));
+    assert_eq!(spec.buffer_rules[1].available_servers, None);
+    assert_eq!(spec.buffer_rules[0].available_predicted, None);
+    let applied = ZoneState::from_zone(
+        server_zone(spec.clone()),
+        planned.wait_for_capacity,
+        planned.timeouts.clone(),
+    );
+    assert_eq!(
+        applied.buffer_rule.as_ref_option().unwrap()[1].available_predicted,
+        Value::Value(3)
+    );
+    assert_eq!(ZoneState::plan(config, Some(&applied)), applied);
+    let imported = ZoneState::from_zone(
+        server_zone(spec.clone()),
+        Value::Value(true),
+        Value::Value(vec![]),
+    );
+    assert_eq!(imported.spec().unwrap(), spec);
 }
 
 #[test]
