@@ -13,6 +13,7 @@ pub mod error;
 pub mod machines;
 pub mod placement;
 pub mod server;
+pub mod simulator;
 pub mod store;
 pub mod time;
 pub mod zones;

@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::config::{self, ServerConfig};
+use crate::machines::sim::SimWorld;
 use crate::store::sqlite::SqliteStore;
 use crate::zones::{Changes, Demand, Reconciler, Shortages};
 use crate::{Error, Result};
@@ -20,9 +21,11 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::Internal(format!("create {}: {e}", config.data_dir.display())))?;
     let store = Arc::new(SqliteStore::open(&config.data_dir.join("fleetform.db")).await?);
-    let locations = Arc::new(config::locations(&config)?);
     let changes = Changes::default();
     let demand = Arc::new(Demand::default());
+    // Simulated machines report to the store in-process, as agents would over HTTP.
+    let sim = SimWorld::new(store.clone(), changes.clone(), demand.clone());
+    let locations = Arc::new(config::locations(&config, &sim)?);
     let address = listener
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
@@ -54,6 +57,10 @@ pub async fn run(
     let reconciler = tokio::spawn(reconciler.run(async move {
         let _ = reconciler_stop.wait_for(|stop| *stop).await;
     }));
+    let mut sim_stop = stop_rx.clone();
+    let sim = tokio::spawn(sim.run(async move {
+        let _ = sim_stop.wait_for(|stop| *stop).await;
+    }));
     let app = api::router(state);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -62,5 +69,6 @@ pub async fn run(
         })
         .await;
     let _ = reconciler.await;
+    let _ = sim.await;
     served.map_err(|e| Error::Internal(format!("serve: {e}")))
 }

@@ -113,11 +113,19 @@ pub async fn get(State(state): State<AppState>, Id(id): Id) -> Result<Json<Sessi
 }
 
 pub async fn end(State(state): State<AppState>, Id(id): Id) -> Result<Json<Session>> {
+    let was_active = state
+        .store
+        .get_session(&id)
+        .await?
+        .is_some_and(|session| session.status == SessionStatus::Active);
     let session = state
         .store
         .end_session(&id, now_ms())
         .await?
         .ok_or_else(|| Error::not_found("session", &id))?;
+    if was_active {
+        state.demand.record_ends(&session.zone_id, now_ms(), 1);
+    }
     state.changes.bump();
     Ok(Json(session))
 }

@@ -114,6 +114,28 @@ pub fn forecast_arrivals(history: &ArrivalHistory, now_minute: i64, horizon_minu
     recent * ratio * horizon_minutes
 }
 
+/// Idle capacity an `available_predicted` rule should hold now: the requests forecast over
+/// the time a new machine takes to serve (`horizon_minutes`: boot, then process start),
+/// less the sessions forecast to end in time for their slot to serve again (an ending
+/// session frees its slot; it serves again after the process start), and never less than
+/// the requests forecast over one process start (what no reuse can cover).
+///
+/// Holding the raw arrivals instead over-buys on smooth demand, where most arrivals are
+/// served by slots that ending sessions free meanwhile (see docs/guides/scaling.md).
+pub fn forecast_net_demand(
+    arrivals: &ArrivalHistory,
+    ends: &ArrivalHistory,
+    now_minute: i64,
+    horizon_minutes: f64,
+    start_minutes: f64,
+) -> f64 {
+    let start_minutes = start_minutes.clamp(0.0, horizon_minutes.max(0.0));
+    let incoming = forecast_arrivals(arrivals, now_minute, horizon_minutes);
+    let freed = forecast_arrivals(ends, now_minute, horizon_minutes - start_minutes);
+    let uncovered = forecast_arrivals(arrivals, now_minute, start_minutes);
+    (incoming - freed).max(uncovered)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +177,23 @@ mod tests {
             let got = forecast_arrivals(&case.history, case.now, case.horizon);
             assert!(case.want.contains(&got), "{}: got {got}, want {:?}", case.name, case.want);
         }
+    }
+
+    #[test]
+    fn net_demand_subtracts_reused_slots_but_never_below_the_start_window() {
+        // 10 requests and 10 ends a minute, steady: over a 2-minute horizon with a
+        // 0.5-minute start, 20 arrive and 15 slots free in time: hold 5.
+        let arrivals = steady(10, 0..100);
+        let ends = steady(10, 0..100);
+        let net = forecast_net_demand(&arrivals, &ends, 100, 2.0, 0.5);
+        assert!((4.9..=5.1).contains(&net), "{net}");
+        // Many more ends than arrivals: still hold what arrives during one start.
+        let busy_ends = steady(50, 0..100);
+        let floor = forecast_net_demand(&arrivals, &busy_ends, 100, 2.0, 0.5);
+        assert!((4.9..=5.1).contains(&floor), "{floor}");
+        // No ends (a ramp-up from nothing): the arrivals themselves.
+        let none = forecast_net_demand(&arrivals, &ArrivalHistory::default(), 100, 2.0, 0.5);
+        assert!((19.9..=20.1).contains(&none), "{none}");
     }
 
     #[test]

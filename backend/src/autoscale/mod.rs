@@ -95,8 +95,9 @@ pub struct Observed {
     pub idle_since_ms: i64,
     /// `(data center, instance type)` pairs the cloud reported short of capacity.
     pub unavailable_models: BTreeSet<(String, String)>,
-    /// Session requests forecast over one machine boot time ([`forecast`]); used by
-    /// `available_predicted` rules.
+    /// Idle capacity forecast for `available_predicted` rules: requests expected while a new
+    /// machine boots, less the slots ending sessions free in time
+    /// ([`forecast::forecast_net_demand`]).
     pub predicted_arrivals: f64,
 }
 

@@ -2,10 +2,14 @@
 //!
 //! A driver only starts and stops machines and says whether one still exists; what runs on
 //! a machine is the agent's business, told through `/v1/agent/sync`. Drivers: [`local`]
-//! (each machine is a local `fleetform-agent` process). `aws`, `sim` and the bare-metal
-//! pool come in later issues.
+//! (each machine is a local `fleetform-agent` process) and [`sim`] (simulated machines that
+//! report to the store in-process, for scale tests). `aws` and the bare-metal pool come in
+//! later issues. [`desired`] is what a machine should run: the answer of a sync, which
+//! simulated machines follow too.
 
+pub mod desired;
 pub mod local;
+pub mod sim;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

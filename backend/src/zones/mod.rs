@@ -14,12 +14,16 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::autoscale::forecast::{forecast_arrivals, ArrivalHistory};
+use crate::autoscale::forecast::{forecast_net_demand, ArrivalHistory};
 use crate::autoscale::{self, FleetShape, MachineView, Observed};
 use crate::machines::{LaunchRequest, Liveness, Locations};
 use crate::store::{MachineRecord, Store, ZoneObservation, ZoneRecord};
 use crate::time::{new_id, now_ms};
 use crate::{Error, Result};
+
+/// About how long a game-server process takes from start to ready (part of the forecast
+/// horizon of predictive buffer rules).
+pub const PROCESS_START_ESTIMATE: Duration = Duration::from_secs(5);
 
 /// How long a launched machine may take to sync for the first time before it is replaced.
 pub const REGISTER_TIMEOUT_MS: i64 = 120_000;
@@ -160,9 +164,12 @@ impl Reconciler {
             machines: machine_views(&observed, shape),
             idle_since_ms,
             unavailable_models: self.shortages.unavailable(&zone.id, now),
-            predicted_arrivals: self
-                .demand
-                .forecast(&zone.id, now, self.boot_estimate(&zone.spec)),
+            predicted_arrivals: self.demand.forecast(
+                &zone.id,
+                now,
+                self.boot_estimate(&zone.spec) + PROCESS_START_ESTIMATE,
+                PROCESS_START_ESTIMATE,
+            ),
         };
         let plan = autoscale::plan(&zone.spec, shape, &inputs, now);
 
@@ -465,11 +472,17 @@ pub fn machine_views(observed: &ZoneObservation, shape: FleetShape) -> Vec<Machi
         .collect()
 }
 
-/// Placement requests per zone and minute, in memory (a restart forgets them; the forecast
-/// then starts from the recent rate again).
+/// Placement requests and session ends per zone and minute, in memory (a restart forgets
+/// them; the forecast then starts from the recent rate again).
 #[derive(Debug, Default)]
 pub struct Demand {
-    zones: std::sync::Mutex<std::collections::HashMap<String, ArrivalHistory>>,
+    zones: std::sync::Mutex<std::collections::HashMap<String, ZoneDemand>>,
+}
+
+#[derive(Debug, Default)]
+struct ZoneDemand {
+    arrivals: ArrivalHistory,
+    ends: ArrivalHistory,
 }
 
 impl Demand {
@@ -480,17 +493,36 @@ impl Demand {
             .expect("demand lock")
             .entry(zone_id.to_string())
             .or_default()
+            .arrivals
             .record(now_ms.div_euclid(60_000), 1);
     }
 
-    /// Requests expected for `zone_id` over `horizon` from `now_ms`.
-    pub fn forecast(&self, zone_id: &str, now_ms: i64, horizon: Duration) -> f64 {
+    /// Counts `count` sessions of `zone_id` ended at `now_ms`.
+    pub fn record_ends(&self, zone_id: &str, now_ms: i64, count: u32) {
+        if count == 0 {
+            return;
+        }
+        self.zones
+            .lock()
+            .expect("demand lock")
+            .entry(zone_id.to_string())
+            .or_default()
+            .ends
+            .record(now_ms.div_euclid(60_000), count);
+    }
+
+    /// Idle capacity `available_predicted` should hold for `zone_id` now: see
+    /// [`forecast_net_demand`]; `horizon` is boot plus process start, `start` the process
+    /// start alone.
+    pub fn forecast(&self, zone_id: &str, now_ms: i64, horizon: Duration, start: Duration) -> f64 {
         let zones = self.zones.lock().expect("demand lock");
-        zones.get(zone_id).map_or(0.0, |history| {
-            forecast_arrivals(
-                history,
+        zones.get(zone_id).map_or(0.0, |demand| {
+            forecast_net_demand(
+                &demand.arrivals,
+                &demand.ends,
                 now_ms.div_euclid(60_000),
                 horizon.as_secs_f64() / 60.0,
+                start.as_secs_f64() / 60.0,
             )
         })
     }

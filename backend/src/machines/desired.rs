@@ -1,0 +1,287 @@
+//! A machine's desired state: what `POST /v1/agent/sync` answers an agent, and what a
+//! simulated machine ([`super::sim`]) follows.
+//!
+//! [`desired_machine`] is the rule, pure over what the store holds; [`load_desired`] reads
+//! one machine's inputs and applies it; [`desired_state`] adds the revision a sync answers
+//! with. The sim driver registers a machine with [`load_desired`] and then reads whole zones
+//! at once, calling [`desired_machine`] per machine, so simulated machines follow exactly
+//! the state real agents receive.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fleetform_api::agent::{AssignedSession, DesiredMachine, LaunchSpec, SyncResponse};
+use fleetform_api::{Build, Fleet, MachineStatus, Session};
+use sha2::{Digest, Sha256};
+
+use crate::store::{MachineRecord, ProcessRecord, Store};
+use crate::{Error, Result};
+
+/// What `machine` should run, given its fleet and that fleet's build (None when gone), its
+/// live processes and its active sessions.
+pub fn desired_machine<'a>(
+    machine: &MachineRecord,
+    fleet: Option<&Fleet>,
+    build: Option<&Build>,
+    processes: impl IntoIterator<Item = &'a ProcessRecord>,
+    sessions: impl IntoIterator<Item = &'a Session>,
+) -> DesiredMachine {
+    let shutdown = matches!(
+        machine.status,
+        MachineStatus::Terminating | MachineStatus::Terminated
+    );
+    let (Some(fleet), false) = (fleet, shutdown) else {
+        return DesiredMachine {
+            shutdown: true,
+            launch: None,
+            process_count: 0,
+            sessions: BTreeMap::new(),
+            drain: Vec::new(),
+        };
+    };
+    let launch = build.map(|build| LaunchSpec {
+        build_id: build.id.clone(),
+        source: build.source.clone(),
+        sha256: build.sha256.clone(),
+        launch_path: fleet.launch_path.clone(),
+        launch_parameters: fleet.launch_parameters.clone(),
+        session_mode: fleet.session_mode,
+        sessions_per_process: fleet.sessions_per_process,
+    });
+    // Simple-mode processes whose session is over are drained (and so replaced), even when
+    // the session ended before the agent ever heard of it.
+    let drain = processes
+        .into_iter()
+        .filter(|process| process.spent(fleet.session_mode))
+        .map(|process| process.id.clone())
+        .collect();
+    let mut by_process: BTreeMap<String, Vec<AssignedSession>> = BTreeMap::new();
+    for session in sessions {
+        by_process
+            .entry(session.process_id.clone())
+            .or_default()
+            .push(AssignedSession {
+                id: session.id.clone(),
+                max_players: session.max_players,
+                properties: session.properties.clone(),
+            });
+    }
+    DesiredMachine {
+        shutdown: false,
+        launch,
+        process_count: machine.target_processes.min(machine.processes_per_machine),
+        sessions: by_process,
+        drain,
+    }
+}
+
+/// The revision of a desired state: changes whenever the state does.
+pub fn revision(desired: &DesiredMachine) -> Result<String> {
+    let canonical = serde_json::to_vec(desired).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(Sha256::digest(&canonical)
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// What `machine` should run, read from `store` (one machine's worth of indexed reads).
+pub async fn load_desired(store: &dyn Store, machine: &MachineRecord) -> Result<DesiredMachine> {
+    let fleet = store.get_fleet(&machine.fleet_id).await?;
+    let shutdown = matches!(
+        machine.status,
+        MachineStatus::Terminating | MachineStatus::Terminated
+    );
+    Ok(match fleet {
+        Some(fleet) if !shutdown => {
+            let build = store.get_build(&fleet.build_id).await?;
+            let processes = store.machine_processes(&machine.id).await?;
+            let sessions = store.machine_active_sessions(&machine.id).await?;
+            desired_machine(machine, Some(&fleet), build.as_ref(), &processes, &sessions)
+        }
+        _ => desired_machine(machine, None, None, [], []),
+    })
+}
+
+/// What `machine_id` should run now, with its revision, as a sync answers it. A machine the
+/// store no longer knows is `Unauthorized` (its agent stops).
+pub async fn desired_state(
+    store: &dyn Store,
+    machine_id: &str,
+    heartbeat_interval: Duration,
+) -> Result<SyncResponse> {
+    let machine = store
+        .get_machine(machine_id)
+        .await?
+        .ok_or(Error::Unauthorized)?;
+    let desired = load_desired(store, &machine).await?;
+    Ok(SyncResponse {
+        revision: revision(&desired)?,
+        machine_id: machine.id,
+        heartbeat_interval_ms: heartbeat_interval.as_millis() as u32,
+        desired,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ProcessState;
+    use fleetform_api::agent::AgentProcessState;
+    use fleetform_api::{OperatingSystem, ResourceStatus, SessionMode, SessionStatus, UpdateMode};
+
+    fn machine(status: MachineStatus, target: u32) -> MachineRecord {
+        MachineRecord {
+            id: "mch-1".into(),
+            zone_id: "zone-1".into(),
+            fleet_id: "flt-1".into(),
+            data_center: "dc".into(),
+            location: "sim".into(),
+            instance_type: "m1".into(),
+            processes_per_machine: 4,
+            status,
+            build_id: "bld-1".into(),
+            driver_ref: None,
+            address: None,
+            agent_error: None,
+            created_at_ms: 0,
+            last_heartbeat_ms: None,
+            target_processes: target,
+        }
+    }
+
+    fn fleet(mode: SessionMode) -> Fleet {
+        Fleet {
+            id: "flt-1".into(),
+            name: "f".into(),
+            description: None,
+            build_id: "bld-1".into(),
+            update_mode: UpdateMode::Soft,
+            launch_path: "server".into(),
+            launch_parameters: None,
+            process_restart_hours: 0,
+            session_mode: mode,
+            sessions_per_process: 1,
+            storage_gb: 50,
+            force_destroy: false,
+            status: ResourceStatus::New,
+            created_at: String::new(),
+        }
+    }
+
+    fn build() -> Build {
+        Build {
+            id: "bld-1".into(),
+            name: "b".into(),
+            version: None,
+            operating_system: OperatingSystem::Linux,
+            source: "file:///b".into(),
+            sha256: None,
+            created_at: String::new(),
+        }
+    }
+
+    fn process(id: &str, active: u32, started: u32) -> ProcessRecord {
+        ProcessRecord {
+            id: id.into(),
+            machine_id: "mch-1".into(),
+            zone_id: "zone-1".into(),
+            fleet_id: "flt-1".into(),
+            build_id: "bld-1".into(),
+            port: 7000,
+            pid: None,
+            state: ProcessState::Live(AgentProcessState::Ready),
+            active_sessions: active,
+            sessions_started: started,
+            started_at_ms: 0,
+        }
+    }
+
+    fn session(id: &str, process_id: &str) -> Session {
+        Session {
+            id: id.into(),
+            fleet_id: "flt-1".into(),
+            zone: "eu".into(),
+            zone_id: "zone-1".into(),
+            data_center: "dc".into(),
+            machine_id: "mch-1".into(),
+            process_id: process_id.into(),
+            build_id: "bld-1".into(),
+            address: "sim".into(),
+            port: 7000,
+            status: SessionStatus::Active,
+            max_players: Some(8),
+            properties: BTreeMap::new(),
+            created_at: String::new(),
+            ended_at: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn running_machine_gets_count_sessions_and_spent_processes_to_drain() {
+        let processes = [
+            process("p1", 1, 1),
+            process("p2", 0, 1),
+            process("p3", 0, 0),
+        ];
+        let sessions = [session("s1", "p1")];
+        let desired = desired_machine(
+            &machine(MachineStatus::Active, 9),
+            Some(&fleet(SessionMode::Simple)),
+            Some(&build()),
+            &processes,
+            &sessions,
+        );
+        assert!(!desired.shutdown);
+        assert_eq!(desired.process_count, 4, "capped at processes_per_machine");
+        assert_eq!(desired.drain, vec!["p2".to_string()]);
+        assert_eq!(desired.sessions["p1"][0].id, "s1");
+        assert_eq!(desired.launch.unwrap().build_id, "bld-1");
+    }
+
+    #[test]
+    fn parallel_mode_drains_nothing_for_ended_sessions() {
+        let processes = [process("p1", 0, 3)];
+        let desired = desired_machine(
+            &machine(MachineStatus::Active, 2),
+            Some(&fleet(SessionMode::Parallel)),
+            Some(&build()),
+            &processes,
+            [],
+        );
+        assert!(desired.drain.is_empty());
+        assert_eq!(desired.process_count, 2);
+    }
+
+    #[test]
+    fn terminating_machine_or_missing_fleet_shuts_down() {
+        for (name, status, fleet) in [
+            (
+                "terminating",
+                MachineStatus::Terminating,
+                Some(fleet(SessionMode::Simple)),
+            ),
+            (
+                "terminated",
+                MachineStatus::Terminated,
+                Some(fleet(SessionMode::Simple)),
+            ),
+            ("fleet gone", MachineStatus::Active, None),
+        ] {
+            let desired =
+                desired_machine(&machine(status, 4), fleet.as_ref(), Some(&build()), [], []);
+            assert!(desired.shutdown, "{name}");
+            assert_eq!(desired.process_count, 0, "{name}");
+        }
+    }
+
+    #[test]
+    fn revision_follows_content() {
+        let a = desired_machine(&machine(MachineStatus::Active, 2), None, None, [], []);
+        let mut b = a.clone();
+        assert_eq!(revision(&a).unwrap(), revision(&b).unwrap());
+        b.process_count = 1;
+        assert_ne!(revision(&a).unwrap(), revision(&b).unwrap());
+    }
+}
