@@ -154,7 +154,12 @@ async fn cooldown_scales_to_zero_and_a_placement_wakes_the_zone() -> Result<()> 
             },
         )
         .await?;
-    assert_eq!(session.data_center, "preferred", "{session:?}");
+    // (Either data center: the placement takes the first process that becomes ready while
+    // it waits; which data centers are preferred is checked on the machines above.)
+    assert!(
+        ["preferred", "overflow"].contains(&session.data_center.as_str()),
+        "{session:?}"
+    );
     let game = eventually(
         Duration::from_secs(10),
         "session on its game server",
