@@ -900,8 +900,15 @@ impl Store for SqliteStore {
         };
         let simple = args.fleet.session_mode == SessionMode::Simple;
         // The SQL mirror of `ProcessRecord::takes_sessions`, on active machines of a zone
-        // that is not being deleted.
-        let rows = sqlx::query(
+        // that is not being deleted, best first in `placement::choose`'s order within one
+        // data center (priority and latency are the same for all its processes). Only each
+        // data center's best goes to `choose`, which then picks exactly what it would have
+        // picked over every candidate, without loading a large zone's processes.
+        let order = match args.strategy {
+            PlacementStrategy::Pack => "machine_sessions DESC, p.active_sessions DESC, p.id",
+            PlacementStrategy::Spread => "machine_sessions ASC, p.active_sessions ASC, p.id",
+        };
+        let best_in_data_center = format!(
             "WITH busy AS (
                 SELECT machine_id, SUM(active_sessions) AS sessions FROM processes
                 WHERE zone_id = ? AND active_sessions > 0 GROUP BY machine_id)
@@ -909,15 +916,22 @@ impl Store for SqliteStore {
                     COALESCE(b.sessions, 0) AS machine_sessions
              FROM processes p JOIN machines m ON m.id = p.machine_id JOIN zones z ON z.id = p.zone_id
                   LEFT JOIN busy b ON b.machine_id = p.machine_id
-             WHERE p.zone_id = ? AND p.agent_state = 'READY' AND m.status = 'ACTIVE' AND NOT z.deleting
-               AND p.active_sessions < ? AND (? = FALSE OR p.sessions_started = 0)",
-        )
-        .bind(&args.zone.id)
-        .bind(&args.zone.id)
-        .bind(capacity)
-        .bind(simple)
-        .fetch_all(&mut *tx)
-        .await?;
+             WHERE p.zone_id = ? AND m.data_center = ? AND p.agent_state = 'READY' AND m.status = 'ACTIVE'
+               AND NOT z.deleting AND p.active_sessions < ? AND (? = FALSE OR p.sessions_started = 0)
+             ORDER BY {order} LIMIT 1"
+        );
+        let mut rows = Vec::new();
+        for dc in &args.zone.spec.data_centers {
+            let row = sqlx::query(&best_in_data_center)
+                .bind(&args.zone.id)
+                .bind(&args.zone.id)
+                .bind(&dc.name)
+                .bind(capacity)
+                .bind(simple)
+                .fetch_optional(&mut *tx)
+                .await?;
+            rows.extend(row);
+        }
         let priorities: BTreeMap<&str, u32> = args
             .zone
             .spec
