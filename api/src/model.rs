@@ -209,9 +209,9 @@ impl Fleet {
 /// new sessions. Exactly one amount is set:
 /// - `available_servers`: this many idle servers (in parallel mode, free session slots);
 /// - `available_percent`: this share of the active sessions;
-/// - `available_predicted`: the session requests forecast over one machine boot time (from
-///   the last minutes' arrival rate and the same time on the previous day), plus this many
-///   servers as a safety margin. Capacity is bought before the demand arrives instead of
+/// - `available_predicted`: the session requests forecast while a new machine boots (from
+///   the last minutes' arrival rate and the same time on the previous day), less the slots
+///   that sessions ending meanwhile free in time, plus this many servers as a safety margin. Capacity is bought before the demand arrives instead of
 ///   after, so a smaller static buffer gives the same service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

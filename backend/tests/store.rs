@@ -253,8 +253,13 @@ async fn suite_repeated_agent_reports_are_idempotent(store: Arc<dyn Store>) {
         ended_sessions: vec![session.id.clone()],
         ..SyncRequest::default()
     };
-    store.apply_agent_report(machine, &report, 5).await.unwrap();
-    store.apply_agent_report(machine, &report, 6).await.unwrap();
+    let first = store.apply_agent_report(machine, &report, 5).await.unwrap();
+    let again = store.apply_agent_report(machine, &report, 6).await.unwrap();
+    assert_eq!(first.sessions_ended, 1);
+    assert_eq!(
+        again.sessions_ended, 0,
+        "a resent report ends nothing twice"
+    );
     let ended = store.get_session(&session.id).await.unwrap().unwrap();
     assert_eq!(ended.status, SessionStatus::Ended, "ended, not lost");
     // A late report that still lists the exited process does not revive it.
@@ -396,7 +401,8 @@ async fn suite_stale_and_late_reports_change_nothing(store: Arc<dyn Store>) {
         processes: vec![process("proc-0-0", AgentProcessState::Ready)],
         ..newer.clone()
     };
-    assert!(!store.apply_agent_report(machine, &older, 6).await.unwrap());
+    let stale = store.apply_agent_report(machine, &older, 6).await.unwrap();
+    assert!(!stale.placement_changed);
     let live: Vec<String> = store
         .machine_processes(&machine.id)
         .await

@@ -30,17 +30,15 @@ pub async fn sync(
         .await?
         .filter(|machine| machine.status != MachineStatus::Terminated)
         .ok_or(Error::Unauthorized)?;
-    if state
+    let outcome = state
         .store
         .apply_agent_report(&machine, &report, now_ms())
-        .await?
-    {
-        // Sessions the game servers ended free slots: the predictive forecast counts them.
-        state.demand.record_ends(
-            &machine.zone_id,
-            now_ms(),
-            report.ended_sessions.len() as u32,
-        );
+        .await?;
+    // Sessions the game servers ended free slots: the predictive forecast counts them.
+    state
+        .demand
+        .record_ends(&machine.zone_id, now_ms(), outcome.sessions_ended);
+    if outcome.placement_changed {
         state.changes.bump();
     }
     let wait = Duration::from_millis(u64::from(report.wait_ms)).min(MAX_WAIT);

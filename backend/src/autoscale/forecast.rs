@@ -1,5 +1,7 @@
 //! Demand forecast for `available_predicted` buffer rules: how many session requests will
-//! arrive over the next boot delay.
+//! arrive while a new machine boots ([`forecast_arrivals`]), and the idle capacity that
+//! calls for once the slots freed by ending sessions are counted ([`forecast_net_demand`],
+//! what fleetformd and the simulator use).
 //!
 //! Architecture invariant: pure; the history and the time come in as arguments.
 //!

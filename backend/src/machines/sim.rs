@@ -48,7 +48,7 @@ use tokio::time::Instant;
 
 use super::desired::{desired_machine, load_desired};
 use super::{LaunchRequest, Liveness, MachineDriver};
-use crate::store::{MachineRecord, ProcessRecord, Store};
+use crate::store::{MachineRecord, ProcessRecord, ReportOutcome, Store};
 use crate::time::{new_id, now_ms, rfc3339};
 use crate::zones::{Changes, Demand};
 use crate::{Error, Result};
@@ -593,7 +593,8 @@ impl SimWorld {
         let mut refresh_cost = Duration::ZERO;
         // Reports run beside the loop: one waiting for the store's single writer (behind
         // placements, say) must not stop the clock of every other machine.
-        let mut reports: JoinSet<(MachineRecord, SyncRequest, Result<bool>)> = JoinSet::new();
+        let mut reports: JoinSet<(MachineRecord, SyncRequest, Result<ReportOutcome>)> =
+            JoinSet::new();
         let mut placement_changed = false;
         loop {
             let now = Instant::now();
@@ -875,7 +876,7 @@ impl SimWorld {
         &self,
         record: &MachineRecord,
         report: SyncRequest,
-        result: Result<bool>,
+        result: Result<ReportOutcome>,
     ) -> bool {
         let id = record.id.as_str();
         let mut state = self.state();
@@ -883,20 +884,16 @@ impl SimWorld {
             machine.reporting = false;
         }
         match result {
-            Ok(placement_changed) => {
+            Ok(outcome) => {
                 if let Some(machine) = state.machines.get_mut(id) {
                     machine.last_report = Some(Instant::now());
                 }
                 state.reschedule(id);
-                if placement_changed {
-                    // As the agent route does: ended sessions free slots for the forecast.
-                    self.shared.demand.record_ends(
-                        &record.zone_id,
-                        now_ms(),
-                        report.ended_sessions.len() as u32,
-                    );
-                }
-                placement_changed
+                // As the agent route does: ended sessions free slots for the forecast.
+                self.shared
+                    .demand
+                    .record_ends(&record.zone_id, now_ms(), outcome.sessions_ended);
+                outcome.placement_changed
             }
             Err(Error::Unauthorized) => {
                 // The store ended the machine: like an agent on a 401, it stops.

@@ -932,9 +932,9 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// Requests forecast over the time a launched machine takes to serve (boot, then the
-    /// process start), like the reconciler's `Demand::forecast` over the driver's
-    /// `boot_estimate`.
+    /// The idle capacity `available_predicted` rules hold, over the time a launched machine
+    /// takes to serve (boot, then the process start), exactly like the reconciler's
+    /// `Demand::forecast` (or the raw arrivals with `--forecast arrivals`).
     fn forecast(&self) -> f64 {
         let now_minute = self.now_ms.div_euclid(MINUTE_MS);
         let horizon = (self.config.boot_ms + self.config.start_ms) as f64 / MINUTE_MS as f64;

@@ -151,6 +151,15 @@ pub enum PlaceOutcome {
     NoCapacity,
 }
 
+/// What applying an agent report did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportOutcome {
+    /// Something placement can use changed (a process became ready, a slot was freed).
+    pub placement_changed: bool,
+    /// Active sessions this report ended (a repeated report ends none again).
+    pub sessions_ended: u32,
+}
+
 /// Filters of `GET /v1/sessions`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionFilter {
@@ -223,7 +232,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     // -- agents
     /// Records an agent's report (heartbeat, processes, exits, ended sessions). One
-    /// transaction. Returns true when it changed what placement can use. A report older
+    /// transaction. A report older
     /// than one already applied (`report_seq`) only counts as a heartbeat; a report for a
     /// `TERMINATED` machine is refused (`Unauthorized`: the agent stops).
     async fn apply_agent_report(
@@ -231,7 +240,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         machine: &MachineRecord,
         report: &SyncRequest,
         now_ms: i64,
-    ) -> Result<bool>;
+    ) -> Result<ReportOutcome>;
     async fn machine_active_sessions(&self, machine_id: &str) -> Result<Vec<Session>>;
 
     // -- sessions

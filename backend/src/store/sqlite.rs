@@ -728,7 +728,7 @@ impl Store for SqliteStore {
         machine: &MachineRecord,
         report: &SyncRequest,
         now_ms: i64,
-    ) -> Result<bool> {
+    ) -> Result<ReportOutcome> {
         let mut tx = self.write.begin().await?;
         // The machine as it is now, not as the caller read it: the reconciler may have
         // started terminating it since.
@@ -751,8 +751,9 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            return Ok(false);
+            return Ok(ReportOutcome::default());
         }
+        let mut sessions_ended = 0u32;
         let mut placement_changed =
             matches!(status, MachineStatus::Pending | MachineStatus::Launching);
         sqlx::query(
@@ -773,7 +774,10 @@ impl Store for SqliteStore {
         // Sessions the game servers ended, before exits: a process that ends its session
         // and then exits (simple mode) has not lost it.
         for session in &report.ended_sessions {
-            placement_changed |= session_ended(&mut tx, session, Some(&machine.id), now_ms).await?;
+            if session_ended(&mut tx, session, Some(&machine.id), now_ms).await? {
+                placement_changed = true;
+                sessions_ended += 1;
+            }
         }
         for exit in &report.exited {
             let crashed = !exit.requested && (exit.exit_code != Some(0) || exit.signal.is_some());
@@ -868,7 +872,10 @@ impl Store for SqliteStore {
             placement_changed = true;
         }
         tx.commit().await?;
-        Ok(placement_changed)
+        Ok(ReportOutcome {
+            placement_changed,
+            sessions_ended,
+        })
     }
 
     async fn machine_active_sessions(&self, machine_id: &str) -> Result<Vec<Session>> {

@@ -864,9 +864,10 @@ pub fn zone_schema() -> Schema {
                 "available_predicted",
                 optional(
                     Number,
-                    "Predictive buffer: hold capacity for the session requests forecast \
-                     over one machine boot time (from the last minutes' arrivals and the \
-                     same time the day before), plus this many servers as a safety margin.",
+                    "Predictive buffer: hold idle capacity for the session requests \
+                     forecast while a new machine boots (from the last minutes' arrivals and \
+                     the same time the day before), less the slots that sessions ending \
+                     meanwhile free in time, plus this many servers as a safety margin.",
                 ),
             ),
         ],
