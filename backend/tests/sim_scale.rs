@@ -8,6 +8,8 @@
 //! stderr (`--nocapture`); `RUST_LOG=fleetformd::machines::sim=debug` shows the simulator's
 //! own reads and report rounds.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -476,32 +478,9 @@ async fn store_registers_machines_one_transaction_each() {
         .await
         .unwrap();
     let store: &dyn Store = &store;
-    let build = Build {
-        id: "bld-1".into(),
-        name: "b".into(),
-        version: None,
-        operating_system: OperatingSystem::Linux,
-        source: "file:///opt/b".into(),
-        sha256: None,
-        created_at: "2026-01-01T00:00:00Z".into(),
-    };
+    let build = support::build();
     store.insert_build(&build).await.unwrap();
-    let fleet = Fleet {
-        id: "flt-1".into(),
-        name: "f".into(),
-        description: None,
-        build_id: build.id.clone(),
-        update_mode: UpdateMode::Soft,
-        launch_path: "server".into(),
-        launch_parameters: None,
-        process_restart_hours: 0,
-        session_mode: SessionMode::Simple,
-        sessions_per_process: 1,
-        storage_gb: 50,
-        force_destroy: false,
-        status: ResourceStatus::New,
-        created_at: "2026-01-01T00:00:00Z".into(),
-    };
+    let fleet = support::fleet(&build.id, SessionMode::Simple);
     store.insert_fleet(&fleet).await.unwrap();
     let zone = Zone {
         id: "zone-1".into(),

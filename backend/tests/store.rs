@@ -1,6 +1,8 @@
 //! The store's guarantees, as one suite over `dyn Store` so every backend runs the same
 //! checks (SQLite today; Postgres will call the same `suite_*` functions).
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -26,32 +28,9 @@ struct World {
 /// A fleet in `mode`, a zone, and `machines` active machines with `per_machine` READY
 /// processes each.
 async fn world(store: &dyn Store, mode: SessionMode, machines: usize, per_machine: usize) -> World {
-    let build = Build {
-        id: "bld-1".into(),
-        name: "b".into(),
-        version: None,
-        operating_system: OperatingSystem::Linux,
-        source: "file:///opt/b".into(),
-        sha256: None,
-        created_at: "2026-01-01T00:00:00Z".into(),
-    };
+    let build = support::build();
     store.insert_build(&build).await.unwrap();
-    let fleet = Fleet {
-        id: "flt-1".into(),
-        name: "f".into(),
-        description: None,
-        build_id: build.id.clone(),
-        update_mode: UpdateMode::Soft,
-        launch_path: "server".into(),
-        launch_parameters: None,
-        process_restart_hours: 0,
-        session_mode: mode,
-        sessions_per_process: if mode == SessionMode::Simple { 1 } else { 4 },
-        storage_gb: 50,
-        force_destroy: false,
-        status: ResourceStatus::New,
-        created_at: "2026-01-01T00:00:00Z".into(),
-    };
+    let fleet = support::fleet(&build.id, mode);
     store.insert_fleet(&fleet).await.unwrap();
     let zone = Zone {
         id: "zone-1".into(),
