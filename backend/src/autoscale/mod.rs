@@ -558,4 +558,6 @@ fn distribute(spec: &ZoneSpecView, processes: u32, kept: &[&MachineView], plan: 
 }
 
 #[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
 mod tests;

@@ -2,125 +2,15 @@
 
 use std::collections::BTreeSet;
 
-use fleetform_api::{MachineModel, PlacementStrategy};
 use proptest::prelude::*;
 
+use super::fixtures::*;
 use super::*;
 
 const SIMPLE: FleetShape = FleetShape {
     session_mode: SessionMode::Simple,
     sessions_per_process: 1,
 };
-
-/// Fixture builders (controller-rs style): `zone().dc(...).auto(...)`.
-fn zone() -> ZoneSpecView {
-    ZoneSpecView {
-        fleet_id: "flt".into(),
-        name: "z".into(),
-        scaling_mode: ScalingMode::Auto,
-        initial_server_processes: 1,
-        buffer_rules: vec![servers(0, 0)],
-        free_slots_min: None,
-        free_slots_max: None,
-        cooldown_minutes: 0,
-        placement_strategy: PlacementStrategy::Pack,
-        data_centers: vec![],
-    }
-}
-
-fn servers(min: u32, servers: u32) -> BufferRule {
-    BufferRule {
-        min_active_sessions: min,
-        available_servers: Some(servers),
-        available_percent: None,
-        available_predicted: None,
-    }
-}
-
-fn percent(min: u32, percent: u32) -> BufferRule {
-    BufferRule {
-        min_active_sessions: min,
-        available_servers: None,
-        available_percent: Some(percent),
-        available_predicted: None,
-    }
-}
-
-trait ZoneExt {
-    fn dc(self, name: &str, priority: u32, per_machine: u32, max: u32) -> Self;
-    fn models(self, models: &[(&str, u32)]) -> Self;
-    fn bare_metal(self, name: &str, machines: u32, per_machine: u32) -> Self;
-    fn initial(self, n: u32) -> Self;
-    fn rules(self, rules: Vec<BufferRule>) -> Self;
-    fn fixed(self) -> Self;
-    fn free_slots(self, min: Option<u32>, max: Option<u32>) -> Self;
-    fn cooldown(self, minutes: u32) -> Self;
-}
-
-impl ZoneExt for ZoneSpecView {
-    fn dc(mut self, name: &str, priority: u32, per_machine: u32, max: u32) -> Self {
-        self.data_centers.push(DataCenterSpec {
-            name: name.into(),
-            location: "sim".into(),
-            priority,
-            machine_type: MachineType::Vm,
-            machine_models: vec![MachineModel {
-                instance_type: "m1".into(),
-                processes_per_machine: per_machine,
-            }],
-            max_server_processes: Some(max),
-            bare_metal_machines: None,
-        });
-        self
-    }
-    fn models(mut self, models: &[(&str, u32)]) -> Self {
-        let dc = self.data_centers.last_mut().expect("a data center");
-        dc.machine_models = models
-            .iter()
-            .map(|(name, per)| MachineModel {
-                instance_type: name.to_string(),
-                processes_per_machine: *per,
-            })
-            .collect();
-        self
-    }
-    fn bare_metal(mut self, name: &str, machines: u32, per_machine: u32) -> Self {
-        self.data_centers.push(DataCenterSpec {
-            name: name.into(),
-            location: "site".into(),
-            priority: 0,
-            machine_type: MachineType::BareMetal,
-            machine_models: vec![MachineModel {
-                instance_type: "metal".into(),
-                processes_per_machine: per_machine,
-            }],
-            max_server_processes: None,
-            bare_metal_machines: Some(machines),
-        });
-        self
-    }
-    fn initial(mut self, n: u32) -> Self {
-        self.initial_server_processes = n;
-        self
-    }
-    fn rules(mut self, rules: Vec<BufferRule>) -> Self {
-        self.buffer_rules = rules;
-        self
-    }
-    fn fixed(mut self) -> Self {
-        self.scaling_mode = ScalingMode::Fixed;
-        self
-    }
-    fn free_slots(mut self, min: Option<u32>, max: Option<u32>) -> Self {
-        self.free_slots_min = min;
-        self.free_slots_max = max;
-        self
-    }
-    fn cooldown(mut self, minutes: u32) -> Self {
-        self.cooldown_minutes = minutes;
-        self
-    }
-}
 
 /// A machine in `dc` with `per` slots running `running` processes, `sessions` of them busy.
 fn machine(id: &str, dc: &str, per: u32, running: u32, sessions: u32) -> MachineView {

@@ -1,90 +1,14 @@
 //! Known answers on tiny traces, determinism, the lower bound by hand, the placement index
 //! against `choose`, and the trace format.
 
-use fleetform_api::{
-    BufferRule, DataCenterSpec, MachineModel, MachineType, PlacementStrategy, ScalingMode,
-};
+use fleetform_api::{PlacementStrategy, ScalingMode};
 
 use super::engine::{run_checked, Meter};
 use super::trace::{generate, parse, Pattern, TraceRow};
 use super::tune::{cheapest, with_rule, BufferKind};
 use super::*;
+use crate::autoscale::fixtures::{zone, ZoneExt};
 
-/// Test fixture: a zone built fluently (`zone().dc("a", 0, 2).servers(4)`).
-fn zone() -> ZoneSpecView {
-    ZoneSpecView {
-        fleet_id: "flt".into(),
-        name: "z".into(),
-        scaling_mode: ScalingMode::Auto,
-        initial_server_processes: 1,
-        buffer_rules: vec![BufferKind::Servers.rule(0)],
-        free_slots_min: None,
-        free_slots_max: None,
-        cooldown_minutes: 0,
-        placement_strategy: PlacementStrategy::Pack,
-        data_centers: vec![],
-    }
-}
-
-trait ZoneExt {
-    fn dc(self, name: &str, priority: u32, per_machine: u32) -> Self;
-    fn bare_metal(self, name: &str, machines: u32, per_machine: u32) -> Self;
-    fn initial(self, processes: u32) -> Self;
-    fn rule(self, rule: BufferRule) -> Self;
-    fn cooldown(self, minutes: u32) -> Self;
-    fn strategy(self, strategy: PlacementStrategy) -> Self;
-}
-
-impl ZoneExt for ZoneSpecView {
-    fn dc(mut self, name: &str, priority: u32, per_machine: u32) -> Self {
-        self.data_centers.push(DataCenterSpec {
-            name: name.into(),
-            location: "sim".into(),
-            priority,
-            machine_type: MachineType::Vm,
-            machine_models: vec![MachineModel {
-                instance_type: "m1".into(),
-                processes_per_machine: per_machine,
-            }],
-            max_server_processes: Some(10_000),
-            bare_metal_machines: None,
-        });
-        self
-    }
-    fn bare_metal(mut self, name: &str, machines: u32, per_machine: u32) -> Self {
-        self.data_centers.push(DataCenterSpec {
-            name: name.into(),
-            location: "metal".into(),
-            priority: 0,
-            machine_type: MachineType::BareMetal,
-            machine_models: vec![MachineModel {
-                instance_type: "metal".into(),
-                processes_per_machine: per_machine,
-            }],
-            max_server_processes: None,
-            bare_metal_machines: Some(machines),
-        });
-        self
-    }
-    fn initial(mut self, processes: u32) -> Self {
-        self.initial_server_processes = processes;
-        self
-    }
-    fn rule(mut self, rule: BufferRule) -> Self {
-        self.buffer_rules = vec![rule];
-        self
-    }
-    fn cooldown(mut self, minutes: u32) -> Self {
-        self.cooldown_minutes = minutes;
-        self
-    }
-    fn strategy(mut self, strategy: PlacementStrategy) -> Self {
-        self.placement_strategy = strategy;
-        self
-    }
-}
-
-/// A trace of `(minute, requests)` rows, every minute from 0 to `minutes - 1` present.
 fn trace(minutes: i64, requests: &[(i64, u32)]) -> Trace {
     Trace {
         zone: "z".into(),
@@ -136,7 +60,7 @@ fn known_answers() {
     let cases = vec![
         Case {
             name: "instant boot and a buffer bigger than a minute's requests: no miss",
-            zone: zone().dc("a", 0, 2).initial(8).rule(BufferKind::Servers.rule(8)),
+            zone: zone().dc("a", 0, 2, 10_000).initial(8).rule(BufferKind::Servers.rule(8)),
             trace: quiet_then_busy.clone(),
             config: config(),
             misses: 0,
@@ -144,7 +68,7 @@ fn known_answers() {
         },
         Case {
             name: "no buffer and a boot longer than the trace: every request misses",
-            zone: zone().dc("a", 0, 2).initial(1).rule(BufferKind::Servers.rule(0)),
+            zone: zone().dc("a", 0, 2, 10_000).initial(1).rule(BufferKind::Servers.rule(0)),
             trace: trace(5, &[(0, 5), (1, 5), (2, 5), (3, 5), (4, 5)]),
             config: SimConfig { boot_ms: 600_000, ..config() },
             misses: 25,
@@ -153,7 +77,7 @@ fn known_answers() {
         },
         Case {
             name: "fixed mode runs every data center's maximum from the start",
-            zone: ZoneSpecView { scaling_mode: ScalingMode::Fixed, ..zone().dc("a", 0, 4) }
+            zone: ZoneSpecView { scaling_mode: ScalingMode::Fixed, ..zone().dc("a", 0, 4, 10_000) }
                 .with_max(0, 6),
             trace: trace(10, &[(1, 8)]),
             config: config(),
@@ -163,7 +87,7 @@ fn known_answers() {
         },
         Case {
             name: "bare metal serves first: no VM is launched for what it holds",
-            zone: zone().bare_metal("metal", 2, 4).dc("cloud", 1, 4).initial(1),
+            zone: zone().bare_metal("metal", 2, 4).dc("cloud", 1, 4, 10_000).initial(1),
             trace: trace(10, &[(1, 3), (5, 3)]),
             config: config(),
             misses: 0,
@@ -172,7 +96,7 @@ fn known_answers() {
         },
         Case {
             name: "parallel slots: one process of 4 slots holds 4 sessions",
-            zone: zone().dc("a", 0, 1).initial(1).rule(BufferKind::Servers.rule(0)),
+            zone: zone().dc("a", 0, 1, 10_000).initial(1).rule(BufferKind::Servers.rule(0)),
             trace: trace(2, &[(1, 4)]),
             config: SimConfig { fleet: parallel(4), ..config() },
             misses: 0,
@@ -208,7 +132,7 @@ impl MaxExt for ZoneSpecView {
 #[test]
 fn a_long_boot_misses_where_an_instant_one_does_not() {
     let zone = zone()
-        .dc("a", 0, 4)
+        .dc("a", 0, 4, 10_000)
         .initial(4)
         .rule(BufferKind::Servers.rule(4));
     let ramp = trace(30, &[(5, 10), (6, 20), (7, 30), (8, 40), (9, 40)]);
@@ -232,8 +156,8 @@ fn a_long_boot_misses_where_an_instant_one_does_not() {
 #[test]
 fn the_same_seed_gives_the_same_report() {
     let zone = zone()
-        .dc("a", 0, 4)
-        .dc("b", 1, 4)
+        .dc("a", 0, 4, 10_000)
+        .dc("b", 1, 4, 10_000)
         .initial(4)
         .rule(BufferKind::Percent.rule(20));
     let daily = generate(Pattern::SteadyDaily, 1, 30.0, 7, "z");
@@ -275,7 +199,7 @@ fn lower_bound_by_hand() {
 #[test]
 fn with_one_slot_per_machine_and_no_miss_the_lower_bound_is_the_session_time() {
     let zone = zone()
-        .dc("a", 0, 1)
+        .dc("a", 0, 1, 10_000)
         .initial(10)
         .rule(BufferKind::Servers.rule(10));
     let report = run_checked(&zone, &trace(20, &[(1, 3), (2, 4), (9, 2)]), &config());
@@ -293,9 +217,9 @@ fn placement_index_agrees_with_choose_over_every_candidate() {
     for strategy in [PlacementStrategy::Pack, PlacementStrategy::Spread] {
         for fleet in [SimConfig::default().fleet, parallel(3)] {
             let zone = zone()
-                .dc("a", 0, 3)
-                .dc("b", 0, 2)
-                .dc("c", 1, 4)
+                .dc("a", 0, 3, 10_000)
+                .dc("b", 0, 2, 10_000)
+                .dc("c", 1, 4, 10_000)
                 .initial(2)
                 .rule(BufferKind::Servers.rule(3))
                 .strategy(strategy);
@@ -314,7 +238,7 @@ fn placement_index_agrees_with_choose_over_every_candidate() {
 
 #[test]
 fn cooldown_scales_to_zero_and_a_miss_wakes_the_zone() {
-    let zone = zone().dc("a", 0, 2).initial(2).cooldown(5);
+    let zone = zone().dc("a", 0, 2, 10_000).initial(2).cooldown(5);
     let report = run(&zone, &trace(40, &[(0, 1), (30, 3)]), &config()).unwrap();
     let at = |minute: usize| report.timeline[minute];
     assert_eq!(at(20).machines, 0, "cooled down after 5 idle minutes");
@@ -336,9 +260,11 @@ fn predictive_buffer_follows_the_forecast() {
         session_minutes: 10.0,
         ..config()
     };
-    let none = run(&zone().dc("a", 0, 4), &steady, &config).unwrap();
+    let none = run(&zone().dc("a", 0, 4, 10_000), &steady, &config).unwrap();
     let predicted = run(
-        &zone().dc("a", 0, 4).rule(BufferKind::Predicted.rule(2)),
+        &zone()
+            .dc("a", 0, 4, 10_000)
+            .rule(BufferKind::Predicted.rule(2)),
         &steady,
         &config,
     )
@@ -353,7 +279,7 @@ fn predictive_buffer_follows_the_forecast() {
 
 #[test]
 fn tuner_finds_the_smallest_amount_that_reaches_the_target() {
-    let zone = zone().dc("a", 0, 4).initial(4);
+    let zone = zone().dc("a", 0, 4, 10_000).initial(4);
     let daily = generate(Pattern::SteadyDaily, 1, 20.0, 5, "z");
     let config = SimConfig {
         session_minutes: 10.0,
@@ -441,7 +367,7 @@ fn trace_format() {
 fn rows_with_session_minutes_fix_the_lengths() {
     let text = "minute,zone,session_requests,session_minutes\n0,z,2,4\n9,z,0,\n";
     let trace = parse(text, None).unwrap();
-    let zone = zone().dc("a", 0, 2).initial(2);
+    let zone = zone().dc("a", 0, 2, 10_000).initial(2);
     let report = run_checked(&zone, &trace, &config());
     assert_eq!(report.misses, 0);
     assert!((report.session_hours - 2.0 * 4.0 / 60.0).abs() < 1e-9);
@@ -509,7 +435,7 @@ fn zone_body_is_the_admin_api_one() {
 #[test]
 fn chart_of_a_day() {
     let zone = zone()
-        .dc("a", 0, 4)
+        .dc("a", 0, 4, 10_000)
         .initial(4)
         .rule(BufferKind::Servers.rule(4));
     let report = run(
