@@ -242,6 +242,32 @@ impl Client {
         self.get(&format!("/v1/sessions?{}", query.join("&"))).await
     }
 
+    // -- events --------------------------------------------------------------------------
+
+    /// Events matching `query`, newest first.
+    pub async fn events(&self, query: &EventQuery) -> Result<Vec<Event>> {
+        let list: EventList = self
+            .get(&format!("/v1/events{}", query.to_query_string()))
+            .await?;
+        Ok(list.events)
+    }
+
+    /// Events of one fleet (by id or name) matching `query`, newest first; `query.fleet`
+    /// is ignored.
+    pub async fn fleet_events(&self, fleet: &str, query: &EventQuery) -> Result<Vec<Event>> {
+        let query = EventQuery {
+            fleet: None,
+            ..query.clone()
+        };
+        let path = format!(
+            "/v1/fleets/{}/events{}",
+            encode(fleet),
+            query.to_query_string()
+        );
+        let list: EventList = self.get(&path).await?;
+        Ok(list.events)
+    }
+
     // -- agent ---------------------------------------------------------------------------
 
     /// One agent sync; the client's token must be the machine's agent token.
@@ -249,6 +275,30 @@ impl Client {
         let wait = Duration::from_millis(u64::from(request.wait_ms)) + Duration::from_secs(15);
         self.call(Method::POST, "/v1/agent/sync", Some(request), Some(wait))
             .await
+    }
+}
+
+impl EventQuery {
+    /// `?key=value&…` of the filters set, or the empty string.
+    fn to_query_string(&self) -> String {
+        let limit = self.limit.map(|limit| limit.to_string());
+        let pairs: Vec<String> = [
+            ("fleet", self.fleet.as_deref()),
+            ("zone", self.zone.as_deref()),
+            ("machine", self.machine.as_deref()),
+            ("level", self.level.map(EventLevel::as_str)),
+            ("producer", self.producer.map(EventProducer::as_str)),
+            ("text", self.text.as_deref()),
+            ("limit", limit.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.map(|value| format!("{key}={}", encode(value))))
+        .collect();
+        if pairs.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", pairs.join("&"))
+        }
     }
 }
 
@@ -268,7 +318,23 @@ pub(crate) fn encode(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::encode;
+    use super::{encode, EventQuery};
+    use crate::model::EventLevel;
+
+    #[test]
+    fn event_query_encodes_only_the_filters_set() {
+        assert_eq!(EventQuery::default().to_query_string(), "");
+        let query = EventQuery {
+            level: Some(EventLevel::Warning),
+            text: Some("no capacity".into()),
+            limit: Some(5),
+            ..EventQuery::default()
+        };
+        assert_eq!(
+            query.to_query_string(),
+            "?level=WARNING&text=no%20capacity&limit=5"
+        );
+    }
 
     #[test]
     fn encode_escapes_reserved_characters() {

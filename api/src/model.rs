@@ -72,6 +72,14 @@ wire_enum!(
     /// Status of a session (DESIGN.md §3). `LOST`: its machine or process died.
     SessionStatus { Active => "ACTIVE", Ended => "ENDED", Lost => "LOST" }
 );
+wire_enum!(
+    /// How much an event matters (DESIGN.md §4): `ERROR` needs an operator.
+    EventLevel { Info => "INFO", Warning => "WARNING", Error => "ERROR" }
+);
+wire_enum!(
+    /// What kind of thing an event is about (DESIGN.md §4).
+    EventProducer { Fleet => "FLEET", Zone => "ZONE", Machine => "MACHINE" }
+);
 
 fn default_one() -> u32 {
     1
@@ -453,9 +461,18 @@ pub struct Machine {
     pub build_id: String,
     #[serde(default)]
     pub address: Option<String>,
+    /// What the driver knows the machine by: an instance id for `aws`, a pid for `local`.
+    #[serde(default)]
+    pub driver_ref: Option<String>,
     pub created_at: String,
     #[serde(default)]
     pub last_heartbeat_at: Option<String>,
+    /// When the machine was gone (`TERMINATED`).
+    #[serde(default)]
+    pub terminated_at: Option<String>,
+    /// Why it was terminated (the first reason recorded).
+    #[serde(default)]
+    pub termination_reason: Option<String>,
 }
 
 /// A game-server process as the control plane last heard of it.
@@ -483,4 +500,49 @@ pub struct MachineList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessList {
     pub processes: Vec<Process>,
+}
+
+/// Something that happened to a fleet, a zone or a machine: `GET /v1/events` and
+/// `GET /v1/fleets/{id}/events`. Events are history: they outlive what they are about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: String,
+    /// When it happened.
+    pub time: String,
+    pub level: EventLevel,
+    pub producer: EventProducer,
+    /// A stable UPPER_SNAKE code for programs, e.g. `MACHINE_MODEL_UNAVAILABLE`.
+    pub code: String,
+    #[serde(default)]
+    pub fleet_id: Option<String>,
+    #[serde(default)]
+    pub zone_id: Option<String>,
+    #[serde(default)]
+    pub machine_id: Option<String>,
+    /// What happened, for a person.
+    pub message: String,
+}
+
+/// Query of `GET /v1/events` as [`Client::events`](crate::Client::events) sends it;
+/// `None` means any. The server's default `limit` applies
+/// when it is not set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Fleet id or name.
+    pub fleet: Option<String>,
+    /// Zone id.
+    pub zone: Option<String>,
+    /// Machine id.
+    pub machine: Option<String>,
+    pub level: Option<EventLevel>,
+    pub producer: Option<EventProducer>,
+    /// Case-insensitive substring of the message or the code.
+    pub text: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// Body of `GET /v1/events` and `GET /v1/fleets/{id}/events`, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventList {
+    pub events: Vec<Event>,
 }

@@ -121,6 +121,9 @@ fn observation(sessions: u32) -> ZoneObservation {
             created_at_ms: NOW_MS,
             last_heartbeat_ms: Some(NOW_MS),
             target_processes: PER_MACHINE,
+            terminating_since_ms: None,
+            terminated_at_ms: None,
+            termination_reason: None,
         });
         for p in 0..PER_MACHINE {
             let busy = u32::from(remaining > 0);

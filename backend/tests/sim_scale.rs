@@ -517,6 +517,9 @@ async fn store_registers_machines_one_transaction_each() {
             created_at_ms: 0,
             last_heartbeat_ms: None,
             target_processes: 6,
+            terminating_since_ms: None,
+            terminated_at_ms: None,
+            termination_reason: None,
         })
         .collect();
     let inserting = Instant::now();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use fleetform_api::agent::{AgentProcessState, ProcessExit, ProcessReport, SyncRequest};
 use fleetform_api::*;
 use fleetformd::store::sqlite::SqliteStore;
-use fleetformd::store::{MachineRecord, PlaceArgs, PlaceOutcome, Store};
+use fleetformd::store::{EventFilter, EventRecord, MachineRecord, PlaceArgs, PlaceOutcome, Store};
 
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
@@ -80,6 +80,9 @@ async fn world(store: &dyn Store, mode: SessionMode, machines: usize, per_machin
             created_at_ms: 0,
             last_heartbeat_ms: None,
             target_processes: per_machine as u32,
+            terminating_since_ms: None,
+            terminated_at_ms: None,
+            termination_reason: None,
         };
         store
             .insert_machine(&record, &format!("hash-{m}"))
@@ -408,6 +411,246 @@ async fn suite_stale_and_late_reports_change_nothing(store: Arc<dyn Store>) {
     );
 }
 
+async fn suite_termination_is_recorded_once(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 2, 1).await;
+    let idle = &world.machines[0].id;
+    let fresh = store.get_machine(idle).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            fresh.terminating_since_ms,
+            fresh.terminated_at_ms,
+            fresh.termination_reason.clone()
+        ),
+        (None, None, None)
+    );
+
+    assert!(store.begin_idle_termination(idle).await.unwrap());
+    let since = store
+        .get_machine(idle)
+        .await
+        .unwrap()
+        .unwrap()
+        .terminating_since_ms
+        .expect("terminating_since set by begin_idle_termination");
+    // Marking it again (a later pass, a zone deletion) keeps the first moment.
+    assert!(store.begin_idle_termination(idle).await.unwrap());
+    store
+        .set_machine_status(idle, MachineStatus::Terminating)
+        .await
+        .unwrap();
+    let again = store.get_machine(idle).await.unwrap().unwrap();
+    assert_eq!(again.terminating_since_ms, Some(since));
+    assert_eq!(again.terminated_at_ms, None);
+
+    store.machine_gone(idle, "scaled in", 50).await.unwrap();
+    store
+        .machine_gone(idle, "driver lost it", 60)
+        .await
+        .unwrap();
+    let gone = store.get_machine(idle).await.unwrap().unwrap();
+    assert_eq!(gone.status, MachineStatus::Terminated);
+    assert_eq!(gone.terminating_since_ms, Some(since));
+    assert_eq!(gone.terminated_at_ms, Some(50), "the first end is kept");
+    assert_eq!(gone.termination_reason.as_deref(), Some("scaled in"));
+    // A gone machine stays gone.
+    assert!(!store.begin_idle_termination(idle).await.unwrap());
+    store
+        .set_machine_status(idle, MachineStatus::Terminating)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_machine(idle).await.unwrap().unwrap().status,
+        MachineStatus::Terminated
+    );
+
+    // set_machine_status records terminating_since too; a machine that ends without
+    // terminating (a failed launch) has none.
+    let other = &world.machines[1].id;
+    store
+        .set_machine_status(other, MachineStatus::Terminating)
+        .await
+        .unwrap();
+    assert!(store
+        .get_machine(other)
+        .await
+        .unwrap()
+        .unwrap()
+        .terminating_since_ms
+        .is_some());
+    let listed = store.fleet_machines(&world.fleet.id).await.unwrap();
+    assert_eq!(listed.len(), 2, "TERMINATED machines are still listed");
+}
+
+async fn suite_machine_gone_without_terminating(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 1, 1).await;
+    let machine = &world.machines[0].id;
+    store
+        .machine_gone(machine, "launch failed: boom", 9)
+        .await
+        .unwrap();
+    let gone = store.get_machine(machine).await.unwrap().unwrap();
+    assert_eq!(gone.terminating_since_ms, None);
+    assert_eq!(gone.terminated_at_ms, Some(9));
+    assert_eq!(
+        gone.termination_reason.as_deref(),
+        Some("launch failed: boom")
+    );
+}
+
+fn event(level: EventLevel, producer: EventProducer, code: &str, message: &str) -> EventRecord {
+    EventRecord::new(level, producer, code, message)
+}
+
+async fn suite_events_round_trip_newest_first(store: Arc<dyn Store>) {
+    assert!(store
+        .list_events(&EventFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+    let first = event(
+        EventLevel::Info,
+        EventProducer::Zone,
+        "ZONE_SCALED_OUT",
+        "zone eu launched 2 machines",
+    )
+    .fleet("flt-1")
+    .zone("zone-1")
+    .at(1_000);
+    let second = event(
+        EventLevel::Warning,
+        EventProducer::Machine,
+        "MACHINE_MODEL_UNAVAILABLE",
+        "No capacity for c5.large",
+    )
+    .fleet("flt-1")
+    .zone("zone-1")
+    .machine("mch-1")
+    // Earlier `at` than `first`: order is insertion order, not the clock.
+    .at(500);
+    assert!(first.id.starts_with("evt-"));
+    assert_ne!(first.id, second.id);
+    store.insert_event(&first).await.unwrap();
+    store.insert_event(&second).await.unwrap();
+    let all = store.list_events(&EventFilter::default()).await.unwrap();
+    assert_eq!(all, vec![second.clone(), first.clone()]);
+    // The same id twice is refused.
+    assert!(store.insert_event(&first).await.is_err());
+}
+
+async fn suite_events_filter(store: Arc<dyn Store>) {
+    let events = [
+        event(
+            EventLevel::Info,
+            EventProducer::Fleet,
+            "FLEET_CREATED",
+            "fleet f created",
+        )
+        .fleet("flt-1"),
+        event(
+            EventLevel::Info,
+            EventProducer::Zone,
+            "ZONE_SCALED_OUT",
+            "zone eu: +2 machines",
+        )
+        .fleet("flt-1")
+        .zone("zone-1"),
+        event(
+            EventLevel::Warning,
+            EventProducer::Machine,
+            "MACHINE_MODEL_UNAVAILABLE",
+            "No Capacity for c5.large; trying m5.large",
+        )
+        .fleet("flt-1")
+        .zone("zone-1")
+        .machine("mch-1"),
+        event(
+            EventLevel::Error,
+            EventProducer::Machine,
+            "MACHINE_LAUNCH_FAILED",
+            "launch of 100%_sure failed",
+        )
+        .fleet("flt-2")
+        .zone("zone-2")
+        .machine("mch-2"),
+    ];
+    for event in &events {
+        store.insert_event(event).await.unwrap();
+    }
+    let codes = |filter: EventFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .list_events(&filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.code)
+                .collect::<Vec<_>>()
+        }
+    };
+    #[rustfmt::skip]
+    let cases: Vec<(&str, EventFilter, Vec<&str>)> = vec![
+        ("no filter: all, newest first", EventFilter::default(),
+            vec!["MACHINE_LAUNCH_FAILED", "MACHINE_MODEL_UNAVAILABLE", "ZONE_SCALED_OUT", "FLEET_CREATED"]),
+        ("level", EventFilter { level: Some(EventLevel::Warning), ..Default::default() },
+            vec!["MACHINE_MODEL_UNAVAILABLE"]),
+        ("producer", EventFilter { producer: Some(EventProducer::Machine), ..Default::default() },
+            vec!["MACHINE_LAUNCH_FAILED", "MACHINE_MODEL_UNAVAILABLE"]),
+        ("fleet", EventFilter { fleet_id: Some("flt-1".into()), ..Default::default() },
+            vec!["MACHINE_MODEL_UNAVAILABLE", "ZONE_SCALED_OUT", "FLEET_CREATED"]),
+        ("zone", EventFilter { zone_id: Some("zone-1".into()), ..Default::default() },
+            vec!["MACHINE_MODEL_UNAVAILABLE", "ZONE_SCALED_OUT"]),
+        ("machine", EventFilter { machine_id: Some("mch-2".into()), ..Default::default() },
+            vec!["MACHINE_LAUNCH_FAILED"]),
+        ("text, case-insensitive, in the message", EventFilter { text: Some("no capacity".into()), ..Default::default() },
+            vec!["MACHINE_MODEL_UNAVAILABLE"]),
+        ("text in the code", EventFilter { text: Some("scaled_out".into()), ..Default::default() },
+            vec!["ZONE_SCALED_OUT"]),
+        ("text with LIKE wildcards is literal", EventFilter { text: Some("100%_".into()), ..Default::default() },
+            vec!["MACHINE_LAUNCH_FAILED"]),
+        ("a lone % matches only a literal %", EventFilter { text: Some("%".into()), ..Default::default() },
+            vec!["MACHINE_LAUNCH_FAILED"]),
+        ("text matching nothing", EventFilter { text: Some("nothing like it".into()), ..Default::default() },
+            vec![]),
+        ("filters combine", EventFilter { zone_id: Some("zone-1".into()), producer: Some(EventProducer::Zone), ..Default::default() },
+            vec!["ZONE_SCALED_OUT"]),
+        ("limit keeps the newest", EventFilter { limit: 2, ..Default::default() },
+            vec!["MACHINE_LAUNCH_FAILED", "MACHINE_MODEL_UNAVAILABLE"]),
+    ];
+    for (name, filter, want) in cases {
+        assert_eq!(codes(filter).await, want, "{name}");
+    }
+}
+
+async fn suite_events_outlive_their_zone(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 1, 1).await;
+    let machine = &world.machines[0].id;
+    store
+        .insert_event(
+            &event(
+                EventLevel::Info,
+                EventProducer::Machine,
+                "MACHINE_TERMINATED",
+                "gone",
+            )
+            .fleet(&world.fleet.id)
+            .zone(&world.zone.id)
+            .machine(machine),
+        )
+        .await
+        .unwrap();
+    store.remove_zone(&world.zone.id).await.unwrap();
+    store.delete_fleet(&world.fleet.id).await.unwrap();
+    let left = store
+        .list_events(&EventFilter {
+            machine_id: Some(machine.clone()),
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1);
+}
+
 macro_rules! sqlite_suite {
     ($($name:ident),+ $(,)?) => {
         $(
@@ -431,6 +674,11 @@ mod sqlite {
         suite_removing_a_zone_leaves_no_rows,
         suite_zone_deletion_is_atomic_with_the_session_check,
         suite_stale_and_late_reports_change_nothing,
+        suite_termination_is_recorded_once,
+        suite_machine_gone_without_terminating,
+        suite_events_round_trip_newest_first,
+        suite_events_filter,
+        suite_events_outlive_their_zone,
     );
     use super::sqlite;
 }

@@ -153,6 +153,21 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() -> Result<(
         case("session: end unknown id", "POST", "/v1/sessions/sess-nope/end", None, 404, None),
         case("sessions: unknown filter", "GET", "/v1/sessions?colour=red", None, 400, Some("colour")),
         case("sessions: bad status filter", "GET", "/v1/sessions?status=PAUSED", None, 422, Some("status")),
+        // events
+        case("events: bad level", "GET", "/v1/events?level=LOUD", None, 422, Some("level")),
+        case("events: level in lower case", "GET", "/v1/events?level=info", None, 422, Some("level")),
+        case("events: bad producer", "GET", "/v1/events?producer=AGENT", None, 422, Some("producer")),
+        case("events: limit not a number", "GET", "/v1/events?limit=ten", None, 422, Some("limit")),
+        case("events: limit zero", "GET", "/v1/events?limit=0", None, 422, Some("limit")),
+        case("events: limit too large", "GET", "/v1/events?limit=10001", None, 422, Some("limit")),
+        case("events: negative limit", "GET", "/v1/events?limit=-1", None, 422, Some("limit")),
+        case("events: unknown filter", "GET", "/v1/events?colour=red", None, 400, Some("colour")),
+        case("events: malformed query value", "GET", "/v1/events?level=%FF", None, 422, Some("level")),
+        case("fleet events: unknown fleet", "GET", "/v1/fleets/flt-nope/events", None, 404, None),
+        case("fleet events: bad level", "GET", format!("/v1/fleets/{f}/events?level=DEBUG"), None, 422, Some("level")),
+        case("fleet events: bad limit", "GET", format!("/v1/fleets/{f}/events?limit=0"), None, 422, Some("limit")),
+        case("fleet events: fleet filter on a fleet's route", "GET", format!("/v1/fleets/{f}/events?fleet=other"), None, 400, Some("fleet")),
+        case("fleet events: unknown filter", "GET", format!("/v1/fleets/{f}/events?severity=ERROR"), None, 400, Some("severity")),
         // the rest
         case("malformed path", "GET", "/v1/builds/%FF", None, 400, None),
         case("malformed query value", "GET", "/v1/sessions?status=%FF", None, 422, Some("status")),
@@ -206,14 +221,24 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() -> Result<(
     }
 
     // Without the admin token nothing is answered, with a JSON 401.
-    for token in [None, Some("wrong")] {
-        let mut request = http.get(format!("{}/v1/builds/{b}", server.url));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await?;
-        if response.status().as_u16() != 401 {
-            failures.push(format!("token {token:?}: status {}", response.status()));
+    let guarded = [
+        format!("/v1/builds/{b}"),
+        "/v1/events".to_string(),
+        format!("/v1/fleets/{f}/events"),
+    ];
+    for path in &guarded {
+        for token in [None, Some("wrong")] {
+            let mut request = http.get(format!("{}{path}", server.url));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await?;
+            if response.status().as_u16() != 401 {
+                failures.push(format!(
+                    "{path} with token {token:?}: status {}",
+                    response.status()
+                ));
+            }
         }
     }
     assert!(
@@ -243,5 +268,67 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() -> Result<(
         count_rows(&server, "SELECT COUNT(*) FROM sessions WHERE id <> ?", "").await?,
         0
     );
+    Ok(())
+}
+
+/// The event lists answer 200 with `{ "events": [...] }`, empty when nothing matches, and
+/// take a fleet's name as well as its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_lists_are_json_lists() -> Result<()> {
+    let server = Fleetformd::start()?;
+    let client = server.client();
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let get = |path: String| {
+        let request = http.get(format!("{}{path}", server.url)).bearer_auth(TOKEN);
+        async move {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let body: Value = response.json().await?;
+            anyhow::Ok((status, body))
+        }
+    };
+
+    // A fresh server has nothing to tell.
+    assert_eq!(
+        get("/v1/events".into()).await?,
+        (200, json!({ "events": [] }))
+    );
+    assert!(client.events(&EventQuery::default()).await?.is_empty());
+
+    let build = client
+        .create_build(&serde_json::from_value(build_body())?)
+        .await?;
+    let fleet = client
+        .create_fleet(&serde_json::from_value(fleet_body(&build.id))?)
+        .await?;
+    // Every filter at once, matching nothing: an empty list, not an error.
+    let (status, body) = get(format!(
+        "/v1/fleets/{}/events?zone=zone-nope&machine=mch-nope&level=ERROR&producer=MACHINE&text=x&limit=5",
+        fleet.name
+    ))
+    .await?;
+    assert_eq!((status, body), (200, json!({ "events": [] })));
+    // By name or id, whatever events the fleet has are its own.
+    for id_or_name in [&fleet.name, &fleet.id] {
+        let events = client
+            .fleet_events(id_or_name, &EventQuery::default())
+            .await?;
+        assert!(
+            events
+                .iter()
+                .all(|e| e.fleet_id.as_deref() == Some(&fleet.id)),
+            "{events:?}"
+        );
+    }
+    let filtered = client
+        .events(&EventQuery {
+            fleet: Some(fleet.name.clone()),
+            machine: Some("mch-nope".into()),
+            level: Some(EventLevel::Warning),
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await?;
+    assert!(filtered.is_empty(), "{filtered:?}");
     Ok(())
 }

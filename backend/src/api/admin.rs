@@ -209,8 +209,11 @@ fn machine_view(machine: MachineRecord) -> Machine {
         status: machine.status,
         build_id: machine.build_id,
         address: machine.address,
+        driver_ref: machine.driver_ref,
         created_at: rfc3339(machine.created_at_ms),
         last_heartbeat_at: machine.last_heartbeat_ms.map(rfc3339),
+        terminated_at: machine.terminated_at_ms.map(rfc3339),
+        termination_reason: machine.termination_reason,
     }
 }
 

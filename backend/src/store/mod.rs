@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use fleetform_api::agent::{AgentProcessState, SyncRequest};
 use fleetform_api::{
-    Build, Fleet, MachineStatus, PlacementStrategy, ResourceStatus, Session, SessionMode,
-    SessionStatus, Zone,
+    Build, EventLevel, EventProducer, Fleet, MachineStatus, PlacementStrategy, ResourceStatus,
+    Session, SessionMode, SessionStatus, Zone,
 };
 
 use crate::placement::Candidate;
@@ -49,6 +49,12 @@ pub struct MachineRecord {
     pub last_heartbeat_ms: Option<i64>,
     /// Processes the planner wants it to run (at most `processes_per_machine`).
     pub target_processes: u32,
+    /// When it first became `TERMINATING` (set once, by the store).
+    pub terminating_since_ms: Option<i64>,
+    /// When it became `TERMINATED` (set once, by [`Store::machine_gone`]).
+    pub terminated_at_ms: Option<i64>,
+    /// Why it was terminated: the first reason [`Store::machine_gone`] was given.
+    pub termination_reason: Option<String>,
 }
 
 /// A live or ended game-server process.
@@ -172,6 +178,105 @@ pub struct SessionFilter {
     pub limit: u32,
 }
 
+/// Something that happened to a fleet, a zone or a machine, as the store keeps it.
+/// Events are history: removing what they are about keeps them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    /// `evt-…`.
+    pub id: String,
+    pub at_ms: i64,
+    pub level: EventLevel,
+    pub producer: EventProducer,
+    /// A stable UPPER_SNAKE code, e.g. `MACHINE_MODEL_UNAVAILABLE`.
+    pub code: String,
+    pub fleet_id: Option<String>,
+    pub zone_id: Option<String>,
+    pub machine_id: Option<String>,
+    pub message: String,
+}
+
+impl EventRecord {
+    /// An event with a fresh id, happening now; name what it is about with
+    /// [`fleet`](Self::fleet), [`zone`](Self::zone), [`machine`](Self::machine).
+    pub fn new(
+        level: EventLevel,
+        producer: EventProducer,
+        code: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        EventRecord {
+            id: crate::time::new_id("evt"),
+            at_ms: crate::time::now_ms(),
+            level,
+            producer,
+            code: code.to_string(),
+            fleet_id: None,
+            zone_id: None,
+            machine_id: None,
+            message: message.into(),
+        }
+    }
+
+    /// The fleet it is about.
+    pub fn fleet(mut self, id: &str) -> Self {
+        self.fleet_id = Some(id.to_string());
+        self
+    }
+
+    /// The zone it is about.
+    pub fn zone(mut self, id: &str) -> Self {
+        self.zone_id = Some(id.to_string());
+        self
+    }
+
+    /// The machine it is about.
+    pub fn machine(mut self, id: &str) -> Self {
+        self.machine_id = Some(id.to_string());
+        self
+    }
+
+    /// When it happened, instead of now (callers that already hold `now_ms`, tests).
+    pub fn at(mut self, ms: i64) -> Self {
+        self.at_ms = ms;
+        self
+    }
+}
+
+/// Filters of `GET /v1/events`; every filter set must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventFilter {
+    pub fleet_id: Option<String>,
+    pub zone_id: Option<String>,
+    pub machine_id: Option<String>,
+    pub level: Option<EventLevel>,
+    pub producer: Option<EventProducer>,
+    /// A case-insensitive substring of the message or the code.
+    pub text: Option<String>,
+    /// The most events returned (the newest ones).
+    pub limit: u32,
+}
+
+impl EventFilter {
+    /// `limit` when a request does not say.
+    pub const DEFAULT_LIMIT: u32 = 100;
+    /// The largest `limit` a request may ask for.
+    pub const MAX_LIMIT: u32 = 10_000;
+}
+
+impl Default for EventFilter {
+    fn default() -> Self {
+        EventFilter {
+            fleet_id: None,
+            zone_id: None,
+            machine_id: None,
+            level: None,
+            producer: None,
+            text: None,
+            limit: Self::DEFAULT_LIMIT,
+        }
+    }
+}
+
 /// Persistent state of fleetformd.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -210,12 +315,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     // -- machines
     async fn insert_machine(&self, machine: &MachineRecord, token_hash: &str) -> Result<()>;
+    /// A machine by id, `TERMINATED` ones included (until its zone is removed).
     async fn get_machine(&self, id: &str) -> Result<Option<MachineRecord>>;
     async fn machine_by_token(&self, token_hash: &str) -> Result<Option<MachineRecord>>;
+    /// Sets a machine's status; the first move to `TERMINATING` records `terminating_since`.
     async fn set_machine_status(&self, id: &str, status: MachineStatus) -> Result<()>;
-    /// Marks an idle machine `TERMINATING`, atomically with the check that it hosts no
-    /// active session (a placement may have landed since the reconciler looked). False
-    /// when it hosts one now and must stay.
+    /// Marks an idle machine `TERMINATING` (recording `terminating_since` the first time),
+    /// atomically with the check that it hosts no active session (a placement may have
+    /// landed since the reconciler looked). False when it hosts one now and must stay.
     async fn begin_idle_termination(&self, id: &str) -> Result<bool>;
     async fn set_machine_driver_ref(&self, id: &str, driver_ref: &str) -> Result<()>;
     /// Sets how many processes machines should run; `(machine id, processes)` pairs.
@@ -223,8 +330,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Restarts a zone's idle clock at `now_ms`: it has active sessions, or a placement
     /// request woke it from cooldown.
     async fn touch_zone(&self, zone_id: &str, now_ms: i64) -> Result<()>;
-    /// The machine is gone: `TERMINATED`, its live processes `EXITED`, its active
-    /// sessions `LOST` with `reason`. One transaction.
+    /// The machine is gone: `TERMINATED` with `terminated_at = now_ms` and
+    /// `termination_reason = reason` (a machine already `TERMINATED` keeps its first time
+    /// and reason), its live processes `EXITED`, its active sessions `LOST` with `reason`.
+    /// One transaction.
     async fn machine_gone(&self, id: &str, reason: &str, now_ms: i64) -> Result<()>;
     async fn fleet_machines(&self, fleet_id: &str) -> Result<Vec<MachineRecord>>;
     async fn fleet_processes(&self, fleet_id: &str) -> Result<Vec<ProcessRecord>>;
@@ -249,6 +358,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Ends an active session (idempotent on an ended one). None when unknown.
     async fn end_session(&self, id: &str, now_ms: i64) -> Result<Option<Session>>;
     async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>>;
+
+    // -- events
+    async fn insert_event(&self, event: &EventRecord) -> Result<()>;
+    /// Events matching `filter`, newest first (in insertion order, not by `at_ms`), at
+    /// most `filter.limit`.
+    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>>;
 }
 
 /// Candidates a placement may choose among, as the store loaded them.

@@ -162,7 +162,39 @@ fn machine_from_row(row: &SqliteRow) -> Result<MachineRecord> {
             .try_get::<Option<i64>, _>("target_processes")?
             .map(u32_of)
             .unwrap_or(u32_of(row.try_get("processes_per_machine")?)),
+        terminating_since_ms: row.try_get("terminating_since")?,
+        terminated_at_ms: row.try_get("terminated_at")?,
+        termination_reason: row.try_get("termination_reason")?,
     })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<EventRecord> {
+    Ok(EventRecord {
+        id: row.try_get("id")?,
+        at_ms: row.try_get("at")?,
+        level: parse(&row.try_get::<String, _>("level")?, "event level")?,
+        producer: parse(&row.try_get::<String, _>("producer")?, "event producer")?,
+        code: row.try_get("code")?,
+        fleet_id: row.try_get("fleet_id")?,
+        zone_id: row.try_get("zone_id")?,
+        machine_id: row.try_get("machine_id")?,
+        message: row.try_get("message")?,
+    })
+}
+
+/// `text` as a SQL `LIKE` pattern matching it anywhere, with `\` escaping `%`, `_` and
+/// itself so a filter's text is matched literally.
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 fn process_from_row(row: &SqliteRow) -> Result<ProcessRecord> {
@@ -612,19 +644,29 @@ impl Store for SqliteStore {
     }
 
     async fn set_machine_status(&self, id: &str, status: MachineStatus) -> Result<()> {
-        sqlx::query("UPDATE machines SET status = ? WHERE id = ?")
-            .bind(status.as_str())
-            .bind(id)
-            .execute(&self.write)
-            .await?;
+        // A machine that is gone stays gone: a reconciler pass that read it before
+        // `machine_gone` must not bring it back to `TERMINATING`.
+        sqlx::query(
+            "UPDATE machines SET status = ?,
+                terminating_since = CASE WHEN ? = 'TERMINATING' THEN COALESCE(terminating_since, ?) ELSE terminating_since END
+             WHERE id = ? AND status <> 'TERMINATED'",
+        )
+        .bind(status.as_str())
+        .bind(status.as_str())
+        .bind(crate::time::now_ms())
+        .bind(id)
+        .execute(&self.write)
+        .await?;
         Ok(())
     }
 
     async fn begin_idle_termination(&self, id: &str) -> Result<bool> {
         let changed = sqlx::query(
-            "UPDATE machines SET status = 'TERMINATING'
-             WHERE id = ? AND NOT EXISTS (SELECT 1 FROM sessions WHERE machine_id = ? AND status = 'ACTIVE')",
+            "UPDATE machines SET status = 'TERMINATING', terminating_since = COALESCE(terminating_since, ?)
+             WHERE id = ? AND status <> 'TERMINATED'
+               AND NOT EXISTS (SELECT 1 FROM sessions WHERE machine_id = ? AND status = 'ACTIVE')",
         )
+        .bind(crate::time::now_ms())
         .bind(id)
         .bind(id)
         .execute(&self.write)
@@ -683,10 +725,18 @@ impl Store for SqliteStore {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE machines SET status = 'TERMINATED' WHERE id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        // The first end is the one recorded: a second report of it keeps the first time
+        // and reason.
+        sqlx::query(
+            "UPDATE machines SET status = 'TERMINATED', terminated_at = COALESCE(terminated_at, ?),
+                termination_reason = COALESCE(termination_reason, ?)
+             WHERE id = ? AND status <> 'TERMINATED'",
+        )
+        .bind(now_ms)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1071,6 +1121,70 @@ impl Store for SqliteStore {
             .await?
             .iter()
             .map(session_from_row)
+            .collect()
+    }
+
+    async fn insert_event(&self, event: &EventRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO events (id, at, level, producer, code, fleet_id, zone_id, machine_id, message)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&event.id)
+        .bind(event.at_ms)
+        .bind(event.level.as_str())
+        .bind(event.producer.as_str())
+        .bind(&event.code)
+        .bind(&event.fleet_id)
+        .bind(&event.zone_id)
+        .bind(&event.machine_id)
+        .bind(&event.message)
+        .execute(&self.write)
+        .await
+        .map_err(|e| fix_error(e, "event", "id"))?;
+        Ok(())
+    }
+
+    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>> {
+        let mut sql = String::from("SELECT * FROM events WHERE 1 = 1");
+        let mut binds: Vec<String> = Vec::new();
+        for (column, value) in [
+            ("fleet_id", &filter.fleet_id),
+            ("zone_id", &filter.zone_id),
+            ("machine_id", &filter.machine_id),
+        ] {
+            if let Some(value) = value {
+                sql.push_str(&format!(" AND {column} = ?"));
+                binds.push(value.clone());
+            }
+        }
+        if let Some(level) = filter.level {
+            sql.push_str(" AND level = ?");
+            binds.push(level.as_str().to_string());
+        }
+        if let Some(producer) = filter.producer {
+            sql.push_str(" AND producer = ?");
+            binds.push(producer.as_str().to_string());
+        }
+        if let Some(text) = &filter.text {
+            // LOWER on both sides rather than SQLite's case-blind LIKE, so the SQL means
+            // the same on Postgres (whose LIKE is case-sensitive).
+            sql.push_str(
+                " AND (LOWER(message) LIKE LOWER(?) ESCAPE '\\' OR LOWER(code) LIKE LOWER(?) ESCAPE '\\')",
+            );
+            let pattern = like_pattern(text);
+            binds.push(pattern.clone());
+            binds.push(pattern);
+        }
+        sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", filter.limit.max(1)));
+        let mut query = sqlx::query(&sql);
+        for value in &binds {
+            query = query.bind(value);
+        }
+        query
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(event_from_row)
             .collect()
     }
 }
