@@ -37,8 +37,18 @@ pub enum Error {
     #[error("machine driver: {0}")]
     Driver(String),
     /// The cloud has no capacity for this machine model now; the next model is tried.
-    #[error("no capacity for instance type {instance_type}")]
-    InsufficientCapacity { instance_type: String },
+    #[error("no capacity for instance type {instance_type}: {reason}")]
+    InsufficientCapacity {
+        instance_type: String,
+        reason: String,
+    },
+    /// The cloud refused to launch this machine model as configured (a bad image, subnet
+    /// or permission); the next model is tried, and retrying it waits.
+    #[error("launch of instance type {instance_type} refused: {reason}")]
+    LaunchRejected {
+        instance_type: String,
+        reason: String,
+    },
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -92,6 +102,7 @@ impl Error {
             Error::Store(_)
             | Error::Driver(_)
             | Error::InsufficientCapacity { .. }
+            | Error::LaunchRejected { .. }
             | Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         }
     }

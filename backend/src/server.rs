@@ -25,7 +25,7 @@ pub async fn run(
     let demand = Arc::new(Demand::default());
     // Simulated machines report to the store in-process, as agents would over HTTP.
     let sim = SimWorld::new(store.clone(), changes.clone(), demand.clone());
-    let locations = Arc::new(config::locations(&config, &sim)?);
+    let locations = Arc::new(config::locations(&config, &sim).await?);
     let address = listener
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
@@ -52,6 +52,7 @@ pub async fn run(
         interval: config.reconcile_interval,
         demand,
         shortages: Arc::new(Shortages::default()),
+        sweeps: Arc::default(),
     };
     let mut reconciler_stop = stop_rx.clone();
     let reconciler = tokio::spawn(reconciler.run(async move {

@@ -147,6 +147,9 @@ mod tests {
             created_at_ms: 0,
             last_heartbeat_ms: None,
             target_processes: target,
+            terminating_since_ms: None,
+            terminated_at_ms: None,
+            termination_reason: None,
         }
     }
 

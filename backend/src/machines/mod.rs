@@ -2,11 +2,13 @@
 //!
 //! A driver only starts and stops machines and says whether one still exists; what runs on
 //! a machine is the agent's business, told through `/v1/agent/sync`. Drivers: [`local`]
-//! (each machine is a local `fleetform-agent` process) and [`sim`] (simulated machines that
-//! report to the store in-process, for scale tests). `aws` and the bare-metal pool come in
-//! later issues. [`desired`] is what a machine should run: the answer of a sync, which
-//! simulated machines follow too.
+//! (each machine is a local `fleetform-agent` process), [`aws`] (an EC2 instance per
+//! machine, through the `fleetform-aws` crate) and [`sim`] (simulated machines that report
+//! to the store in-process, for scale tests). The bare-metal pool comes in a later issue.
+//! [`desired`] is what a machine should run: the answer of a sync, which simulated
+//! machines follow too.
 
+pub mod aws;
 pub mod desired;
 pub mod local;
 pub mod sim;
@@ -22,6 +24,9 @@ use crate::Result;
 #[derive(Debug, Clone)]
 pub struct LaunchRequest {
     pub machine_id: String,
+    pub fleet_id: String,
+    pub zone_id: String,
+    pub data_center: String,
     pub instance_type: String,
     /// The machine's own agent token (only its hash is stored).
     pub agent_token: String,
@@ -35,6 +40,23 @@ pub enum Liveness {
     Alive,
     Gone,
 }
+
+/// A machine as a cloud lists it: what the orphan sweep checks against the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudMachine {
+    /// What the driver knows it by (an instance id).
+    pub driver_ref: String,
+    /// The fleetform machine it was launched for, by its tag.
+    pub machine_id: Option<String>,
+    /// Still running or able to run (not shutting down).
+    pub up: bool,
+    /// For events and logs: type, state, address.
+    pub description: String,
+}
+
+/// How long a launched machine may take to sync for the first time before it is replaced,
+/// unless its driver says otherwise.
+pub const REGISTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Starts and stops machines of one kind.
 #[async_trait]
@@ -51,6 +73,25 @@ pub trait MachineDriver: Send + Sync + std::fmt::Debug {
     /// About how long a launched machine takes until its processes can take sessions: the
     /// horizon predictive buffer rules look ahead.
     fn boot_estimate(&self) -> std::time::Duration;
+    /// How long a launched machine may take until its agent first syncs; past it the
+    /// machine is terminated and replaced.
+    fn register_timeout(&self) -> std::time::Duration {
+        REGISTER_TIMEOUT
+    }
+    /// Finds a machine whose launch outcome was lost (fleetformd stopped, or the call
+    /// failed, after the cloud may have started it): what to adopt it by, if it runs.
+    async fn find(&self, _machine_id: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
+    /// How often the orphan sweep lists [`MachineDriver::inventory`].
+    fn sweep_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(30)
+    }
+    /// Every machine the cloud runs for this cluster, for the orphan sweep; `None` when
+    /// the driver cannot list (its machines cannot outlive the store's knowledge).
+    async fn inventory(&self) -> Result<Option<Vec<CloudMachine>>> {
+        Ok(None)
+    }
 }
 
 /// A location the server offers and the driver behind it.

@@ -939,15 +939,16 @@ impl MachineDriver for SimDriver {
     }
 
     async fn launch(&self, request: &LaunchRequest) -> Result<String> {
-        let short = || Error::InsufficientCapacity {
+        let short = |reason: &str| Error::InsufficientCapacity {
             instance_type: request.instance_type.clone(),
+            reason: reason.to_string(),
         };
         if self
             .settings
             .unavailable_instance_types
             .contains(&request.instance_type)
         {
-            return Err(short());
+            return Err(short("the simulated cloud has none of this type"));
         }
         let driver_ref = {
             let mut state = self.world.state();
@@ -956,7 +957,7 @@ impl MachineDriver for SimDriver {
             }
             let count = state.per_location.entry(self.location.clone()).or_default();
             if self.settings.max_machines.is_some_and(|max| *count >= max) {
-                return Err(short());
+                return Err(short("the location runs its most machines"));
             }
             *count += 1;
             state.launched += 1;

@@ -9,15 +9,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetform_api::{MachineStatus, ResourceStatus, ZoneSpecView};
+use fleetform_api::{EventLevel, EventProducer, MachineStatus, ResourceStatus, ZoneSpecView};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::autoscale::forecast::{forecast_net_demand, ArrivalHistory};
 use crate::autoscale::{self, FleetShape, MachineView, Observed};
-use crate::machines::{LaunchRequest, Liveness, Locations};
-use crate::store::{MachineRecord, Store, ZoneObservation, ZoneRecord};
+use crate::machines::{CloudMachine, LaunchRequest, Liveness, Locations};
+use crate::store::{EventRecord, MachineRecord, Store, ZoneObservation, ZoneRecord};
 use crate::time::{new_id, now_ms};
 use crate::{Error, Result};
 
@@ -25,8 +25,13 @@ use crate::{Error, Result};
 /// horizon of predictive buffer rules).
 pub const PROCESS_START_ESTIMATE: Duration = Duration::from_secs(5);
 
-/// How long a launched machine may take to sync for the first time before it is replaced.
-pub const REGISTER_TIMEOUT_MS: i64 = 120_000;
+/// How long a machine being terminated may take to drain (its agent stopping its
+/// processes) before its driver stops it anyway.
+pub const DRAIN_TIMEOUT_MS: i64 = 60_000;
+
+/// How long a machine row may wait for its driver's answer before the reconciler asks the
+/// driver whether it launched it (a crash or a failed call lost the answer).
+pub const LAUNCH_OUTCOME_MS: i64 = 5_000;
 
 /// A counter bumped whenever something placement, agents or the reconciler care about
 /// changes; waiters re-read the store when it moves. Cheap and lossless (watch keeps only
@@ -87,6 +92,8 @@ pub struct Reconciler {
     pub demand: Arc<Demand>,
     /// Machine models the cloud recently had no capacity for.
     pub shortages: Arc<Shortages>,
+    /// When each location's orphan sweep last ran.
+    pub sweeps: Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
 
 impl Reconciler {
@@ -117,6 +124,100 @@ impl Reconciler {
                 tracing::warn!(zone = %record.zone.id, %error, "reconcile failed");
             }
         }
+        for location in self.locations.values() {
+            let due = {
+                let mut sweeps = self.sweeps.lock().expect("sweep lock");
+                let last = sweeps.get(&location.name);
+                let due = last.is_none_or(|at| at.elapsed() >= location.driver.sweep_interval());
+                if due {
+                    sweeps.insert(location.name.clone(), std::time::Instant::now());
+                }
+                due
+            };
+            if due {
+                if let Err(error) = self.sweep(&location.name).await {
+                    tracing::warn!(location = %location.name, %error, "orphan sweep failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records an event (and logs it).
+    async fn event(&self, event: EventRecord) -> Result<()> {
+        match event.level {
+            EventLevel::Info => tracing::info!(code = %event.code, "{}", event.message),
+            _ => tracing::warn!(code = %event.code, "{}", event.message),
+        }
+        self.store.insert_event(&event).await
+    }
+
+    /// The orphan sweep of one location: every machine its cloud runs for this cluster
+    /// must be a live machine of the store, launched as that machine's one instance.
+    /// A machine whose launch outcome was lost is adopted; anything else is terminated.
+    pub async fn sweep(&self, location_name: &str) -> Result<()> {
+        let Some(location) = self.locations.get(location_name) else {
+            return Ok(());
+        };
+        let Some(inventory) = location.driver.inventory().await? else {
+            return Ok(());
+        };
+        for cloud in inventory.iter().filter(|cloud| cloud.up) {
+            let owner = match &cloud.machine_id {
+                Some(id) => self.store.get_machine(id).await?,
+                None => None,
+            };
+            match sweep_verdict(cloud, owner.as_ref(), location_name) {
+                SweepVerdict::Keep => {}
+                SweepVerdict::Adopt => {
+                    let machine = owner.expect("adopt has an owner");
+                    self.store
+                        .set_machine_driver_ref(&machine.id, &cloud.driver_ref)
+                        .await?;
+                    self.event(
+                        EventRecord::new(
+                            EventLevel::Info,
+                            EventProducer::Machine,
+                            "MACHINE_ADOPTED",
+                            format!(
+                                "machine {} adopted instance {}: its launch was never recorded",
+                                machine.id, cloud.description
+                            ),
+                        )
+                        .fleet(&machine.fleet_id)
+                        .zone(&machine.zone_id)
+                        .machine(&machine.id),
+                    )
+                    .await?;
+                    self.changes.bump();
+                }
+                SweepVerdict::Terminate(why) => {
+                    location
+                        .driver
+                        .terminate(
+                            cloud.machine_id.as_deref().unwrap_or_default(),
+                            Some(&cloud.driver_ref),
+                        )
+                        .await?;
+                    let mut event = EventRecord::new(
+                        EventLevel::Warning,
+                        EventProducer::Machine,
+                        "ORPHAN_TERMINATED",
+                        format!(
+                            "location {location_name}: terminated instance {}: {why}",
+                            cloud.description
+                        ),
+                    );
+                    if let Some(machine) = &owner {
+                        event = event.fleet(&machine.fleet_id).zone(&machine.zone_id);
+                    }
+                    if let Some(id) = &cloud.machine_id {
+                        event = event.machine(id);
+                    }
+                    self.event(event).await?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -124,14 +225,31 @@ impl Reconciler {
         let zone = &record.zone;
         let now = now_ms();
         let mut observed = self.store.zone_observation(&zone.id).await?;
+        tracing::debug!(
+            zone = %zone.id,
+            machines = observed.machines.len(),
+            processes = observed.processes.len(),
+            "reconcile"
+        );
 
         // Observe: a machine whose driver says it is gone, or that never registered, is
         // gone for the store too (its sessions LOST), and the plan will replace it.
         let mut gone = Vec::new();
-        for machine in &observed.machines {
-            if let Some(reason) = self.gone_reason(machine, now).await? {
-                tracing::info!(machine = %machine.id, %reason, "machine gone");
+        for machine in &mut observed.machines {
+            if let Some((level, code, reason)) = self.gone_reason(machine, now).await? {
                 self.store.machine_gone(&machine.id, &reason, now).await?;
+                self.event(
+                    EventRecord::new(
+                        level,
+                        EventProducer::Machine,
+                        code,
+                        format!("machine {} ({}): {reason}", machine.id, machine.data_center),
+                    )
+                    .fleet(&machine.fleet_id)
+                    .zone(&machine.zone_id)
+                    .machine(&machine.id),
+                )
+                .await?;
                 gone.push(machine.id.clone());
             }
         }
@@ -142,7 +260,9 @@ impl Reconciler {
         }
 
         if record.deleting {
-            return self.tear_down(zone.id.as_str(), &observed.machines).await;
+            return self
+                .tear_down(zone.id.as_str(), &observed.machines, &observed.processes)
+                .await;
         }
 
         let fleet = self.store.get_fleet(&zone.spec.fleet_id).await?;
@@ -175,7 +295,30 @@ impl Reconciler {
 
         // Act.
         for short in &plan.short {
-            tracing::warn!(zone = %zone.id, data_center = %short, "no machine model has capacity");
+            if self.shortages.report_short(&zone.id, short, now) {
+                let models: Vec<String> = zone
+                    .spec
+                    .data_centers
+                    .iter()
+                    .filter(|dc| &dc.name == short)
+                    .flat_map(|dc| dc.machine_models.iter().map(|m| m.instance_type.clone()))
+                    .collect();
+                self.event(
+                    EventRecord::new(
+                        EventLevel::Warning,
+                        EventProducer::Zone,
+                        "DATA_CENTER_SHORT",
+                        format!(
+                            "data center {short} is short: no machine model has capacity (tried {}); retrying in {} minutes",
+                            models.join(", "),
+                            SHORTAGE_MS / 60_000
+                        ),
+                    )
+                    .fleet(&zone.spec.fleet_id)
+                    .zone(&zone.id),
+                )
+                .await?;
+            }
         }
         for launch in &plan.launch {
             let Some(dc) = zone
@@ -203,18 +346,36 @@ impl Reconciler {
             // The plan saw it idle; the store checks again in the same statement that marks
             // it, so a session placed since then keeps its machine.
             if self.store.begin_idle_termination(&machine.id).await? {
-                // Wake the agent's long-poll so it hears `shutdown` now.
+                // Wake the agent's long-poll so it hears `shutdown` now: it stops its
+                // processes, and the driver stops the machine once they are gone.
                 self.changes.bump();
-                self.stop(machine).await?;
+                self.event(
+                    EventRecord::new(
+                        EventLevel::Info,
+                        EventProducer::Machine,
+                        "MACHINE_DRAINING",
+                        format!(
+                            "machine {} ({}): scale-in; idle, draining before it is terminated",
+                            machine.id, machine.data_center
+                        ),
+                    )
+                    .fleet(&machine.fleet_id)
+                    .zone(&machine.zone_id)
+                    .machine(&machine.id),
+                )
+                .await?;
             }
         }
-        // Machines already on their way out get their escalation.
+        // Machines on their way out are stopped once drained (and asked again on every
+        // pass: drivers escalate).
         for machine in observed
             .machines
             .iter()
             .filter(|m| m.status == MachineStatus::Terminating)
         {
-            self.stop(machine).await?;
+            if drained(machine, &observed.processes, now) {
+                self.stop(machine).await?;
+            }
         }
         let retargeted: Vec<(String, u32)> = observed
             .machines
@@ -266,21 +427,56 @@ impl Reconciler {
             .unwrap_or(Duration::from_secs(60))
     }
 
-    async fn gone_reason(&self, machine: &MachineRecord, now: i64) -> Result<Option<String>> {
+    /// Why a machine is gone for good, if it is: its event's level, code and reason. A
+    /// machine whose launch outcome was lost is adopted here when its driver finds it.
+    async fn gone_reason(
+        &self,
+        machine: &mut MachineRecord,
+        now: i64,
+    ) -> Result<Option<(EventLevel, &'static str, String)>> {
         let Some(location) = self.locations.get(&machine.location) else {
-            return Ok(Some(format!(
-                "location {:?} is no longer offered",
-                machine.location
+            return Ok(Some((
+                EventLevel::Error,
+                "MACHINE_LOST",
+                format!("location {:?} is no longer offered", machine.location),
             )));
         };
         match machine.status {
             MachineStatus::Pending if machine.driver_ref.is_none() => {
-                // Inserted, but fleetformd stopped before the driver launched it (or before
-                // it recorded what it launched; such an agent is refused when it syncs).
-                if now - machine.created_at_ms > 5_000 {
-                    return Ok(Some("machine was never launched".into()));
+                // Inserted, but the driver's answer never got recorded: fleetformd stopped
+                // during the launch, or the call failed after the cloud may have acted.
+                if now - machine.created_at_ms <= LAUNCH_OUTCOME_MS {
+                    return Ok(None);
                 }
-                Ok(None)
+                match location.driver.find(&machine.id).await? {
+                    Some(driver_ref) => {
+                        self.store
+                            .set_machine_driver_ref(&machine.id, &driver_ref)
+                            .await?;
+                        self.event(
+                            EventRecord::new(
+                                EventLevel::Info,
+                                EventProducer::Machine,
+                                "MACHINE_ADOPTED",
+                                format!(
+                                    "machine {} adopted {driver_ref}: its launch was never recorded",
+                                    machine.id
+                                ),
+                            )
+                            .fleet(&machine.fleet_id)
+                            .zone(&machine.zone_id)
+                            .machine(&machine.id),
+                        )
+                        .await?;
+                        machine.driver_ref = Some(driver_ref);
+                        Ok(None)
+                    }
+                    None => Ok(Some((
+                        EventLevel::Warning,
+                        "MACHINE_NOT_LAUNCHED",
+                        "machine was never launched".into(),
+                    ))),
+                }
             }
             MachineStatus::Terminated => Ok(None),
             _ => {
@@ -290,19 +486,35 @@ impl Reconciler {
                     .await?;
                 if liveness == Liveness::Gone {
                     return Ok(Some(if machine.status == MachineStatus::Terminating {
-                        "machine terminated".into()
+                        (
+                            EventLevel::Info,
+                            "MACHINE_TERMINATED",
+                            "machine terminated".into(),
+                        )
                     } else {
-                        "machine stopped unexpectedly".into()
+                        (
+                            EventLevel::Warning,
+                            "MACHINE_LOST",
+                            "machine stopped unexpectedly".into(),
+                        )
                     }));
                 }
+                let register_timeout = location.driver.register_timeout().as_millis() as i64;
                 if machine.last_heartbeat_ms.is_none()
-                    && now - machine.created_at_ms > REGISTER_TIMEOUT_MS
+                    && now - machine.created_at_ms > register_timeout
                 {
                     location
                         .driver
                         .terminate(&machine.id, machine.driver_ref.as_deref())
                         .await?;
-                    return Ok(Some("machine's agent never registered".into()));
+                    return Ok(Some((
+                        EventLevel::Warning,
+                        "MACHINE_NOT_REGISTERED",
+                        format!(
+                            "its agent never registered within {} s; terminated and replaced",
+                            register_timeout / 1000
+                        ),
+                    )));
                 }
                 Ok(None)
             }
@@ -339,11 +551,17 @@ impl Reconciler {
             created_at_ms: now_ms(),
             last_heartbeat_ms: None,
             target_processes: launch.target_processes,
+            terminating_since_ms: None,
+            terminated_at_ms: None,
+            termination_reason: None,
         };
         // The row first: a machine the store does not know could leak.
         self.store.insert_machine(&machine, &hash).await?;
         let request = LaunchRequest {
             machine_id: machine.id.clone(),
+            fleet_id: machine.fleet_id.clone(),
+            zone_id: zone_id.to_string(),
+            data_center: data_center.to_string(),
             instance_type: launch.instance_type.clone(),
             agent_token: token,
             server_url: self.server_url.clone(),
@@ -355,25 +573,65 @@ impl Reconciler {
                     .set_machine_driver_ref(&machine.id, &driver_ref)
                     .await
             }
-            Err(Error::InsufficientCapacity { instance_type }) => {
-                tracing::warn!(machine = %machine.id, data_center, %instance_type, "no capacity for this model; trying the next");
+            Err(error @ (Error::InsufficientCapacity { .. } | Error::LaunchRejected { .. })) => {
+                let (level, code, instance_type, reason) = match &error {
+                    Error::InsufficientCapacity {
+                        instance_type,
+                        reason,
+                    } => (
+                        EventLevel::Warning,
+                        "MACHINE_MODEL_UNAVAILABLE",
+                        instance_type,
+                        reason,
+                    ),
+                    Error::LaunchRejected {
+                        instance_type,
+                        reason,
+                    } => (EventLevel::Error, "LAUNCH_REJECTED", instance_type, reason),
+                    _ => unreachable!("matched above"),
+                };
                 self.shortages
-                    .record(zone_id, data_center, &instance_type, now_ms());
+                    .record(zone_id, data_center, instance_type, now_ms());
                 self.store
-                    .machine_gone(
-                        &machine.id,
-                        &format!("no capacity for {instance_type}"),
-                        now_ms(),
-                    )
+                    .machine_gone(&machine.id, &error.to_string(), now_ms())
                     .await?;
+                let next = spec
+                    .data_centers
+                    .iter()
+                    .find(|dc| dc.name == data_center)
+                    .and_then(|dc| {
+                        let models = &dc.machine_models;
+                        let at = models
+                            .iter()
+                            .position(|m| &m.instance_type == instance_type)?;
+                        models.get(at + 1).map(|m| m.instance_type.clone())
+                    });
+                self.event(
+                    EventRecord::new(
+                        level,
+                        EventProducer::Zone,
+                        code,
+                        format!(
+                            "data center {data_center}: {instance_type} could not be launched ({reason}); {}",
+                            match next {
+                                Some(next) => format!("trying {next}"),
+                                None => "no other machine model to try".into(),
+                            }
+                        ),
+                    )
+                    .fleet(&spec.fleet_id)
+                    .zone(zone_id)
+                    .machine(&machine.id),
+                )
+                .await?;
                 self.changes.bump();
                 Ok(())
             }
             Err(error) => {
-                tracing::warn!(machine = %machine.id, %error, "launch failed");
-                self.store
-                    .machine_gone(&machine.id, &format!("launch failed: {error}"), now_ms())
-                    .await
+                // The cloud may or may not have started it: the row stays, without a
+                // driver reference, until `find` adopts what runs or says nothing does.
+                tracing::warn!(machine = %machine.id, %error, "launch failed; its outcome is settled on a later pass");
+                Ok(())
             }
         }
     }
@@ -389,7 +647,12 @@ impl Reconciler {
         Ok(())
     }
 
-    async fn tear_down(&self, zone_id: &str, machines: &[MachineRecord]) -> Result<()> {
+    async fn tear_down(
+        &self,
+        zone_id: &str,
+        machines: &[MachineRecord],
+        processes: &[crate::store::ProcessRecord],
+    ) -> Result<()> {
         if machines.is_empty() {
             tracing::info!(zone = zone_id, "zone removed");
             self.store.remove_zone(zone_id).await?;
@@ -398,14 +661,16 @@ impl Reconciler {
         }
         // Deleting a zone stops every machine, busy or not (the API refused the delete
         // while sessions were active, unless the fleet says force_destroy).
+        let now = now_ms();
         for machine in machines {
             if machine.status != MachineStatus::Terminating {
                 self.store
                     .set_machine_status(&machine.id, MachineStatus::Terminating)
                     .await?;
                 self.changes.bump();
+            } else if drained(machine, processes, now) {
+                self.stop(machine).await?;
             }
-            self.stop(machine).await?;
         }
         Ok(())
     }
@@ -430,6 +695,65 @@ pub fn zone_status(
         }
         ResourceStatus::New if has_machines => ResourceStatus::Launching,
         other => other,
+    }
+}
+
+/// Whether a machine being terminated may be stopped now: its agent has stopped every
+/// process (or never registered), or draining took longer than [`DRAIN_TIMEOUT_MS`].
+pub fn drained(
+    machine: &MachineRecord,
+    processes: &[crate::store::ProcessRecord],
+    now_ms: i64,
+) -> bool {
+    let since = machine
+        .terminating_since_ms
+        .unwrap_or(machine.created_at_ms);
+    machine.last_heartbeat_ms.is_none()
+        || now_ms - since > DRAIN_TIMEOUT_MS
+        || !processes.iter().any(|p| p.machine_id == machine.id)
+}
+
+/// What the orphan sweep does about one instance of the cloud.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SweepVerdict {
+    /// It is its machine's instance.
+    Keep,
+    /// Its machine's launch was never recorded: record it.
+    Adopt,
+    /// Nothing owns it (why).
+    Terminate(String),
+}
+
+/// The orphan sweep's decision for one instance, given the machine its tag names (as the
+/// store has it, TERMINATED rows included) and the location the sweep lists.
+pub fn sweep_verdict(
+    cloud: &CloudMachine,
+    owner: Option<&MachineRecord>,
+    location: &str,
+) -> SweepVerdict {
+    let Some(machine_id) = &cloud.machine_id else {
+        return SweepVerdict::Terminate("it carries the cluster tag but no machine id".into());
+    };
+    let Some(machine) = owner else {
+        return SweepVerdict::Terminate(format!(
+            "no machine {machine_id} exists (never created, or its zone or fleet was deleted)"
+        ));
+    };
+    if machine.status == MachineStatus::Terminated {
+        return SweepVerdict::Terminate(format!("machine {machine_id} is terminated"));
+    }
+    if machine.location != location {
+        return SweepVerdict::Terminate(format!(
+            "machine {machine_id} belongs to location {:?}",
+            machine.location
+        ));
+    }
+    match &machine.driver_ref {
+        None => SweepVerdict::Adopt,
+        Some(driver_ref) if driver_ref == &cloud.driver_ref => SweepVerdict::Keep,
+        Some(driver_ref) => SweepVerdict::Terminate(format!(
+            "machine {machine_id} already runs as {driver_ref}: a duplicate"
+        )),
     }
 }
 
@@ -536,9 +860,24 @@ pub const SHORTAGE_MS: i64 = 10 * 60_000;
 #[derive(Debug, Default)]
 pub struct Shortages {
     until: std::sync::Mutex<std::collections::HashMap<(String, String, String), i64>>,
+    /// When each (zone, data center) was last reported short.
+    reported: std::sync::Mutex<std::collections::HashMap<(String, String), i64>>,
 }
 
 impl Shortages {
+    /// Whether a data center's shortage should be reported now: once per shortage period.
+    pub fn report_short(&self, zone_id: &str, data_center: &str, now_ms: i64) -> bool {
+        let mut reported = self.reported.lock().expect("shortage lock");
+        let key = (zone_id.to_string(), data_center.to_string());
+        match reported.get(&key) {
+            Some(at) if now_ms - at < SHORTAGE_MS => false,
+            _ => {
+                reported.insert(key, now_ms);
+                true
+            }
+        }
+    }
+
     /// The cloud has no capacity for `instance_type` in `data_center` of `zone_id`.
     pub fn record(&self, zone_id: &str, data_center: &str, instance_type: &str, now_ms: i64) {
         self.until.lock().expect("shortage lock").insert(
@@ -588,6 +927,154 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    fn machine(status: MachineStatus, driver_ref: Option<&str>) -> MachineRecord {
+        MachineRecord {
+            id: "mch-1".into(),
+            zone_id: "zone-1".into(),
+            fleet_id: "flt-1".into(),
+            data_center: "east".into(),
+            location: "us-east-1".into(),
+            instance_type: "c5.large".into(),
+            processes_per_machine: 2,
+            status,
+            build_id: "bld-1".into(),
+            driver_ref: driver_ref.map(str::to_string),
+            address: None,
+            agent_error: None,
+            created_at_ms: 1_000,
+            last_heartbeat_ms: Some(2_000),
+            target_processes: 2,
+            terminating_since_ms: None,
+            terminated_at_ms: None,
+            termination_reason: None,
+        }
+    }
+
+    #[test]
+    fn sweep_verdicts() {
+        use MachineStatus::*;
+        let cloud = |machine_id: Option<&str>| CloudMachine {
+            driver_ref: "i-1".into(),
+            machine_id: machine_id.map(str::to_string),
+            up: true,
+            description: "i-1".into(),
+        };
+        let keep = SweepVerdict::Keep;
+        let adopt = SweepVerdict::Adopt;
+        let terminate = |v: &SweepVerdict| matches!(v, SweepVerdict::Terminate(_));
+        #[rustfmt::skip]
+        // (case, the instance, its machine in the store, the swept location, the verdict;
+        // None: terminate).
+        type Case = (&'static str, CloudMachine, Option<MachineRecord>, &'static str, Option<SweepVerdict>);
+        let cases: Vec<Case> = vec![
+            (
+                "its machine's instance",
+                cloud(Some("mch-1")),
+                Some(machine(Active, Some("i-1"))),
+                "us-east-1",
+                Some(keep.clone()),
+            ),
+            (
+                "launch never recorded",
+                cloud(Some("mch-1")),
+                Some(machine(Pending, None)),
+                "us-east-1",
+                Some(adopt),
+            ),
+            (
+                "draining machine keeps it",
+                cloud(Some("mch-1")),
+                Some(machine(Terminating, Some("i-1"))),
+                "us-east-1",
+                Some(keep),
+            ),
+            ("no machine id tag", cloud(None), None, "us-east-1", None),
+            (
+                "unknown machine",
+                cloud(Some("mch-9")),
+                None,
+                "us-east-1",
+                None,
+            ),
+            (
+                "terminated machine",
+                cloud(Some("mch-1")),
+                Some(machine(Terminated, Some("i-1"))),
+                "us-east-1",
+                None,
+            ),
+            (
+                "a second instance",
+                cloud(Some("mch-1")),
+                Some(machine(Active, Some("i-0"))),
+                "us-east-1",
+                None,
+            ),
+            (
+                "another location's machine",
+                cloud(Some("mch-1")),
+                Some(machine(Active, Some("i-1"))),
+                "eu-west-1",
+                None,
+            ),
+        ];
+        for (name, cloud, owner, location, want) in cases {
+            let verdict = sweep_verdict(&cloud, owner.as_ref(), location);
+            match want {
+                Some(want) => assert_eq!(verdict, want, "{name}"),
+                None => assert!(terminate(&verdict), "{name}: {verdict:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn drained_cases() {
+        let process = |machine_id: &str| crate::store::ProcessRecord {
+            id: "proc-1".into(),
+            machine_id: machine_id.into(),
+            zone_id: "zone-1".into(),
+            fleet_id: "flt-1".into(),
+            build_id: "bld-1".into(),
+            port: 7000,
+            pid: None,
+            state: crate::store::ProcessState::Live(fleetform_api::agent::AgentProcessState::Ready),
+            active_sessions: 0,
+            sessions_started: 0,
+            started_at_ms: 0,
+        };
+        let mut draining = machine(MachineStatus::Terminating, Some("i-1"));
+        draining.terminating_since_ms = Some(10_000);
+        let running = [process("mch-1")];
+        let other = [process("mch-2")];
+        assert!(
+            !drained(&draining, &running, 10_000 + DRAIN_TIMEOUT_MS),
+            "still running a process"
+        );
+        assert!(
+            drained(&draining, &running, 10_001 + DRAIN_TIMEOUT_MS),
+            "drain timed out"
+        );
+        assert!(
+            drained(&draining, &other, 10_000),
+            "no process of its own left"
+        );
+        let mut never_registered = draining.clone();
+        never_registered.last_heartbeat_ms = None;
+        assert!(
+            drained(&never_registered, &running, 10_000),
+            "nothing to drain"
+        );
+    }
+
+    #[test]
+    fn a_shortage_is_reported_once_per_period() {
+        let shortages = Shortages::default();
+        assert!(shortages.report_short("z", "east", 0));
+        assert!(!shortages.report_short("z", "east", SHORTAGE_MS - 1));
+        assert!(shortages.report_short("z", "west", 1));
+        assert!(shortages.report_short("z", "east", SHORTAGE_MS));
     }
 
     #[test]
