@@ -11,10 +11,25 @@ apt_packages=()
 # tf-provider compiles the Terraform plugin protocol's .proto files at build time.
 command -v protoc >/dev/null 2>&1 || apt_packages+=(protobuf-compiler)
 command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
+# The AWS driver's end-to-end tests run moto (a local EC2) from a virtualenv: only the test
+# suite sets FLEETFORM_WITH_MOTO=1 before sourcing this file.
+moto_server=.venv/moto/bin/moto_server
+with_moto=${FLEETFORM_WITH_MOTO:-0}
+if [ "$with_moto" = 1 ] && [ ! -x "$moto_server" ] && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_packages+=(python3-venv)
+fi
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     echo "==> installing ${apt_packages[*]}"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+fi
+
+# moto, pinned: the version the AWS end-to-end tests are verified against. The harness finds
+# it by this path (or FLEETFORM_MOTO_SERVER); nothing is exported.
+if [ "$with_moto" = 1 ] && [ ! -x "$moto_server" ]; then
+    echo "==> installing moto"
+    python3 -m venv .venv/moto
+    .venv/moto/bin/pip install --quiet --disable-pip-version-check 'moto[ec2,server]==5.2.5'
 fi
 
 if ! command -v terraform >/dev/null 2>&1; then

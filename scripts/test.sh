@@ -3,7 +3,7 @@
 # terraform, fleetformd, agents and example game servers on 127.0.0.1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/prereqs.sh
+FLEETFORM_WITH_MOTO=1 source scripts/prereqs.sh
 
 start=$(date +%s)
 # One build for everything: the end-to-end tests run these binaries from target/debug.

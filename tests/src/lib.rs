@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use fleetform_api::Client;
 
+pub mod faults;
+pub mod moto;
+
 /// The admin token every test server uses.
 pub const TOKEN: &str = "e2e-admin-token";
 
@@ -65,19 +68,40 @@ pub struct Fleetformd {
     pub url: String,
     child: Option<Child>,
     listen: String,
+    /// The `--config` file, when the server was started with one.
+    config: Option<PathBuf>,
 }
 
 impl Fleetformd {
     /// Starts fleetformd on a free loopback port with a fresh data directory.
     pub fn start() -> Result<Self> {
+        Self::start_inner(None)
+    }
+
+    /// Like [`Fleetformd::start`], with `config_toml` as its `--config` file
+    /// (`fleetformd.toml` in the server's directory, used again by [`Fleetformd::restart`]).
+    pub fn start_with_config(config_toml: &str) -> Result<Self> {
+        Self::start_inner(Some(config_toml))
+    }
+
+    fn start_inner(config_toml: Option<&str>) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("fleetform-e2e-")
             .tempdir()?;
+        let config = match config_toml {
+            Some(toml) => {
+                let path = dir.path().join("fleetformd.toml");
+                std::fs::write(&path, toml).context("write fleetformd.toml")?;
+                Some(path)
+            }
+            None => None,
+        };
         let mut server = Fleetformd {
             dir,
             url: String::new(),
             child: None,
             listen: "127.0.0.1:0".into(),
+            config,
         };
         server.spawn()?;
         Ok(server)
@@ -93,7 +117,11 @@ impl Fleetformd {
             .create(true)
             .append(true)
             .open(self.dir.path().join("fleetformd.log"))?;
-        let mut child = Command::new(binary("fleetformd"))
+        let mut command = Command::new(binary("fleetformd"));
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
             .arg("--listen")
             .arg(&self.listen)
             .arg("--data-dir")
@@ -102,7 +130,10 @@ impl Fleetformd {
             .arg(TOKEN)
             .arg("--heartbeat-ms")
             .arg("1000")
-            .env("RUST_LOG", "info,sqlx=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("FLEETFORM_TEST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
