@@ -31,7 +31,10 @@ struct World {
     _work: tempfile::TempDir,
 }
 
-/// The server configuration: static credentials and a loopback endpoint, always.
+/// The server configuration: static credentials and a loopback endpoint, always. The
+/// attempt timeout is long: moto ignores `ClientToken`, so an SDK retry of a slow
+/// `RunInstances` would buy a second instance (which the sweep then terminates), and a test
+/// that holds the answer must not see one.
 fn config(endpoint: &str, extra: &str) -> String {
     format!(
         r#"cluster = "{CLUSTER}"
@@ -54,8 +57,8 @@ sweep_seconds = 1
 max_attempts = 10
 initial_backoff_ms = 20
 max_backoff_ms = 200
-attempt_timeout_ms = 5000
-operation_timeout_ms = 20000
+attempt_timeout_ms = 30000
+operation_timeout_ms = 60000
 "#
     )
 }
