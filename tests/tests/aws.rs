@@ -534,7 +534,12 @@ async fn a_crash_between_run_instances_and_the_store_write_leaks_nothing() -> Re
     assert_one_instance_per_machine(&world, &fleet.id).await?;
     // The instance launched before the crash is that machine's instance now.
     let machines = world.machines_by_instance(&fleet.id).await?;
-    assert!(live.iter().any(|i| i.id == orphan.id), "{live:#?}");
+    assert!(
+        live.iter().any(|i| i.id == orphan.id),
+        "{live:#?}\n{:#?}\n{}",
+        world.server.client().events(&EventQuery::default()).await?,
+        world.server.log()
+    );
     assert_eq!(machines[&orphan.id].id, orphan_machine);
     let adopted = world.events("MACHINE_ADOPTED").await?;
     assert_eq!(adopted.len(), 1, "{adopted:#?}");

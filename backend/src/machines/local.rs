@@ -73,6 +73,16 @@ fn agent_process_alive(pid: i32, marker: &Path) -> bool {
         .any(|arg| arg == marker)
 }
 
+/// The live agent whose command line names `work_dir` (a launch whose pid was never
+/// recorded).
+fn find_agent(work_dir: &Path) -> Option<i32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| agent_process_alive(*pid, work_dir))
+}
+
 #[async_trait]
 impl MachineDriver for LocalDriver {
     fn kind(&self) -> &'static str {
@@ -152,6 +162,10 @@ impl MachineDriver for LocalDriver {
         Duration::from_secs(2)
     }
 
+    async fn find(&self, machine_id: &str) -> Result<Option<String>> {
+        Ok(find_agent(&self.work_dir(machine_id)).map(|pid| pid.to_string()))
+    }
+
     async fn liveness(&self, machine_id: &str, driver_ref: Option<&str>) -> Result<Liveness> {
         if self.live_pid(machine_id, driver_ref).is_some() {
             Ok(Liveness::Alive)
@@ -178,5 +192,24 @@ mod tests {
         let argv0 = std::env::args().next().unwrap();
         assert!(agent_process_alive(me, Path::new(&argv0)), "{exe:?}");
         assert!(!agent_process_alive(i32::MAX, Path::new(&argv0)));
+    }
+
+    #[test]
+    fn find_agent_finds_a_process_by_its_work_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("mch-1");
+        assert_eq!(find_agent(&marker), None);
+        // `sh -c CMD ARG0`: the marker is on the shell's command line, as the work
+        // directory is on an agent's.
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("sleep 30")
+            .arg(&marker)
+            .spawn()
+            .unwrap();
+        let found = find_agent(&marker);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found, Some(child.id() as i32));
     }
 }

@@ -807,14 +807,13 @@ impl Store for SqliteStore {
         let mut placement_changed =
             matches!(status, MachineStatus::Pending | MachineStatus::Launching);
         sqlx::query(
-            "UPDATE machines SET last_heartbeat_at = ?, address = ?, driver_ref = COALESCE(driver_ref, ?), agent_error = ?,
+            "UPDATE machines SET last_heartbeat_at = ?, address = ?, agent_error = ?,
                 last_report_seq = MAX(last_report_seq, ?),
                 status = CASE WHEN status IN ('PENDING', 'LAUNCHING') THEN 'ACTIVE' ELSE status END
              WHERE id = ?",
         )
         .bind(now_ms)
         .bind(&report.address)
-        .bind(report.agent_pid.to_string())
         .bind(&report.error)
         .bind(seq)
         .bind(&machine.id)

@@ -174,20 +174,15 @@ impl Reconciler {
                     self.store
                         .set_machine_driver_ref(&machine.id, &cloud.driver_ref)
                         .await?;
-                    self.event(
-                        EventRecord::new(
-                            EventLevel::Info,
-                            EventProducer::Machine,
-                            "MACHINE_ADOPTED",
-                            format!(
-                                "machine {} adopted instance {}: its launch was never recorded",
-                                machine.id, cloud.description
-                            ),
-                        )
-                        .fleet(&machine.fleet_id)
-                        .zone(&machine.zone_id)
-                        .machine(&machine.id),
-                    )
+                    self.event(machine_event(
+                        EventLevel::Info,
+                        "MACHINE_ADOPTED",
+                        &machine,
+                        format!(
+                            "machine {} adopted instance {}: its launch was never recorded",
+                            machine.id, cloud.description
+                        ),
+                    ))
                     .await?;
                     self.changes.bump();
                 }
@@ -238,17 +233,12 @@ impl Reconciler {
         for machine in &mut observed.machines {
             if let Some((level, code, reason)) = self.gone_reason(machine, now).await? {
                 self.store.machine_gone(&machine.id, &reason, now).await?;
-                self.event(
-                    EventRecord::new(
-                        level,
-                        EventProducer::Machine,
-                        code,
-                        format!("machine {} ({}): {reason}", machine.id, machine.data_center),
-                    )
-                    .fleet(&machine.fleet_id)
-                    .zone(&machine.zone_id)
-                    .machine(&machine.id),
-                )
+                self.event(machine_event(
+                    level,
+                    code,
+                    machine,
+                    format!("machine {} ({}): {reason}", machine.id, machine.data_center),
+                ))
                 .await?;
                 gone.push(machine.id.clone());
             }
@@ -349,20 +339,15 @@ impl Reconciler {
                 // Wake the agent's long-poll so it hears `shutdown` now: it stops its
                 // processes, and the driver stops the machine once they are gone.
                 self.changes.bump();
-                self.event(
-                    EventRecord::new(
-                        EventLevel::Info,
-                        EventProducer::Machine,
-                        "MACHINE_DRAINING",
-                        format!(
-                            "machine {} ({}): scale-in; idle, draining before it is terminated",
-                            machine.id, machine.data_center
-                        ),
-                    )
-                    .fleet(&machine.fleet_id)
-                    .zone(&machine.zone_id)
-                    .machine(&machine.id),
-                )
+                self.event(machine_event(
+                    EventLevel::Info,
+                    "MACHINE_DRAINING",
+                    machine,
+                    format!(
+                        "machine {} ({}): scale-in; idle, draining before it is terminated",
+                        machine.id, machine.data_center
+                    ),
+                ))
                 .await?;
             }
         }
@@ -441,84 +426,74 @@ impl Reconciler {
                 format!("location {:?} is no longer offered", machine.location),
             )));
         };
-        match machine.status {
-            MachineStatus::Pending if machine.driver_ref.is_none() => {
-                // Inserted, but the driver's answer never got recorded: fleetformd stopped
-                // during the launch, or the call failed after the cloud may have acted.
-                if now - machine.created_at_ms <= LAUNCH_OUTCOME_MS {
-                    return Ok(None);
-                }
-                match location.driver.find(&machine.id).await? {
-                    Some(driver_ref) => {
-                        self.store
-                            .set_machine_driver_ref(&machine.id, &driver_ref)
-                            .await?;
-                        self.event(
-                            EventRecord::new(
-                                EventLevel::Info,
-                                EventProducer::Machine,
-                                "MACHINE_ADOPTED",
-                                format!(
-                                    "machine {} adopted {driver_ref}: its launch was never recorded",
-                                    machine.id
-                                ),
-                            )
-                            .fleet(&machine.fleet_id)
-                            .zone(&machine.zone_id)
-                            .machine(&machine.id),
-                        )
-                        .await?;
-                        machine.driver_ref = Some(driver_ref);
-                        Ok(None)
-                    }
-                    None => Ok(Some((
-                        EventLevel::Warning,
-                        "MACHINE_NOT_LAUNCHED",
-                        "machine was never launched".into(),
-                    ))),
-                }
-            }
-            MachineStatus::Terminated => Ok(None),
-            _ => {
-                let liveness = location
-                    .driver
-                    .liveness(&machine.id, machine.driver_ref.as_deref())
-                    .await?;
-                if liveness == Liveness::Gone {
-                    return Ok(Some(if machine.status == MachineStatus::Terminating {
-                        (
-                            EventLevel::Info,
-                            "MACHINE_TERMINATED",
-                            "machine terminated".into(),
-                        )
-                    } else {
-                        (
-                            EventLevel::Warning,
-                            "MACHINE_LOST",
-                            "machine stopped unexpectedly".into(),
-                        )
-                    }));
-                }
-                let register_timeout = location.driver.register_timeout().as_millis() as i64;
-                if machine.last_heartbeat_ms.is_none()
-                    && now - machine.created_at_ms > register_timeout
-                {
-                    location
-                        .driver
-                        .terminate(&machine.id, machine.driver_ref.as_deref())
-                        .await?;
-                    return Ok(Some((
-                        EventLevel::Warning,
-                        "MACHINE_NOT_REGISTERED",
-                        format!(
-                            "its agent never registered within {} s; terminated and replaced",
-                            register_timeout / 1000
-                        ),
-                    )));
-                }
-                Ok(None)
-            }
+        if machine.status == MachineStatus::Terminated {
+            return Ok(None);
         }
+        if machine.driver_ref.is_none() {
+            // Inserted, but the driver's answer never got recorded: fleetformd stopped
+            // during the launch, or the call failed after the cloud may have acted. (Its
+            // agent may even be syncing already.) The driver finds it by its id, or it is
+            // gone.
+            if now - machine.created_at_ms <= LAUNCH_OUTCOME_MS {
+                return Ok(None);
+            }
+            let Some(driver_ref) = location.driver.find(&machine.id).await? else {
+                return Ok(Some((
+                    EventLevel::Warning,
+                    "MACHINE_NOT_LAUNCHED",
+                    "its driver has no record of launching it".into(),
+                )));
+            };
+            self.store
+                .set_machine_driver_ref(&machine.id, &driver_ref)
+                .await?;
+            self.event(machine_event(
+                EventLevel::Info,
+                "MACHINE_ADOPTED",
+                machine,
+                format!(
+                    "machine {} adopted {driver_ref}: its launch was never recorded",
+                    machine.id
+                ),
+            ))
+            .await?;
+            machine.driver_ref = Some(driver_ref);
+        }
+        let liveness = location
+            .driver
+            .liveness(&machine.id, machine.driver_ref.as_deref())
+            .await?;
+        if liveness == Liveness::Gone {
+            return Ok(Some(if machine.status == MachineStatus::Terminating {
+                (
+                    EventLevel::Info,
+                    "MACHINE_TERMINATED",
+                    "machine terminated".into(),
+                )
+            } else {
+                (
+                    EventLevel::Warning,
+                    "MACHINE_LOST",
+                    "machine stopped unexpectedly".into(),
+                )
+            }));
+        }
+        let register_timeout = location.driver.register_timeout().as_millis() as i64;
+        if machine.last_heartbeat_ms.is_none() && now - machine.created_at_ms > register_timeout {
+            location
+                .driver
+                .terminate(&machine.id, machine.driver_ref.as_deref())
+                .await?;
+            return Ok(Some((
+                EventLevel::Warning,
+                "MACHINE_NOT_REGISTERED",
+                format!(
+                    "its agent never registered within {} s; terminated and replaced",
+                    register_timeout / 1000
+                ),
+            )));
+        }
+        Ok(None)
     }
 
     async fn launch(
@@ -711,6 +686,19 @@ pub fn drained(
     machine.last_heartbeat_ms.is_none()
         || now_ms - since > DRAIN_TIMEOUT_MS
         || !processes.iter().any(|p| p.machine_id == machine.id)
+}
+
+/// An event a machine produced, naming its fleet, zone and itself.
+fn machine_event(
+    level: EventLevel,
+    code: &str,
+    machine: &MachineRecord,
+    message: String,
+) -> EventRecord {
+    EventRecord::new(level, EventProducer::Machine, code, message)
+        .fleet(&machine.fleet_id)
+        .zone(&machine.zone_id)
+        .machine(&machine.id)
 }
 
 /// What the orphan sweep does about one instance of the cloud.
