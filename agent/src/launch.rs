@@ -118,9 +118,11 @@ pub fn executable(root: &Path, launch_path: &str) -> Result<PathBuf> {
 }
 
 /// The command that starts one game-server process: cwd = build root, `FLEETFORM_*`
-/// environment, stdout and stderr appended to `log_path`, stdin closed, and SIGKILL when the
+/// environment, stdout and stderr appended to `log_path`, stdin closed, SIGKILL when the
 /// agent's thread that spawned it dies (Linux `PR_SET_PDEATHSIG`), so no game server outlives
-/// its agent.
+/// its agent, and core dumps allowed: `RLIMIT_CORE` raised to its hard limit (unlimited
+/// unless the agent itself was started with a lower one), so a crash can leave a core file
+/// (see [`crate::crash`] for where the host puts it).
 pub fn command(
     root: &Path,
     spec: &LaunchSpec,
@@ -156,12 +158,21 @@ pub fn command(
         command.env_remove(name);
     }
     #[cfg(target_os = "linux")]
-    // SAFETY: the closure runs between fork and exec and only calls the async-signal-safe
-    // `prctl`.
+    // SAFETY: the closure runs between fork and exec and only makes the async-signal-safe
+    // system calls `prctl`, `getrlimit` and `setrlimit` on memory it owns.
     unsafe {
         command.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // Best effort: a game server that cannot dump core still runs.
+            let mut core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_CORE, &mut core) == 0 {
+                core.rlim_cur = core.rlim_max;
+                libc::setrlimit(libc::RLIMIT_CORE, &core);
             }
             Ok(())
         });

@@ -13,7 +13,9 @@
 //! - [`plan`]: the pure decision step (start, tell shutdown, stop, kill).
 //! - [`sdk`]: the SDK's HTTP server over state shared with the supervisor.
 //! - [`fetch`]: build sources → a build root directory.
-//! - [`launch`]: command line, environment and log file of a game server.
+//! - [`launch`]: command line, environment, log file and core limit of a game server.
+//! - [`crash`]: what a crash report carries: the tail of the process's output and its
+//!   core file (the host's `core_pattern` rules, pure and table-tested).
 //! - [`ports`]: game-port allocation. [`backoff`]: retry pacing.
 //!
 //! Architecture invariant: every game server is spawned from the thread that runs
@@ -29,6 +31,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub mod backoff;
+pub mod crash;
 pub mod fetch;
 pub mod launch;
 pub mod plan;

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::backoff::{Backoff, StartBackoff};
+use crate::crash;
 use crate::launch::{self, LaunchVars};
 use crate::plan::{self, Action, KillReason, LocalProcess, Timeouts, STOP_GRACE};
 use crate::ports::PortAllocator;
@@ -55,6 +56,13 @@ struct Managed {
     started_at: Instant,
     /// RFC 3339.
     started_at_text: String,
+    /// The wall-clock start, to tell its core file from an older one.
+    started_at_wall: std::time::SystemTime,
+    /// Its working directory (the build's root) and executable, where a core may be.
+    cwd: PathBuf,
+    executable: String,
+    /// Its stdout and stderr.
+    log_path: PathBuf,
     shutdown_told_at: Option<Instant>,
     stop_requested_at: Option<Instant>,
     /// The agent asked it to stop (reported in its exit).
@@ -295,13 +303,47 @@ impl Supervisor {
             );
             self.start_backoff.unrequested_exit(lived, now);
         }
-        self.pending_exits.push(ProcessExit {
+        let mut exit = ProcessExit {
             process_id: process_id.to_string(),
             exit_code: status.code(),
             signal: status.signal(),
             requested,
             exited_at: rfc3339_now(),
-        });
+            build_id: Some(managed.build_id.clone()),
+            started_at: Some(managed.started_at_text.clone()),
+            ..ProcessExit::default()
+        };
+        if exit.is_crash() {
+            exit.output_tail = crash::read_output_tail(&managed.log_path);
+            if status.core_dumped() {
+                exit.core_dump = self.find_core(process_id, &managed, status);
+            }
+        }
+        self.pending_exits.push(exit);
+    }
+
+    /// The core file a crashed process left, moved next to its log when it is in the
+    /// build's root (see [`crash`]).
+    fn find_core(&self, process_id: &str, managed: &Managed, status: ExitStatus) -> Option<String> {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        // SAFETY: getuid and getgid cannot fail and have no preconditions.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let process = crash::DeadProcess {
+            pid: managed.pid,
+            signal: status.signal().unwrap_or_default(),
+            executable: &managed.executable,
+            uid,
+            gid,
+            hostname: hostname.trim(),
+            cwd: &managed.cwd,
+        };
+        let keep_as = self
+            .work_dir
+            .join("logs")
+            .join(format!("{process_id}.core"));
+        let core = crash::find_core(&process, managed.started_at_wall, &keep_as)?;
+        info!(%process_id, core = %core.display(), "game server left a core file");
+        Some(core.display().to_string())
     }
 
     fn local_processes(&self) -> Vec<LocalProcess> {
@@ -466,6 +508,10 @@ impl Supervisor {
             sdk_addr: &self.sdk_addr,
         };
         let mut command = launch::command(root, spec, &vars, &log_path)?;
+        let executable = std::path::Path::new(&spec.launch_path)
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let child = command.spawn().map_err(|source| Error::Io {
             context: format!("starting {}", root.join(&spec.launch_path).display()),
             source,
@@ -482,6 +528,10 @@ impl Supervisor {
                 build_id: spec.build_id.clone(),
                 started_at: now,
                 started_at_text: rfc3339_now(),
+                started_at_wall: std::time::SystemTime::now(),
+                cwd: root.to_path_buf(),
+                executable,
+                log_path,
                 shutdown_told_at: None,
                 stop_requested_at: None,
                 requested: false,

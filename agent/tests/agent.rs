@@ -503,22 +503,60 @@ async fn agent_runs_sessions_and_replaces_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_reports_crashes_and_unhealthy_processes() {
     let work = tempfile::tempdir().unwrap();
+    // A build directory of its own: the crash may leave a core file in it.
+    let build_dir = work.path().join("build");
+    std::fs::create_dir_all(&build_dir).unwrap();
+    std::fs::copy(game_server_binary(), build_dir.join("example-game-server")).unwrap();
     let mut machine = desired(1);
-    machine.launch.as_mut().unwrap().launch_parameters =
-        Some("--port {port} --crash-after-secs 1 --crash-signal".into());
+    let launch = machine.launch.as_mut().unwrap();
+    launch.source = format!("file://{}", build_dir.display());
+    launch.launch_parameters = Some("--port {port} --crash-after-secs 1 --crash-signal".into());
     let server = FakeServer::start(machine).await;
     let _agent = spawn_agent(&server, work.path());
 
-    eventually("a crash by SIGSEGV", Duration::from_secs(20), || {
+    let crash = eventually("a crash by SIGSEGV", Duration::from_secs(20), || {
         server
-            .any_request(|r| {
-                r.exited
-                    .iter()
-                    .any(|exit| exit.signal == Some(libc::SIGSEGV) && !exit.requested)
-            })
-            .then_some(())
+            .state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .flat_map(|r| r.exited.iter())
+            .find(|exit| exit.signal == Some(libc::SIGSEGV) && !exit.requested)
+            .cloned()
     })
     .await;
+    assert_eq!(crash.build_id.as_deref(), Some("bld-test"));
+    assert!(crash.started_at.is_some());
+    assert!(
+        crash
+            .output_tail
+            .iter()
+            .any(|line| line.contains("crashing with SIGSEGV")),
+        "{:?}",
+        crash.output_tail
+    );
+    // A core file where this host's core_pattern puts one the agent can find: the kernel
+    // default (`core` in the working directory), moved next to the process's log.
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    let mut core_limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut core_limit) };
+    if pattern.trim() == "core" && core_limit.rlim_max > 0 {
+        let core = crash.core_dump.as_deref().expect("a core file");
+        assert_eq!(
+            std::path::Path::new(core),
+            work.path()
+                .join("logs")
+                .join(format!("{}.core", crash.process_id))
+        );
+        assert!(std::path::Path::new(core).is_file());
+    } else if pattern.starts_with('|') {
+        assert_eq!(crash.core_dump, None, "cores are piped to {pattern}");
+    }
     // It is restarted (after a backoff), and crashes again.
     eventually("a second crash", Duration::from_secs(20), || {
         let crashes: std::collections::BTreeSet<String> = server

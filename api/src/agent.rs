@@ -71,8 +71,9 @@ pub struct ProcessReport {
     pub started_at: String,
 }
 
-/// A process that ended, and how.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A process that ended, and how. The fields after `exited_at` came later: each has a
+/// default, so a report from an older agent still parses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessExit {
     pub process_id: String,
@@ -85,6 +86,34 @@ pub struct ProcessExit {
     pub requested: bool,
     /// RFC 3339.
     pub exited_at: String,
+    /// The build it ran. Lets fleetformd record the crash of a process that died before
+    /// any report listed it alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    /// RFC 3339: when it started (how long it lived tells a crash at start from a later one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// Crashes only: the last lines of its stdout and stderr, oldest first (at most
+    /// [`OUTPUT_TAIL_LINES`] lines of at most [`OUTPUT_LINE_MAX_BYTES`] bytes each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub output_tail: Vec<String>,
+    /// Crashes only: where the core file it wrote is on the machine, when the agent found
+    /// one (none when the host pipes cores to a handler such as systemd-coredump).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core_dump: Option<String>,
+}
+
+/// How many lines of a crashed process's output [`ProcessExit::output_tail`] keeps.
+pub const OUTPUT_TAIL_LINES: usize = 20;
+/// The longest line [`ProcessExit::output_tail`] keeps; longer lines are cut.
+pub const OUTPUT_LINE_MAX_BYTES: usize = 500;
+
+impl ProcessExit {
+    /// Whether this exit is a crash: the agent did not ask for it and the process did not
+    /// exit 0 (it exited non-zero, was killed by a signal, or ended in a way nobody saw).
+    pub fn is_crash(&self) -> bool {
+        !self.requested && (self.exit_code != Some(0) || self.signal.is_some())
+    }
 }
 
 /// What fleetformd wants the machine to run.

@@ -189,6 +189,31 @@ impl Client {
         self.get(&format!("/v1/fleets/{}/machines", encode(id)))
             .await
     }
+
+    /// Revokes a machine: its sessions end LOST at once and it is replaced.
+    pub async fn revoke_machine(&self, id: &str) -> Result<Revoked> {
+        let path = format!("/v1/machines/{}/revoke", encode(id));
+        self.call::<(), _>(Method::POST, &path, None, None).await
+    }
+
+    /// A fleet's machines filtered by query pairs (`id`, `address`, `status`, `build`,
+    /// `data_center`, `zone`).
+    pub async fn fleet_machines_where(
+        &self,
+        id: &str,
+        filters: &[(&str, &str)],
+    ) -> Result<MachineList> {
+        let query: Vec<String> = filters
+            .iter()
+            .map(|(key, value)| format!("{}={}", encode(key), encode(value)))
+            .collect();
+        self.get(&format!(
+            "/v1/fleets/{}/machines?{}",
+            encode(id),
+            query.join("&")
+        ))
+        .await
+    }
     pub async fn fleet_processes(&self, id: &str) -> Result<ProcessList> {
         self.get(&format!("/v1/fleets/{}/processes", encode(id)))
             .await
@@ -268,6 +293,32 @@ impl Client {
         Ok(list.events)
     }
 
+    // -- crashes -------------------------------------------------------------------------
+
+    /// Crashes matching `query`, newest first.
+    pub async fn crashes(&self, query: &CrashQuery) -> Result<Vec<Crash>> {
+        let list: CrashList = self
+            .get(&format!("/v1/crashes{}", query.to_query_string()))
+            .await?;
+        Ok(list.crashes)
+    }
+
+    /// Crashes of one fleet (by id or name) matching `query`, newest first; `query.fleet`
+    /// is ignored.
+    pub async fn fleet_crashes(&self, fleet: &str, query: &CrashQuery) -> Result<Vec<Crash>> {
+        let query = CrashQuery {
+            fleet: None,
+            ..query.clone()
+        };
+        let path = format!(
+            "/v1/fleets/{}/crashes{}",
+            encode(fleet),
+            query.to_query_string()
+        );
+        let list: CrashList = self.get(&path).await?;
+        Ok(list.crashes)
+    }
+
     // -- agent ---------------------------------------------------------------------------
 
     /// One agent sync; the client's token must be the machine's agent token.
@@ -282,7 +333,7 @@ impl EventQuery {
     /// `?key=value&…` of the filters set, or the empty string.
     fn to_query_string(&self) -> String {
         let limit = self.limit.map(|limit| limit.to_string());
-        let pairs: Vec<String> = [
+        query_string(&[
             ("fleet", self.fleet.as_deref()),
             ("zone", self.zone.as_deref()),
             ("machine", self.machine.as_deref()),
@@ -290,15 +341,34 @@ impl EventQuery {
             ("producer", self.producer.map(EventProducer::as_str)),
             ("text", self.text.as_deref()),
             ("limit", limit.as_deref()),
-        ]
-        .into_iter()
+        ])
+    }
+}
+
+impl CrashQuery {
+    /// `?key=value&…` of the filters set, or the empty string.
+    fn to_query_string(&self) -> String {
+        let limit = self.limit.map(|limit| limit.to_string());
+        query_string(&[
+            ("fleet", self.fleet.as_deref()),
+            ("zone", self.zone.as_deref()),
+            ("machine", self.machine.as_deref()),
+            ("build", self.build.as_deref()),
+            ("limit", limit.as_deref()),
+        ])
+    }
+}
+
+/// `?key=value&…` of the pairs with a value, encoded, or the empty string.
+fn query_string(pairs: &[(&str, Option<&str>)]) -> String {
+    let pairs: Vec<String> = pairs
+        .iter()
         .filter_map(|(key, value)| value.map(|value| format!("{key}={}", encode(value))))
         .collect();
-        if pairs.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", pairs.join("&"))
-        }
+    if pairs.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", pairs.join("&"))
     }
 }
 
@@ -319,6 +389,7 @@ pub(crate) fn encode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::{encode, EventQuery};
+    use crate::model::CrashQuery;
     use crate::model::EventLevel;
 
     #[test]
@@ -333,6 +404,21 @@ mod tests {
         assert_eq!(
             query.to_query_string(),
             "?level=WARNING&text=no%20capacity&limit=5"
+        );
+    }
+
+    #[test]
+    fn crash_query_encodes_only_the_filters_set() {
+        assert_eq!(CrashQuery::default().to_query_string(), "");
+        let query = CrashQuery {
+            zone: Some("zone-1".into()),
+            build: Some("bld 2".into()),
+            limit: Some(3),
+            ..CrashQuery::default()
+        };
+        assert_eq!(
+            query.to_query_string(),
+            "?zone=zone-1&build=bld%202&limit=3"
         );
     }
 

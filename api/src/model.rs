@@ -496,6 +496,14 @@ pub struct MachineList {
     pub machines: Vec<Machine>,
 }
 
+/// Answer of `POST /v1/machines/{id}/revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    pub machine: Machine,
+    /// Sessions the revoke ended as `LOST`.
+    pub sessions_lost: u32,
+}
+
 /// Body of `GET /v1/fleets/{id}/processes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessList {
@@ -545,4 +553,55 @@ pub struct EventQuery {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventList {
     pub events: Vec<Event>,
+}
+
+/// A game-server process that exited non-zero or by a signal without being asked to:
+/// `GET /v1/crashes` and `GET /v1/fleets/{id}/crashes`. Crashes are history: they outlive
+/// their machine and zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Crash {
+    /// `crash-…`.
+    pub id: String,
+    pub fleet_id: String,
+    pub zone_id: String,
+    pub machine_id: String,
+    pub process_id: String,
+    /// The build the process ran.
+    pub build_id: String,
+    /// Its exit status, when it exited by itself.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// The signal that killed it (11 for SIGSEGV, 9 when the agent killed it for missing
+    /// its health beats).
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// When it exited (RFC 3339, the agent's clock).
+    pub time: String,
+    /// The last lines of its stdout and stderr, oldest first.
+    #[serde(default)]
+    pub output_tail: Vec<String>,
+    /// Path of the core file on its machine, when one was written where the agent looks.
+    #[serde(default)]
+    pub core_dump: Option<String>,
+}
+
+/// Query of `GET /v1/crashes` as [`Client::crashes`](crate::Client::crashes) sends it;
+/// `None` means any. The server's default `limit` applies when it is not set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CrashQuery {
+    /// Fleet id or name.
+    pub fleet: Option<String>,
+    /// Zone id.
+    pub zone: Option<String>,
+    /// Machine id.
+    pub machine: Option<String>,
+    /// Build id.
+    pub build: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// Body of `GET /v1/crashes` and `GET /v1/fleets/{id}/crashes`, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashList {
+    pub crashes: Vec<Crash>,
 }

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod autoscale;
 pub mod config;
+pub mod crash_loop;
 pub mod error;
 pub mod machines;
 pub mod placement;

@@ -52,6 +52,7 @@ pub async fn run(
         interval: config.reconcile_interval,
         demand,
         shortages: Arc::new(Shortages::default()),
+        heartbeat_interval: config.heartbeat_interval,
         sweeps: Arc::default(),
     };
     let mut reconciler_stop = stop_rx.clone();

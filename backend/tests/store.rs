@@ -9,7 +9,9 @@ use std::sync::Arc;
 use fleetform_api::agent::{AgentProcessState, ProcessExit, ProcessReport, SyncRequest};
 use fleetform_api::*;
 use fleetformd::store::sqlite::SqliteStore;
-use fleetformd::store::{EventFilter, EventRecord, MachineRecord, PlaceArgs, PlaceOutcome, Store};
+use fleetformd::store::{
+    CrashFilter, EventFilter, EventRecord, MachineRecord, PlaceArgs, PlaceOutcome, Store,
+};
 
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
@@ -231,6 +233,7 @@ async fn suite_repeated_agent_reports_are_idempotent(store: Arc<dyn Store>) {
             signal: None,
             requested: true,
             exited_at: "2026-01-01T00:00:01Z".into(),
+            ..ProcessExit::default()
         }],
         ended_sessions: vec![session.id.clone()],
         ..SyncRequest::default()
@@ -276,6 +279,7 @@ async fn suite_a_process_that_dies_loses_its_session(store: Arc<dyn Store>) {
             signal: Some(11),
             requested: false,
             exited_at: "2026-01-01T00:00:01Z".into(),
+            ..ProcessExit::default()
         }],
         ..SyncRequest::default()
     };
@@ -497,6 +501,91 @@ async fn suite_machine_gone_without_terminating(store: Arc<dyn Store>) {
     );
 }
 
+async fn suite_an_unhealthy_machine_loses_its_sessions_and_stays_ended(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 1, 1).await;
+    let PlaceOutcome::Placed(session) = store.place_session(args(&world, "s", None)).await.unwrap()
+    else {
+        panic!("placement")
+    };
+    let id = world.machines[0].id.clone();
+    store
+        .machine_unhealthy(&id, "no heartbeat", at(10))
+        .await
+        .unwrap();
+    let machine = store.get_machine(&id).await.unwrap().unwrap();
+    assert_eq!(machine.status, MachineStatus::Unhealthy);
+    assert_eq!(machine.terminated_at_ms, Some(at(10)));
+    assert_eq!(machine.termination_reason.as_deref(), Some("no heartbeat"));
+    let lost = store.get_session(&session.id).await.unwrap().unwrap();
+    assert_eq!(lost.status, SessionStatus::Lost);
+    assert_eq!(lost.reason.as_deref(), Some("no heartbeat"));
+    assert!(store
+        .zone_observation("zone-1")
+        .await
+        .unwrap()
+        .machines
+        .is_empty());
+    // An end is final: neither a later end, a status change nor a revoke moves it.
+    store.machine_gone(&id, "gone", at(20)).await.unwrap();
+    store
+        .set_machine_status(&id, MachineStatus::Terminating)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.revoke_machine(&id, "revoked", at(30)).await.unwrap(),
+        None
+    );
+    let machine = store.get_machine(&id).await.unwrap().unwrap();
+    assert_eq!(machine.status, MachineStatus::Unhealthy);
+    assert_eq!(machine.termination_reason.as_deref(), Some("no heartbeat"));
+    // Its agent is refused.
+    let report = SyncRequest {
+        agent_pid: 100,
+        address: "127.0.0.1".into(),
+        ..SyncRequest::default()
+    };
+    assert!(store
+        .apply_agent_report(&machine, &report, at(40))
+        .await
+        .is_err());
+}
+
+async fn suite_a_revoke_loses_the_sessions_at_once(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Parallel, 1, 1).await;
+    let mut sessions = Vec::new();
+    for name in ["a", "b"] {
+        let PlaceOutcome::Placed(session) =
+            store.place_session(args(&world, name, None)).await.unwrap()
+        else {
+            panic!("placement {name}")
+        };
+        sessions.push(session);
+    }
+    let id = world.machines[0].id.clone();
+    assert_eq!(
+        store.revoke_machine(&id, "revoked", at(5)).await.unwrap(),
+        Some(2)
+    );
+    for session in &sessions {
+        let lost = store.get_session(&session.id).await.unwrap().unwrap();
+        assert_eq!(lost.status, SessionStatus::Lost);
+        assert_eq!(lost.reason.as_deref(), Some("revoked"));
+    }
+    let machine = store.get_machine(&id).await.unwrap().unwrap();
+    assert_eq!(machine.status, MachineStatus::Terminating);
+    assert_eq!(machine.terminating_since_ms, Some(at(5)));
+    assert_eq!(machine.termination_reason.as_deref(), Some("revoked"));
+    // A terminating machine takes no new session.
+    assert!(matches!(
+        store.place_session(args(&world, "c", None)).await.unwrap(),
+        PlaceOutcome::NoCapacity
+    ));
+    assert_eq!(
+        store.revoke_machine("mch-none", "x", at(6)).await.unwrap(),
+        None
+    );
+}
+
 fn event(level: EventLevel, producer: EventProducer, code: &str, message: &str) -> EventRecord {
     EventRecord::new(level, producer, code, message)
 }
@@ -651,6 +740,429 @@ async fn suite_events_outlive_their_zone(store: Arc<dyn Store>) {
     assert_eq!(left.len(), 1);
 }
 
+/// Unix ms of `2026-01-01T00:00:00Z` plus `secs` seconds.
+fn at(secs: i64) -> i64 {
+    1_767_225_600_000 + secs * 1000
+}
+
+fn rfc3339(ms: i64) -> String {
+    fleetformd::time::rfc3339(ms)
+}
+
+/// An exit of `process_id` at `exit_s` (seconds after 2026-01-01T00:00:00Z) of a process
+/// started at `started_s`, with an exit code or a signal.
+fn exit(
+    process_id: &str,
+    code: Option<i32>,
+    signal: Option<i32>,
+    started_s: i64,
+    exit_s: i64,
+) -> ProcessExit {
+    ProcessExit {
+        process_id: process_id.into(),
+        exit_code: code,
+        signal,
+        requested: false,
+        exited_at: rfc3339(at(exit_s)),
+        build_id: Some("bld-1".into()),
+        started_at: Some(rfc3339(at(started_s))),
+        output_tail: vec![format!("{process_id} says goodbye")],
+        core_dump: None,
+    }
+}
+
+/// A report from machine `m` of `world` that lists no live process and carries `exited`.
+fn exits_report(exited: Vec<ProcessExit>) -> SyncRequest {
+    SyncRequest {
+        agent_pid: 100,
+        address: "127.0.0.1".into(),
+        exited,
+        ..SyncRequest::default()
+    }
+}
+
+async fn suite_crashes_are_recorded_with_their_report(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 2, 2).await;
+    let machine = &world.machines[0];
+    let mut segfault = exit("proc-0-0", None, Some(11), 0, 5);
+    segfault.core_dump = Some("/work/logs/proc-0-0.core".into());
+    segfault.output_tail = vec!["loading map".into(), "segfault".into()];
+    let requested_kill = ProcessExit {
+        requested: true,
+        ..exit("proc-0-1", None, Some(15), 0, 5)
+    };
+    let report = SyncRequest {
+        processes: vec![],
+        ..exits_report(vec![
+            segfault.clone(),
+            requested_kill,
+            // Exited 0 on its own: not a crash.
+            exit("proc-0-x", Some(0), None, 1, 5),
+            // Never reported alive (it died at start): still a crash of this machine.
+            exit("proc-0-early", Some(3), None, 4, 5),
+            // Another machine's process: not this agent's to report.
+            exit("proc-1-0", Some(3), None, 0, 5),
+        ])
+    };
+    store
+        .apply_agent_report(machine, &report, at(6))
+        .await
+        .unwrap();
+    // The first answer was lost: the same report again records nothing twice.
+    store
+        .apply_agent_report(machine, &report, at(7))
+        .await
+        .unwrap();
+    let crashes = store.list_crashes(&CrashFilter::default()).await.unwrap();
+    let ids: Vec<&str> = crashes.iter().map(|c| c.process_id.as_str()).collect();
+    assert_eq!(ids, ["proc-0-early", "proc-0-0"], "newest first");
+    let recorded = &crashes[1];
+    assert!(recorded.id.starts_with("crash-"), "{}", recorded.id);
+    assert_eq!(
+        (
+            recorded.fleet_id.as_str(),
+            recorded.zone_id.as_str(),
+            recorded.machine_id.as_str(),
+            recorded.build_id.as_str()
+        ),
+        (
+            world.fleet.id.as_str(),
+            world.zone.id.as_str(),
+            machine.id.as_str(),
+            "bld-1"
+        )
+    );
+    assert_eq!((recorded.exit_code, recorded.signal), (None, Some(11)));
+    assert_eq!(recorded.at_ms, at(5));
+    assert_eq!(recorded.started_at_ms, Some(at(0)));
+    assert_eq!(recorded.output_tail, segfault.output_tail);
+    assert_eq!(
+        recorded.core_dump.as_deref(),
+        Some("/work/logs/proc-0-0.core")
+    );
+    assert_eq!(crashes[0].exit_code, Some(3));
+    // The crashed process is CRASHED, the other machine's still live.
+    let processes = store.fleet_processes(&world.fleet.id).await.unwrap();
+    let state = |id: &str| processes.iter().find(|p| p.id == id).map(|p| p.state);
+    assert_eq!(
+        state("proc-0-0"),
+        Some(fleetformd::store::ProcessState::Crashed)
+    );
+    assert!(state("proc-1-0").unwrap().is_live());
+
+    // An agent clock ahead of fleetformd's does not put a crash in the future, and an
+    // exit from an older agent (no build, no start, no output) is still recorded.
+    let old_agent = ProcessExit {
+        process_id: "proc-1-1".into(),
+        exit_code: Some(139),
+        exited_at: rfc3339(at(3600)),
+        ..ProcessExit::default()
+    };
+    store
+        .apply_agent_report(&world.machines[1], &exits_report(vec![old_agent]), at(8))
+        .await
+        .unwrap();
+    let newest = &store.list_crashes(&CrashFilter::default()).await.unwrap()[0];
+    assert_eq!(newest.process_id, "proc-1-1");
+    assert_eq!(newest.at_ms, at(8));
+    assert_eq!(
+        newest.build_id, "bld-1",
+        "the process's build, from the store"
+    );
+    assert_eq!(newest.started_at_ms, Some(at(0)));
+    assert!(newest.output_tail.is_empty());
+}
+
+async fn suite_crash_filters(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 2, 0).await;
+    let other_build = ProcessExit {
+        build_id: Some("bld-2".into()),
+        ..exit("p-b2", Some(3), None, 0, 1)
+    };
+    store
+        .apply_agent_report(
+            &world.machines[0],
+            &exits_report(vec![exit("p-a", Some(3), None, 100, 101), other_build]),
+            at(200),
+        )
+        .await
+        .unwrap();
+    store
+        .apply_agent_report(
+            &world.machines[1],
+            &exits_report(vec![exit("p-c", None, Some(6), 100, 102)]),
+            at(201),
+        )
+        .await
+        .unwrap();
+    let list = |filter: CrashFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .list_crashes(&filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|c| c.process_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        list(CrashFilter::default()).await,
+        ["p-c", "p-b2", "p-a"],
+        "newest first, in the order recorded"
+    );
+    assert_eq!(
+        list(CrashFilter {
+            machine_id: Some(world.machines[0].id.clone()),
+            ..CrashFilter::default()
+        })
+        .await,
+        ["p-b2", "p-a"]
+    );
+    assert_eq!(
+        list(CrashFilter {
+            build_id: Some("bld-2".into()),
+            ..CrashFilter::default()
+        })
+        .await,
+        ["p-b2"]
+    );
+    assert_eq!(
+        list(CrashFilter {
+            fleet_id: Some(world.fleet.id.clone()),
+            zone_id: Some(world.zone.id.clone()),
+            build_id: Some("bld-1".into()),
+            ..CrashFilter::default()
+        })
+        .await,
+        ["p-c", "p-a"]
+    );
+    assert_eq!(
+        list(CrashFilter {
+            limit: 1,
+            ..CrashFilter::default()
+        })
+        .await,
+        ["p-c"]
+    );
+    for nothing in [
+        CrashFilter {
+            fleet_id: Some("flt-other".into()),
+            ..CrashFilter::default()
+        },
+        CrashFilter {
+            zone_id: Some("zone-other".into()),
+            ..CrashFilter::default()
+        },
+        CrashFilter {
+            machine_id: Some("mch-other".into()),
+            ..CrashFilter::default()
+        },
+    ] {
+        assert!(list(nothing.clone()).await.is_empty(), "{nothing:?}");
+    }
+    // Crashes are history: they outlive their zone.
+    store.remove_zone(&world.zone.id).await.unwrap();
+    assert_eq!(list(CrashFilter::default()).await.len(), 3);
+}
+
+async fn fleet_events(store: &dyn Store, fleet_id: &str, code: &str) -> Vec<EventRecord> {
+    store
+        .list_events(&EventFilter {
+            fleet_id: Some(fleet_id.into()),
+            text: Some(code.into()),
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|event| event.code == code)
+        .collect()
+}
+
+async fn fleet_status(store: &dyn Store, fleet_id: &str) -> ResourceStatus {
+    store.get_fleet(fleet_id).await.unwrap().unwrap().status
+}
+
+async fn suite_crash_loop_makes_the_fleet_unavailable_until_ready(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 1, 0).await;
+    let fleet = &world.fleet.id;
+    let machine = &world.machines[0];
+    // Two crashes at start: not yet a loop.
+    store
+        .apply_agent_report(
+            machine,
+            &exits_report(vec![
+                exit("p1", Some(3), None, 0, 1),
+                exit("p2", Some(3), None, 2, 3),
+            ]),
+            at(4),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fleet_status(store.as_ref(), fleet).await,
+        ResourceStatus::New
+    );
+    // The third within a minute: the fleet is UNAVAILABLE, with an ERROR event that names
+    // the build, the count and the last exit.
+    store
+        .apply_agent_report(
+            machine,
+            &exits_report(vec![exit("p3", None, Some(11), 6, 7)]),
+            at(8),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fleet_status(store.as_ref(), fleet).await,
+        ResourceStatus::Unavailable
+    );
+    let looped = fleet_events(store.as_ref(), fleet, "CRASH_LOOP").await;
+    assert_eq!(looped.len(), 1, "{looped:?}");
+    assert_eq!(
+        (looped[0].level, looped[0].producer),
+        (EventLevel::Error, EventProducer::Fleet)
+    );
+    for part in ["bld-1", "3 of its processes", "signal 11", "p3"] {
+        assert!(
+            looped[0].message.contains(part),
+            "{part}: {}",
+            looped[0].message
+        );
+    }
+    // More crashes while it loops: no second event.
+    store
+        .apply_agent_report(
+            machine,
+            &exits_report(vec![exit("p4", Some(3), None, 10, 11)]),
+            at(12),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fleet_events(store.as_ref(), fleet, "CRASH_LOOP")
+            .await
+            .len(),
+        1
+    );
+
+    // A process of the build becomes READY: recovered.
+    let ready = SyncRequest {
+        processes: vec![process("p5", AgentProcessState::Starting)],
+        ..exits_report(vec![])
+    };
+    store
+        .apply_agent_report(machine, &ready, at(20))
+        .await
+        .unwrap();
+    assert_eq!(
+        fleet_status(store.as_ref(), fleet).await,
+        ResourceStatus::Unavailable,
+        "STARTING is not READY"
+    );
+    let ready = SyncRequest {
+        processes: vec![process("p5", AgentProcessState::Ready)],
+        ..ready
+    };
+    store
+        .apply_agent_report(machine, &ready, at(21))
+        .await
+        .unwrap();
+    assert_eq!(
+        fleet_status(store.as_ref(), fleet).await,
+        ResourceStatus::New
+    );
+    let recovered = fleet_events(store.as_ref(), fleet, "FLEET_RECOVERED").await;
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0].level, EventLevel::Info);
+
+    // While a process of the build is READY, crashes at start are no loop.
+    store
+        .apply_agent_report(
+            machine,
+            &SyncRequest {
+                processes: vec![process("p5", AgentProcessState::Ready)],
+                ..exits_report(vec![
+                    exit("p6", Some(3), None, 21, 22),
+                    exit("p7", Some(3), None, 21, 22),
+                    exit("p8", Some(3), None, 21, 22),
+                ])
+            },
+            at(23),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fleet_status(store.as_ref(), fleet).await,
+        ResourceStatus::New
+    );
+}
+
+async fn suite_a_build_change_lifts_a_crash_loop(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 1, 0).await;
+    let fleet_id = &world.fleet.id;
+    let machine = &world.machines[0];
+    let three = |prefix: &str| {
+        (1..=3)
+            .map(|n| exit(&format!("{prefix}{n}"), Some(3), None, n, n + 1))
+            .collect::<Vec<_>>()
+    };
+    store
+        .apply_agent_report(machine, &exits_report(three("a")), at(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        fleet_status(store.as_ref(), fleet_id).await,
+        ResourceStatus::Unavailable
+    );
+    // A change that is not about the launch keeps the verdict.
+    let mut fleet = store.get_fleet(fleet_id).await.unwrap().unwrap();
+    fleet.description = Some("still broken".into());
+    store.update_fleet(&fleet).await.unwrap();
+    assert_eq!(
+        fleet_status(store.as_ref(), fleet_id).await,
+        ResourceStatus::Unavailable
+    );
+    assert!(fleet_events(store.as_ref(), fleet_id, "FLEET_RECOVERED")
+        .await
+        .is_empty());
+    // A new build lifts it, with an event naming both builds.
+    let mut build = support::build();
+    build.id = "bld-2".into();
+    store.insert_build(&build).await.unwrap();
+    fleet.build_id = "bld-2".into();
+    store.update_fleet(&fleet).await.unwrap();
+    assert_eq!(
+        fleet_status(store.as_ref(), fleet_id).await,
+        ResourceStatus::New
+    );
+    let recovered = fleet_events(store.as_ref(), fleet_id, "FLEET_RECOVERED").await;
+    assert_eq!(recovered.len(), 1);
+    assert!(
+        recovered[0].message.contains("bld-1") && recovered[0].message.contains("bld-2"),
+        "{}",
+        recovered[0].message
+    );
+    // Back to the old build within the minute: its earlier crashes no longer count, so
+    // one more is not a loop (the change reset the count; without it, 4 would be).
+    fleet.build_id = "bld-1".into();
+    store.update_fleet(&fleet).await.unwrap();
+    store
+        .apply_agent_report(
+            machine,
+            &exits_report(vec![exit("b1", Some(3), None, 10, 11)]),
+            at(12),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        fleet_status(store.as_ref(), fleet_id).await,
+        ResourceStatus::New
+    );
+}
+
 macro_rules! sqlite_suite {
     ($($name:ident),+ $(,)?) => {
         $(
@@ -676,9 +1188,15 @@ mod sqlite {
         suite_stale_and_late_reports_change_nothing,
         suite_termination_is_recorded_once,
         suite_machine_gone_without_terminating,
+        suite_an_unhealthy_machine_loses_its_sessions_and_stays_ended,
+        suite_a_revoke_loses_the_sessions_at_once,
         suite_events_round_trip_newest_first,
         suite_events_filter,
         suite_events_outlive_their_zone,
+        suite_crashes_are_recorded_with_their_report,
+        suite_crash_filters,
+        suite_crash_loop_makes_the_fleet_unavailable_until_ready,
+        suite_a_build_change_lifts_a_crash_loop,
     );
     use super::sqlite;
 }

@@ -146,7 +146,7 @@ impl World {
             .collect())
     }
 
-    /// The fleet's machines that are not terminated, by instance id.
+    /// The fleet's machines that have not ended (TERMINATED or UNHEALTHY), by instance id.
     async fn machines_by_instance(&self, fleet_id: &str) -> Result<BTreeMap<String, Machine>> {
         Ok(self
             .server
@@ -155,7 +155,12 @@ impl World {
             .await?
             .machines
             .into_iter()
-            .filter(|m| m.status != MachineStatus::Terminated)
+            .filter(|m| {
+                !matches!(
+                    m.status,
+                    MachineStatus::Terminated | MachineStatus::Unhealthy
+                )
+            })
             .filter_map(|m| Some((m.driver_ref.clone()?, m)))
             .collect())
     }

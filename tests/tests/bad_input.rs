@@ -168,6 +168,20 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() -> Result<(
         case("fleet events: bad limit", "GET", format!("/v1/fleets/{f}/events?limit=0"), None, 422, Some("limit")),
         case("fleet events: fleet filter on a fleet's route", "GET", format!("/v1/fleets/{f}/events?fleet=other"), None, 400, Some("fleet")),
         case("fleet events: unknown filter", "GET", format!("/v1/fleets/{f}/events?severity=ERROR"), None, 400, Some("severity")),
+        // crashes
+        case("crashes: limit not a number", "GET", "/v1/crashes?limit=ten", None, 422, Some("limit")),
+        case("crashes: limit zero", "GET", "/v1/crashes?limit=0", None, 422, Some("limit")),
+        case("crashes: limit too large", "GET", "/v1/crashes?limit=10001", None, 422, Some("limit")),
+        case("crashes: negative limit", "GET", "/v1/crashes?limit=-1", None, 422, Some("limit")),
+        case("crashes: malformed limit", "GET", "/v1/crashes?limit=%FF", None, 422, Some("limit")),
+        case("crashes: unknown filter", "GET", "/v1/crashes?signal=11", None, 400, Some("signal")),
+        case("crashes: level is an event filter", "GET", "/v1/crashes?level=ERROR", None, 400, Some("level")),
+        case("crashes: wrong method", "POST", "/v1/crashes", Some(json!({})), 405, None),
+        case("fleet crashes: unknown fleet", "GET", "/v1/fleets/flt-nope/crashes", None, 404, None),
+        case("fleet crashes: bad limit", "GET", format!("/v1/fleets/{f}/crashes?limit=0"), None, 422, Some("limit")),
+        case("fleet crashes: bad limit on an unknown fleet", "GET", "/v1/fleets/flt-nope/crashes?limit=x", None, 422, Some("limit")),
+        case("fleet crashes: fleet filter on a fleet's route", "GET", format!("/v1/fleets/{f}/crashes?fleet=other"), None, 400, Some("fleet")),
+        case("fleet crashes: unknown filter", "GET", format!("/v1/fleets/{f}/crashes?exit_code=3"), None, 400, Some("exit_code")),
         // the rest
         case("malformed path", "GET", "/v1/builds/%FF", None, 400, None),
         case("malformed query value", "GET", "/v1/sessions?status=%FF", None, 422, Some("status")),
@@ -225,6 +239,8 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() -> Result<(
         format!("/v1/builds/{b}"),
         "/v1/events".to_string(),
         format!("/v1/fleets/{f}/events"),
+        "/v1/crashes".to_string(),
+        format!("/v1/fleets/{f}/crashes"),
     ];
     for path in &guarded {
         for token in [None, Some("wrong")] {
@@ -325,6 +341,65 @@ async fn event_lists_are_json_lists() -> Result<()> {
             fleet: Some(fleet.name.clone()),
             machine: Some("mch-nope".into()),
             level: Some(EventLevel::Warning),
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await?;
+    assert!(filtered.is_empty(), "{filtered:?}");
+    Ok(())
+}
+
+/// The crash lists answer 200 with `{ "crashes": [...] }`, empty when nothing matches, and
+/// take a fleet's name as well as its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_lists_are_json_lists() -> Result<()> {
+    let server = Fleetformd::start()?;
+    let client = server.client();
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let get = |path: String| {
+        let request = http.get(format!("{}{path}", server.url)).bearer_auth(TOKEN);
+        async move {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let body: Value = response.json().await?;
+            anyhow::Ok((status, body))
+        }
+    };
+    assert_eq!(
+        get("/v1/crashes".into()).await?,
+        (200, json!({ "crashes": [] }))
+    );
+    let build = client
+        .create_build(&serde_json::from_value(build_body())?)
+        .await?;
+    let fleet = client
+        .create_fleet(&serde_json::from_value(fleet_body(&build.id))?)
+        .await?;
+    // Every filter at once, matching nothing: an empty list, not an error.
+    for path in [
+        format!(
+            "/v1/fleets/{}/crashes?zone=zone-nope&machine=mch-nope&build={}&limit=5",
+            fleet.name, build.id
+        ),
+        format!(
+            "/v1/crashes?fleet={}&zone=zone-nope&machine=mch-nope&build=bld-nope&limit=10000",
+            fleet.id
+        ),
+        // A fleet that no longer exists (or never did) keeps its history readable.
+        "/v1/crashes?fleet=flt-gone".to_string(),
+    ] {
+        assert_eq!(get(path).await?, (200, json!({ "crashes": [] })));
+    }
+    for id_or_name in [&fleet.name, &fleet.id] {
+        assert!(client
+            .fleet_crashes(id_or_name, &CrashQuery::default())
+            .await?
+            .is_empty());
+    }
+    let filtered = client
+        .crashes(&CrashQuery {
+            fleet: Some(fleet.name.clone()),
+            build: Some(build.id.clone()),
             limit: Some(1),
             ..Default::default()
         })

@@ -8,7 +8,7 @@ use axum::Json;
 use fleetform_api::validate::{validate_build_spec, validate_fleet_spec, validate_zone_spec};
 use fleetform_api::*;
 
-use super::extract::{Id, JsonBody};
+use super::extract::{Id, JsonBody, QueryMap};
 use super::AppState;
 use crate::store::{MachineRecord, ProcessRecord, ProcessState};
 use crate::time::{new_id, now_ms, rfc3339};
@@ -102,8 +102,13 @@ async fn check_build_exists(state: &AppState, build_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// A fleet's status is that of its best zone: a fleet is available when any zone is.
+/// A fleet's status is that of its best zone: a fleet is available when any zone is;
+/// but a fleet whose current build crash-loops is `UNAVAILABLE` whatever its zones say
+/// (the store reads it so, see `crate::crash_loop`).
 async fn with_status(state: &AppState, mut fleet: Fleet) -> Result<Fleet> {
+    if fleet.status == ResourceStatus::Unavailable {
+        return Ok(fleet);
+    }
     let zones = state.store.list_zones().await?;
     let statuses: Vec<ResourceStatus> = zones
         .iter()
@@ -188,6 +193,8 @@ pub async fn update_fleet(
     fleet.force_destroy = spec.force_destroy;
     state.store.update_fleet(&fleet).await?;
     state.changes.bump();
+    // Read back: the update may have lifted a crash-loop verdict.
+    let fleet = load_fleet(&state, &fleet.id).await?;
     Ok(Json(with_status(&state, fleet).await?))
 }
 
@@ -232,14 +239,96 @@ pub fn process_status(process: &ProcessRecord, mode: SessionMode) -> ProcessStat
     }
 }
 
+/// `GET /v1/fleets/{id}/machines?id=&address=&status=&build=&data_center=&zone=`: the
+/// fleet's machines, every filter given must match.
 pub async fn fleet_machines(
     State(state): State<AppState>,
     Id(id): Id,
+    QueryMap(query): QueryMap,
 ) -> Result<Json<MachineList>> {
     let fleet = load_fleet(&state, &id).await?;
+    let mut status = None;
+    let mut wanted: Vec<(String, String)> = Vec::new();
+    for (key, value) in query {
+        match key.as_str() {
+            "status" => {
+                status = Some(
+                    value
+                        .parse::<MachineStatus>()
+                        .map_err(|message| Error::invalid("status", message))?,
+                )
+            }
+            "id" | "address" | "build" | "data_center" | "zone" => wanted.push((key, value)),
+            other => {
+                return Err(Error::BadRequest {
+                    message: format!(
+                        "unknown filter {other:?}; filters: id, address, status, build, data_center, zone"
+                    ),
+                    field: Some(other.to_string()),
+                })
+            }
+        }
+    }
     let machines = state.store.fleet_machines(&fleet.id).await?;
     Ok(Json(MachineList {
-        machines: machines.into_iter().map(machine_view).collect(),
+        machines: machines
+            .into_iter()
+            .filter(|m| status.is_none_or(|status| m.status == status))
+            .filter(|m| {
+                wanted.iter().all(|(key, value)| match key.as_str() {
+                    "id" => &m.id == value,
+                    "address" => m.address.as_deref() == Some(value.as_str()),
+                    "build" => &m.build_id == value,
+                    "data_center" => &m.data_center == value,
+                    _ => &m.zone_id == value,
+                })
+            })
+            .map(machine_view)
+            .collect(),
+    }))
+}
+
+/// `POST /v1/machines/{id}/revoke`: takes a machine out of service at once. Its sessions
+/// end LOST (the answer says how many, and so does an event); it drains, is stopped, and
+/// the zone's plan replaces it.
+pub async fn revoke_machine(State(state): State<AppState>, Id(id): Id) -> Result<Json<Revoked>> {
+    let now = now_ms();
+    let reason = "machine revoked by an operator";
+    let Some(sessions_lost) = state.store.revoke_machine(&id, reason, now).await? else {
+        return Err(match state.store.get_machine(&id).await? {
+            None => Error::not_found("machine", id),
+            Some(machine) => Error::conflict(
+                "machine_ended",
+                format!(
+                    "machine {id} has already ended ({})",
+                    machine.status.as_str()
+                ),
+            ),
+        });
+    };
+    let machine = state
+        .store
+        .get_machine(&id)
+        .await?
+        .ok_or_else(|| Error::not_found("machine", id.clone()))?;
+    state
+        .store
+        .insert_event(
+            &crate::store::EventRecord::new(
+                EventLevel::Warning,
+                EventProducer::Machine,
+                "MACHINE_REVOKED",
+                format!("machine {id} revoked by an operator: {sessions_lost} sessions LOST; it is replaced"),
+            )
+            .fleet(&machine.fleet_id)
+            .zone(&machine.zone_id)
+            .machine(&machine.id),
+        )
+        .await?;
+    state.changes.bump();
+    Ok(Json(Revoked {
+        machine: machine_view(machine),
+        sessions_lost,
     }))
 }
 

@@ -28,7 +28,12 @@ pub async fn sync(
         .store
         .machine_by_token(&token_hash(token))
         .await?
-        .filter(|machine| machine.status != MachineStatus::Terminated)
+        .filter(|machine| {
+            !matches!(
+                machine.status,
+                MachineStatus::Terminated | MachineStatus::Unhealthy
+            )
+        })
         .ok_or(Error::Unauthorized)?;
     let outcome = state
         .store

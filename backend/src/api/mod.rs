@@ -4,6 +4,7 @@
 
 mod admin;
 mod agent;
+mod crashes;
 mod events;
 pub mod extract;
 mod placement;
@@ -53,8 +54,10 @@ pub fn router(state: AppState) -> Router {
                 .delete(admin::delete_fleet),
         )
         .route("/v1/fleets/{id}/machines", get(admin::fleet_machines))
+        .route("/v1/machines/{id}/revoke", post(admin::revoke_machine))
         .route("/v1/fleets/{id}/processes", get(admin::fleet_processes))
         .route("/v1/fleets/{id}/events", get(events::fleet_events))
+        .route("/v1/fleets/{id}/crashes", get(crashes::fleet_crashes))
         .route("/v1/zones", post(admin::create_zone))
         .route(
             "/v1/zones/{id}",
@@ -69,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}", get(placement::get))
         .route("/v1/sessions/{id}/end", post(placement::end))
         .route("/v1/events", get(events::list))
+        .route("/v1/crashes", get(crashes::list))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .merge(admin)

@@ -28,7 +28,7 @@ pub fn desired_machine<'a>(
 ) -> DesiredMachine {
     let shutdown = matches!(
         machine.status,
-        MachineStatus::Terminating | MachineStatus::Terminated
+        MachineStatus::Terminating | MachineStatus::Terminated | MachineStatus::Unhealthy
     );
     let (Some(fleet), false) = (fleet, shutdown) else {
         return DesiredMachine {
@@ -90,7 +90,7 @@ pub async fn load_desired(store: &dyn Store, machine: &MachineRecord) -> Result<
     let fleet = store.get_fleet(&machine.fleet_id).await?;
     let shutdown = matches!(
         machine.status,
-        MachineStatus::Terminating | MachineStatus::Terminated
+        MachineStatus::Terminating | MachineStatus::Terminated | MachineStatus::Unhealthy
     );
     Ok(match fleet {
         Some(fleet) if !shutdown => {

@@ -207,7 +207,13 @@ mod tests {
             .arg(&marker)
             .spawn()
             .unwrap();
-        let found = find_agent(&marker);
+        // Until the child has exec'd, /proc shows the parent's command line.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut found = find_agent(&marker);
+        while found.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            found = find_agent(&marker);
+        }
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(found, Some(child.id() as i32));

@@ -83,6 +83,12 @@ pub trait MachineDriver: Send + Sync + std::fmt::Debug {
     async fn find(&self, _machine_id: &str) -> Result<Option<String>> {
         Ok(None)
     }
+    /// How often this driver's machines report when nothing changes, if not at the
+    /// server's heartbeat interval (simulated machines report slowly on purpose). A machine
+    /// silent for three of these is UNHEALTHY.
+    fn heartbeat_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// How often the orphan sweep lists [`MachineDriver::inventory`].
     fn sweep_interval(&self) -> std::time::Duration {
         std::time::Duration::from_secs(30)

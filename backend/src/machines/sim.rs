@@ -382,6 +382,7 @@ impl SimMachine {
             signal: None,
             requested: true,
             exited_at: rfc3339(now_ms),
+            ..ProcessExit::default()
         });
     }
 
@@ -936,6 +937,10 @@ impl SimDriver {
 impl MachineDriver for SimDriver {
     fn kind(&self) -> &'static str {
         "sim"
+    }
+
+    fn heartbeat_interval(&self) -> Option<Duration> {
+        Some(self.settings.heartbeat)
     }
 
     async fn launch(&self, request: &LaunchRequest) -> Result<String> {

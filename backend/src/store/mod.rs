@@ -277,6 +277,59 @@ impl Default for EventFilter {
     }
 }
 
+/// A game-server process that exited non-zero or by a signal without being asked to,
+/// as the store keeps it. Crashes are history, like events: they outlive their zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashRecord {
+    /// `crash-…`.
+    pub id: String,
+    pub fleet_id: String,
+    pub zone_id: String,
+    pub machine_id: String,
+    pub process_id: String,
+    pub build_id: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// When it exited (the agent's clock, never later than when fleetformd heard of it).
+    pub at_ms: i64,
+    /// When it had started, if known.
+    pub started_at_ms: Option<i64>,
+    /// Its last output lines, oldest first.
+    pub output_tail: Vec<String>,
+    /// Where its core file is on its machine.
+    pub core_dump: Option<String>,
+}
+
+/// Filters of `GET /v1/crashes`; every filter set must match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashFilter {
+    pub fleet_id: Option<String>,
+    pub zone_id: Option<String>,
+    pub machine_id: Option<String>,
+    pub build_id: Option<String>,
+    /// The most crashes returned (the newest ones).
+    pub limit: u32,
+}
+
+impl CrashFilter {
+    /// `limit` when a request does not say.
+    pub const DEFAULT_LIMIT: u32 = 100;
+    /// The largest `limit` a request may ask for.
+    pub const MAX_LIMIT: u32 = 10_000;
+}
+
+impl Default for CrashFilter {
+    fn default() -> Self {
+        CrashFilter {
+            fleet_id: None,
+            zone_id: None,
+            machine_id: None,
+            build_id: None,
+            limit: Self::DEFAULT_LIMIT,
+        }
+    }
+}
+
 /// Persistent state of fleetformd.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -289,8 +342,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     // -- fleets
     async fn insert_fleet(&self, fleet: &Fleet) -> Result<()>;
-    /// A fleet by id, or else by name.
+    /// A fleet by id, or else by name. Its `status` is `UNAVAILABLE` while its current
+    /// build crash-loops (see [`crate::crash_loop`]), else `NEW` (the API derives the
+    /// rest from its zones).
     async fn get_fleet(&self, id_or_name: &str) -> Result<Option<Fleet>>;
+    /// Replaces a fleet's settings. When its build or launch settings change, a crash-loop
+    /// verdict is lifted (event `FLEET_RECOVERED`, same transaction) and earlier crashes no
+    /// longer count toward a new one.
     async fn update_fleet(&self, fleet: &Fleet) -> Result<()>;
     /// Removes a fleet with no zones, and its ended sessions (else a conflict).
     async fn delete_fleet(&self, id: &str) -> Result<bool>;
@@ -324,6 +382,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// atomically with the check that it hosts no active session (a placement may have
     /// landed since the reconciler looked). False when it hosts one now and must stay.
     async fn begin_idle_termination(&self, id: &str) -> Result<bool>;
+    /// Takes a machine out of service now (an operator's revoke): its active sessions end
+    /// LOST with `reason` and it becomes `TERMINATING` (its agent stops its processes, the
+    /// driver stops it, the plan replaces it), in one transaction. The number of sessions
+    /// LOST; `None` when the machine does not exist or has already ended.
+    async fn revoke_machine(&self, id: &str, reason: &str, now_ms: i64) -> Result<Option<u32>>;
     async fn set_machine_driver_ref(&self, id: &str, driver_ref: &str) -> Result<()>;
     /// Sets how many processes machines should run; `(machine id, processes)` pairs.
     async fn set_machine_targets(&self, targets: &[(String, u32)]) -> Result<()>;
@@ -335,13 +398,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// and reason), its live processes `EXITED`, its active sessions `LOST` with `reason`.
     /// One transaction.
     async fn machine_gone(&self, id: &str, reason: &str, now_ms: i64) -> Result<()>;
+    /// Like [`Store::machine_gone`], but the machine ends `UNHEALTHY`: it died or went
+    /// silent unexpectedly (its sessions LOST), and is replaced.
+    async fn machine_unhealthy(&self, id: &str, reason: &str, now_ms: i64) -> Result<()>;
     async fn fleet_machines(&self, fleet_id: &str) -> Result<Vec<MachineRecord>>;
     async fn fleet_processes(&self, fleet_id: &str) -> Result<Vec<ProcessRecord>>;
     async fn machine_processes(&self, machine_id: &str) -> Result<Vec<ProcessRecord>>;
 
     // -- agents
     /// Records an agent's report (heartbeat, processes, exits, ended sessions). One
-    /// transaction. A report older
+    /// transaction, which also records each crash it carries (once per process, whether
+    /// or not the process was ever reported alive) and applies the crash-loop rule
+    /// ([`crate::crash_loop::assess`]) to the machine's fleet, with its event. A report older
     /// than one already applied (`report_seq`) only counts as a heartbeat; a report for a
     /// `TERMINATED` machine is refused (`Unauthorized`: the agent stops).
     async fn apply_agent_report(
@@ -364,6 +432,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Events matching `filter`, newest first (in insertion order, not by `at_ms`), at
     /// most `filter.limit`.
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>>;
+
+    // -- crashes
+    /// Crashes matching `filter`, newest first (in the order they were recorded), at most
+    /// `filter.limit`.
+    async fn list_crashes(&self, filter: &CrashFilter) -> Result<Vec<CrashRecord>>;
 }
 
 /// Candidates a placement may choose among, as the store loaded them.

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleetform_api::agent::SyncRequest;
+use fleetform_api::agent::{ProcessExit, SyncRequest};
 use fleetform_api::{
     Build, Fleet, MachineStatus, ResourceStatus, Session, SessionMode, Zone, ZoneSpecView,
 };
@@ -21,6 +21,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use super::*;
+use crate::crash_loop::{self, BuildHealth, CrashSample, Verdict};
 use crate::placement::{self, Candidate};
 use crate::time::rfc3339;
 use crate::{Error, Result};
@@ -106,11 +107,18 @@ fn build_from_row(row: &SqliteRow) -> Result<Build> {
 }
 
 fn fleet_from_row(row: &SqliteRow) -> Result<Fleet> {
+    let build_id: String = row.try_get("build_id")?;
+    let crash_loop_build: Option<String> = row.try_get("crash_loop_build_id")?;
+    let status = if crash_loop_build.as_ref() == Some(&build_id) {
+        ResourceStatus::Unavailable
+    } else {
+        parse(&row.try_get::<String, _>("status")?, "status")?
+    };
     Ok(Fleet {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         description: row.try_get("description")?,
-        build_id: row.try_get("build_id")?,
+        build_id,
         update_mode: parse(&row.try_get::<String, _>("update_mode")?, "update_mode")?,
         launch_path: row.try_get("launch_path")?,
         launch_parameters: row.try_get("launch_parameters")?,
@@ -119,7 +127,7 @@ fn fleet_from_row(row: &SqliteRow) -> Result<Fleet> {
         sessions_per_process: u32_of(row.try_get("sessions_per_process")?),
         storage_gb: u32_of(row.try_get("storage_gb")?),
         force_destroy: row.try_get("force_destroy")?,
-        status: parse(&row.try_get::<String, _>("status")?, "status")?,
+        status,
         created_at: rfc3339(row.try_get("created_at")?),
     })
 }
@@ -179,6 +187,25 @@ fn event_from_row(row: &SqliteRow) -> Result<EventRecord> {
         zone_id: row.try_get("zone_id")?,
         machine_id: row.try_get("machine_id")?,
         message: row.try_get("message")?,
+    })
+}
+
+fn crash_from_row(row: &SqliteRow) -> Result<CrashRecord> {
+    let output_tail: String = row.try_get("output_tail")?;
+    Ok(CrashRecord {
+        id: row.try_get("id")?,
+        fleet_id: row.try_get("fleet_id")?,
+        zone_id: row.try_get("zone_id")?,
+        machine_id: row.try_get("machine_id")?,
+        process_id: row.try_get("process_id")?,
+        build_id: row.try_get("build_id")?,
+        exit_code: row.try_get("exit_code")?,
+        signal: row.try_get("signal")?,
+        at_ms: row.try_get("at")?,
+        started_at_ms: row.try_get("started_at")?,
+        output_tail: serde_json::from_str(&output_tail)
+            .map_err(|e| Error::Internal(format!("corrupt crash output_tail: {e}")))?,
+        core_dump: row.try_get("core_dump")?,
     })
 }
 
@@ -300,6 +327,266 @@ async fn session_ended(
     Ok(true)
 }
 
+/// Writes an event inside a transaction.
+async fn event_inserted(tx: &mut sqlx::SqliteConnection, event: &EventRecord) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (id, at, level, producer, code, fleet_id, zone_id, machine_id, message)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&event.id)
+    .bind(event.at_ms)
+    .bind(event.level.as_str())
+    .bind(event.producer.as_str())
+    .bind(&event.code)
+    .bind(&event.fleet_id)
+    .bind(&event.zone_id)
+    .bind(&event.machine_id)
+    .bind(&event.message)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| fix_error(e, "event", "id"))?;
+    Ok(())
+}
+
+/// How an exit ended, for people: "exit code 3", "signal 11".
+fn exit_text(exit_code: Option<i32>, signal: Option<i32>) -> String {
+    match (exit_code, signal) {
+        (_, Some(signal)) => format!("signal {signal}"),
+        (Some(code), None) => format!("exit code {code}"),
+        (None, None) => "an unknown exit".to_string(),
+    }
+}
+
+/// Records the crash an exit reports, once per process (a resent report adds nothing).
+/// `process` is what the store knows of the process (its build and start), if anything.
+/// True when this call recorded it.
+async fn crash_recorded(
+    tx: &mut sqlx::SqliteConnection,
+    machine: &MachineRecord,
+    exit: &ProcessExit,
+    process: Option<&(String, i64)>,
+    now_ms: i64,
+) -> Result<bool> {
+    let build_id = exit
+        .build_id
+        .clone()
+        .or_else(|| process.map(|(build, _)| build.clone()))
+        .unwrap_or_else(|| machine.build_id.clone());
+    // The agent's clock says when; a clock running ahead must not put it in the future.
+    let at = crate::time::parse_rfc3339(&exit.exited_at)
+        .unwrap_or(now_ms)
+        .min(now_ms);
+    let started_at = exit
+        .started_at
+        .as_deref()
+        .and_then(crate::time::parse_rfc3339)
+        .or(process.map(|(_, started)| *started));
+    let output_tail =
+        serde_json::to_string(&exit.output_tail).map_err(|e| Error::Internal(e.to_string()))?;
+    let inserted = sqlx::query(
+        "INSERT INTO crashes (id, fleet_id, zone_id, machine_id, process_id, build_id, exit_code, signal, at,
+            started_at, output_tail, core_dump)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (process_id) DO NOTHING",
+    )
+    .bind(crate::time::new_id("crash"))
+    .bind(&machine.fleet_id)
+    .bind(&machine.zone_id)
+    .bind(&machine.id)
+    .bind(&exit.process_id)
+    .bind(&build_id)
+    .bind(exit.exit_code)
+    .bind(exit.signal)
+    .bind(at)
+    .bind(started_at)
+    .bind(output_tail)
+    .bind(&exit.core_dump)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok(inserted > 0)
+}
+
+/// Applies the crash-loop rule ([`crash_loop::assess`]) to a fleet's current build and
+/// records its verdict and event, inside the agent report's transaction. `new_crash`: the
+/// report recorded a crash; without one only a fleet under a verdict can change (a
+/// process became READY), so the others cost one primary-key read.
+async fn crash_loop_assessed(
+    tx: &mut sqlx::SqliteConnection,
+    fleet_id: &str,
+    new_crash: bool,
+    now_ms: i64,
+) -> Result<()> {
+    let fleet = sqlx::query(
+        "SELECT name, build_id, crash_loop_build_id, crash_loop_since, crash_count_from FROM fleets WHERE id = ?",
+    )
+    .bind(fleet_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(fleet) = fleet else {
+        return Ok(());
+    };
+    let name: String = fleet.try_get("name")?;
+    let build_id: String = fleet.try_get("build_id")?;
+    let loop_build: Option<String> = fleet.try_get("crash_loop_build_id")?;
+    let loop_since: Option<i64> = fleet.try_get("crash_loop_since")?;
+    let count_from: i64 = fleet.try_get("crash_count_from")?;
+    let looping_since_ms = loop_since.filter(|_| loop_build.as_ref() == Some(&build_id));
+    if looping_since_ms.is_none() && !new_crash {
+        return Ok(());
+    }
+    let window_start = (now_ms - crash_loop::WINDOW_MS).max(count_from);
+    let crashes = sqlx::query(
+        "SELECT * FROM crashes WHERE fleet_id = ? AND build_id = ? AND at >= ? ORDER BY seq",
+    )
+    .bind(fleet_id)
+    .bind(&build_id)
+    .bind(window_start)
+    .fetch_all(&mut *tx)
+    .await?
+    .iter()
+    .map(crash_from_row)
+    .collect::<Result<Vec<_>>>()?;
+    let last_ready_ms: Option<i64> = sqlx::query_scalar(
+        "SELECT MAX(ready_at) FROM processes WHERE fleet_id = ? AND build_id = ?",
+    )
+    .bind(fleet_id)
+    .bind(&build_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let ready_now: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM processes WHERE fleet_id = ? AND build_id = ? AND agent_state = 'READY' LIMIT 1",
+    )
+    .bind(fleet_id)
+    .bind(&build_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let health = BuildHealth {
+        looping_since_ms,
+        crashes: crashes
+            .iter()
+            .map(|crash| CrashSample {
+                at_ms: crash.at_ms,
+                started_at_ms: crash.started_at_ms,
+            })
+            .collect(),
+        last_ready_ms,
+        ready_now: ready_now.is_some(),
+    };
+    match crash_loop::assess(&health, now_ms) {
+        Verdict::Steady => {}
+        Verdict::CrashLoop { start_crashes } => {
+            sqlx::query(
+                "UPDATE fleets SET crash_loop_build_id = ?, crash_loop_since = ? WHERE id = ?",
+            )
+            .bind(&build_id)
+            .bind(now_ms)
+            .bind(fleet_id)
+            .execute(&mut *tx)
+            .await?;
+            let last = crashes
+                .last()
+                .map(|crash| {
+                    format!(
+                        "; last exit: {} (process {} on machine {})",
+                        exit_text(crash.exit_code, crash.signal),
+                        crash.process_id,
+                        crash.machine_id
+                    )
+                })
+                .unwrap_or_default();
+            let message = format!(
+                "fleet {name} is UNAVAILABLE: build {build_id} is crash-looping, {start_crashes} of its processes \
+                 crashed within {}s of their start in the last {}s and none became READY{last}; \
+                 restarts are backed off until a process becomes READY or the fleet's build or launch settings change",
+                crash_loop::START_CRASH_MS / 1000,
+                crash_loop::WINDOW_MS / 1000,
+            );
+            let event = EventRecord::new(
+                EventLevel::Error,
+                EventProducer::Fleet,
+                "CRASH_LOOP",
+                message,
+            )
+            .fleet(fleet_id)
+            .at(now_ms);
+            event_inserted(tx, &event).await?;
+        }
+        Verdict::Recovered => {
+            sqlx::query(
+                "UPDATE fleets SET crash_loop_build_id = NULL, crash_loop_since = NULL, crash_count_from = ? WHERE id = ?",
+            )
+            .bind(now_ms)
+            .bind(fleet_id)
+            .execute(&mut *tx)
+            .await?;
+            let message = format!(
+                "fleet {name} recovered: a process of build {build_id} became READY after its crash loop"
+            );
+            let event = EventRecord::new(
+                EventLevel::Info,
+                EventProducer::Fleet,
+                "FLEET_RECOVERED",
+                message,
+            )
+            .fleet(fleet_id)
+            .at(now_ms);
+            event_inserted(tx, &event).await?;
+        }
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// A machine's end, in one transaction: its live processes EXITED, its active sessions
+    /// LOST with `reason`, and the machine `status` (TERMINATED or UNHEALTHY) with the time
+    /// and reason. The first end is the one recorded: a machine already ended keeps its.
+    async fn end_machine(
+        &self,
+        id: &str,
+        reason: &str,
+        now_ms: i64,
+        status: MachineStatus,
+    ) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        let ended: Option<(String,)> = sqlx::query_as(
+            "SELECT status FROM machines WHERE id = ? AND status IN ('TERMINATED', 'UNHEALTHY')",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if ended.is_some() {
+            return Ok(());
+        }
+        sqlx::query(&format!(
+            "UPDATE processes SET agent_state = 'EXITED', ended_at = ?, active_sessions = 0
+             WHERE machine_id = ? AND agent_state IN {LIVE_STATES}"
+        ))
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE sessions SET status = 'LOST', reason = ?, ended_at = ? WHERE machine_id = ? AND status = 'ACTIVE'")
+            .bind(reason)
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE machines SET status = ?, terminated_at = COALESCE(terminated_at, ?),
+                termination_reason = COALESCE(termination_reason, ?)
+             WHERE id = ?",
+        )
+        .bind(status.as_str())
+        .bind(now_ms)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_build(&self, build: &Build) -> Result<()> {
@@ -398,6 +685,54 @@ impl Store for SqliteStore {
     }
 
     async fn update_fleet(&self, fleet: &Fleet) -> Result<()> {
+        let now_ms = crate::time::now_ms();
+        let mut tx = self.write.begin().await?;
+        let before: Option<(String, String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT build_id, launch_path, launch_parameters, crash_loop_build_id FROM fleets WHERE id = ?",
+        )
+        .bind(&fleet.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        // A new build or launch settings void the crash-loop verdict: it was about what
+        // ran before. Earlier crashes no longer count toward a new one.
+        let relaunched = before.as_ref().is_some_and(|(build, path, parameters, _)| {
+            build != &fleet.build_id
+                || path != &fleet.launch_path
+                || parameters != &fleet.launch_parameters
+        });
+        if let Some((old_build, _, _, Some(loop_build))) = &before {
+            if relaunched && loop_build == old_build {
+                let message = if old_build == &fleet.build_id {
+                    format!(
+                        "fleet {}: launch settings changed; the crash loop of build {old_build} no longer applies",
+                        fleet.name
+                    )
+                } else {
+                    format!(
+                        "fleet {}: build changed from {old_build} to {}; the crash loop of build {old_build} no longer applies",
+                        fleet.name, fleet.build_id
+                    )
+                };
+                let event = EventRecord::new(
+                    EventLevel::Info,
+                    EventProducer::Fleet,
+                    "FLEET_RECOVERED",
+                    message,
+                )
+                .fleet(&fleet.id)
+                .at(now_ms);
+                event_inserted(&mut tx, &event).await?;
+            }
+        }
+        if relaunched {
+            sqlx::query(
+                "UPDATE fleets SET crash_loop_build_id = NULL, crash_loop_since = NULL, crash_count_from = ? WHERE id = ?",
+            )
+            .bind(now_ms)
+            .bind(&fleet.id)
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query(
             "UPDATE fleets SET description = ?, build_id = ?, update_mode = ?, launch_path = ?, launch_parameters = ?,
                 process_restart_hours = ?, sessions_per_process = ?, storage_gb = ?, force_destroy = ?
@@ -413,9 +748,10 @@ impl Store for SqliteStore {
         .bind(i64::from(fleet.storage_gb))
         .bind(fleet.force_destroy)
         .bind(&fleet.id)
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await
         .map_err(|e| fix_error(e, "fleet", "build_id"))?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -566,7 +902,7 @@ impl Store for SqliteStore {
 
     async fn zone_observation(&self, zone_id: &str) -> Result<ZoneObservation> {
         let machines = sqlx::query(
-            "SELECT * FROM machines WHERE zone_id = ? AND status <> 'TERMINATED' ORDER BY id",
+            "SELECT * FROM machines WHERE zone_id = ? AND status NOT IN ('TERMINATED', 'UNHEALTHY') ORDER BY id",
         )
         .bind(zone_id)
         .fetch_all(&self.read)
@@ -649,7 +985,7 @@ impl Store for SqliteStore {
         sqlx::query(
             "UPDATE machines SET status = ?,
                 terminating_since = CASE WHEN ? = 'TERMINATING' THEN COALESCE(terminating_since, ?) ELSE terminating_since END
-             WHERE id = ? AND status <> 'TERMINATED'",
+             WHERE id = ? AND status NOT IN ('TERMINATED', 'UNHEALTHY')",
         )
         .bind(status.as_str())
         .bind(status.as_str())
@@ -663,7 +999,7 @@ impl Store for SqliteStore {
     async fn begin_idle_termination(&self, id: &str) -> Result<bool> {
         let changed = sqlx::query(
             "UPDATE machines SET status = 'TERMINATING', terminating_since = COALESCE(terminating_since, ?)
-             WHERE id = ? AND status <> 'TERMINATED'
+             WHERE id = ? AND status NOT IN ('TERMINATED', 'UNHEALTHY')
                AND NOT EXISTS (SELECT 1 FROM sessions WHERE machine_id = ? AND status = 'ACTIVE')",
         )
         .bind(crate::time::now_ms())
@@ -710,35 +1046,45 @@ impl Store for SqliteStore {
     }
 
     async fn machine_gone(&self, id: &str, reason: &str, now_ms: i64) -> Result<()> {
+        self.end_machine(id, reason, now_ms, MachineStatus::Terminated)
+            .await
+    }
+
+    async fn revoke_machine(&self, id: &str, reason: &str, now_ms: i64) -> Result<Option<u32>> {
         let mut tx = self.write.begin().await?;
-        sqlx::query(&format!(
-            "UPDATE processes SET agent_state = 'EXITED', ended_at = ?, active_sessions = 0
-             WHERE machine_id = ? AND agent_state IN {LIVE_STATES}"
-        ))
-        .bind(now_ms)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE sessions SET status = 'LOST', reason = ?, ended_at = ? WHERE machine_id = ? AND status = 'ACTIVE'")
-            .bind(reason)
-            .bind(now_ms)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        // The first end is the one recorded: a second report of it keeps the first time
-        // and reason.
-        sqlx::query(
-            "UPDATE machines SET status = 'TERMINATED', terminated_at = COALESCE(terminated_at, ?),
+        let updated = sqlx::query(
+            "UPDATE machines SET status = 'TERMINATING', terminating_since = COALESCE(terminating_since, ?),
                 termination_reason = COALESCE(termination_reason, ?)
-             WHERE id = ? AND status <> 'TERMINATED'",
+             WHERE id = ? AND status NOT IN ('TERMINATED', 'UNHEALTHY')",
         )
         .bind(now_ms)
         .bind(reason)
         .bind(id)
         .execute(&mut *tx)
         .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let lost = sqlx::query(
+            "UPDATE sessions SET status = 'LOST', reason = ?, ended_at = ? WHERE machine_id = ? AND status = 'ACTIVE'",
+        )
+        .bind(reason)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("UPDATE processes SET active_sessions = 0 WHERE machine_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(Some(lost as u32))
+    }
+
+    async fn machine_unhealthy(&self, id: &str, reason: &str, now_ms: i64) -> Result<()> {
+        self.end_machine(id, reason, now_ms, MachineStatus::Unhealthy)
+            .await
     }
 
     async fn fleet_machines(&self, fleet_id: &str) -> Result<Vec<MachineRecord>> {
@@ -789,7 +1135,7 @@ impl Store for SqliteStore {
                 .await?
                 .ok_or(Error::Unauthorized)?;
         let status: MachineStatus = parse(&status, "machine status")?;
-        if status == MachineStatus::Terminated {
+        if matches!(status, MachineStatus::Terminated | MachineStatus::Unhealthy) {
             return Err(Error::Unauthorized);
         }
         let seq = i64::try_from(report.report_seq).unwrap_or(i64::MAX);
@@ -828,8 +1174,12 @@ impl Store for SqliteStore {
                 sessions_ended += 1;
             }
         }
+        // Whether the fleet's crash-loop verdict may change: a new crash, or a process
+        // that became READY.
+        let mut new_crash = false;
+        let mut became_ready = false;
         for exit in &report.exited {
-            let crashed = !exit.requested && (exit.exit_code != Some(0) || exit.signal.is_some());
+            let crashed = exit.is_crash();
             let reason = match (exit.exit_code, exit.signal) {
                 (_, Some(signal)) => {
                     format!("process {} killed by signal {signal}", exit.process_id)
@@ -837,13 +1187,26 @@ impl Store for SqliteStore {
                 (Some(code), _) => format!("process {} exited with status {code}", exit.process_id),
                 _ => format!("process {} exited", exit.process_id),
             };
-            let owned: Option<i64> =
-                sqlx::query_scalar("SELECT 1 FROM processes WHERE id = ? AND machine_id = ?")
-                    .bind(&exit.process_id)
-                    .bind(&machine.id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if owned.is_none() {
+            let known: Option<(String, String, i64)> = sqlx::query_as(
+                "SELECT machine_id, build_id, started_at FROM processes WHERE id = ?",
+            )
+            .bind(&exit.process_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            // Another machine's process is not this agent's to report.
+            if known
+                .as_ref()
+                .is_some_and(|(owner, ..)| owner != &machine.id)
+            {
+                continue;
+            }
+            let process = known.map(|(_, build, started)| (build, started));
+            // A crash is recorded even for a process that died before any report listed
+            // it alive (a crash at start usually does).
+            if crashed && crash_recorded(&mut tx, machine, exit, process.as_ref(), now_ms).await? {
+                new_crash = true;
+            }
+            if process.is_none() {
                 continue;
             }
             process_ended(
@@ -877,23 +1240,30 @@ impl Store for SqliteStore {
                 Some(previous) if previous == state => {}
                 Some(_) => {
                     sqlx::query(
-                        "UPDATE processes SET agent_state = ?, pid = ?, port = ? WHERE id = ?",
+                        "UPDATE processes SET agent_state = ?, pid = ?, port = ?,
+                            ready_at = CASE WHEN ? = 'READY' THEN COALESCE(ready_at, ?) ELSE ready_at END
+                         WHERE id = ?",
                     )
                     .bind(state)
                     .bind(i64::from(process.pid))
                     .bind(i64::from(process.port))
+                    .bind(state)
+                    .bind(now_ms)
                     .bind(&process.process_id)
                     .execute(&mut *tx)
                     .await?;
                     placement_changed = true;
+                    became_ready |= process.state == AgentProcessState::Ready;
                 }
                 None => {
                     // INSERT OR IGNORE: a report about a process that already ended (a
                     // late, retried report) must not bring it back to life.
                     let started = crate::time::parse_rfc3339(&process.started_at).unwrap_or(now_ms);
+                    let ready_at = (process.state == AgentProcessState::Ready).then_some(now_ms);
+                    became_ready |= ready_at.is_some();
                     sqlx::query(
-                        "INSERT INTO processes (id, machine_id, zone_id, fleet_id, build_id, port, pid, agent_state, started_at)
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                        "INSERT INTO processes (id, machine_id, zone_id, fleet_id, build_id, port, pid, agent_state, started_at, ready_at)
+                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
                     )
                     .bind(&process.process_id)
                     .bind(&machine.id)
@@ -904,6 +1274,7 @@ impl Store for SqliteStore {
                     .bind(i64::from(process.pid))
                     .bind(state)
                     .bind(started)
+                    .bind(ready_at)
                     .execute(&mut *tx)
                     .await?;
                     placement_changed = true;
@@ -919,6 +1290,9 @@ impl Store for SqliteStore {
             let reason = format!("process {process} is no longer running on its machine");
             process_ended(&mut tx, process, false, None, None, &reason, now_ms).await?;
             placement_changed = true;
+        }
+        if new_crash || became_ready {
+            crash_loop_assessed(&mut tx, &machine.fleet_id, new_crash, now_ms).await?;
         }
         tx.commit().await?;
         Ok(ReportOutcome {
@@ -1124,23 +1498,8 @@ impl Store for SqliteStore {
     }
 
     async fn insert_event(&self, event: &EventRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO events (id, at, level, producer, code, fleet_id, zone_id, machine_id, message)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&event.id)
-        .bind(event.at_ms)
-        .bind(event.level.as_str())
-        .bind(event.producer.as_str())
-        .bind(&event.code)
-        .bind(&event.fleet_id)
-        .bind(&event.zone_id)
-        .bind(&event.machine_id)
-        .bind(&event.message)
-        .execute(&self.write)
-        .await
-        .map_err(|e| fix_error(e, "event", "id"))?;
-        Ok(())
+        let mut connection = self.write.acquire().await?;
+        event_inserted(&mut connection, event).await
     }
 
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>> {
@@ -1184,6 +1543,33 @@ impl Store for SqliteStore {
             .await?
             .iter()
             .map(event_from_row)
+            .collect()
+    }
+
+    async fn list_crashes(&self, filter: &CrashFilter) -> Result<Vec<CrashRecord>> {
+        let mut sql = String::from("SELECT * FROM crashes WHERE 1 = 1");
+        let mut binds: Vec<String> = Vec::new();
+        for (column, value) in [
+            ("fleet_id", &filter.fleet_id),
+            ("zone_id", &filter.zone_id),
+            ("machine_id", &filter.machine_id),
+            ("build_id", &filter.build_id),
+        ] {
+            if let Some(value) = value {
+                sql.push_str(&format!(" AND {column} = ?"));
+                binds.push(value.clone());
+            }
+        }
+        sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", filter.limit.max(1)));
+        let mut query = sqlx::query(&sql);
+        for value in &binds {
+            query = query.bind(value);
+        }
+        query
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(crash_from_row)
             .collect()
     }
 }

@@ -29,6 +29,9 @@ pub const PROCESS_START_ESTIMATE: Duration = Duration::from_secs(5);
 /// processes) before its driver stops it anyway.
 pub const DRAIN_TIMEOUT_MS: i64 = 60_000;
 
+/// How many heartbeat intervals a machine may stay silent before it is UNHEALTHY.
+pub const MISSED_HEARTBEATS: u32 = 3;
+
 /// How long a machine row may wait for its driver's answer before the reconciler asks the
 /// driver whether it launched it (a crash or a failed call lost the answer).
 pub const LAUNCH_OUTCOME_MS: i64 = 5_000;
@@ -92,6 +95,9 @@ pub struct Reconciler {
     pub demand: Arc<Demand>,
     /// Machine models the cloud recently had no capacity for.
     pub shortages: Arc<Shortages>,
+    /// How often agents sync; a machine silent for [`MISSED_HEARTBEATS`] of them is
+    /// UNHEALTHY.
+    pub heartbeat_interval: Duration,
     /// When each location's orphan sweep last ran.
     pub sweeps: Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
@@ -232,7 +238,15 @@ impl Reconciler {
         let mut gone = Vec::new();
         for machine in &mut observed.machines {
             if let Some((level, code, reason)) = self.gone_reason(machine, now).await? {
-                self.store.machine_gone(&machine.id, &reason, now).await?;
+                if matches!(code, "MACHINE_UNHEALTHY" | "MACHINE_NOT_REGISTERED") {
+                    // Not an end fleetform chose: the machine is UNHEALTHY, its sessions
+                    // LOST, and the plan replaces it.
+                    self.store
+                        .machine_unhealthy(&machine.id, &reason, now)
+                        .await?;
+                } else {
+                    self.store.machine_gone(&machine.id, &reason, now).await?;
+                }
                 self.event(machine_event(
                     level,
                     code,
@@ -426,7 +440,10 @@ impl Reconciler {
                 format!("location {:?} is no longer offered", machine.location),
             )));
         };
-        if machine.status == MachineStatus::Terminated {
+        if matches!(
+            machine.status,
+            MachineStatus::Terminated | MachineStatus::Unhealthy
+        ) {
             return Ok(None);
         }
         if machine.driver_ref.is_none() {
@@ -473,10 +490,35 @@ impl Reconciler {
             } else {
                 (
                     EventLevel::Warning,
-                    "MACHINE_LOST",
-                    "machine stopped unexpectedly".into(),
+                    "MACHINE_UNHEALTHY",
+                    "machine stopped unexpectedly; its sessions are LOST and it is replaced".into(),
                 )
             }));
+        }
+        let heartbeat = location
+            .driver
+            .heartbeat_interval()
+            .map_or(self.heartbeat_interval, |own| {
+                own.max(self.heartbeat_interval)
+            });
+        let silent_for = heartbeat * MISSED_HEARTBEATS;
+        if let Some(last) = machine.last_heartbeat_ms {
+            if machine.status != MachineStatus::Terminating
+                && now - last > silent_for.as_millis() as i64
+            {
+                location
+                    .driver
+                    .terminate(&machine.id, machine.driver_ref.as_deref())
+                    .await?;
+                return Ok(Some((
+                    EventLevel::Warning,
+                    "MACHINE_UNHEALTHY",
+                    format!(
+                        "no heartbeat from its agent for {:.1} s ({MISSED_HEARTBEATS} intervals); its sessions are LOST, it is terminated and replaced",
+                        (now - last) as f64 / 1000.0
+                    ),
+                )));
+            }
         }
         let register_timeout = location.driver.register_timeout().as_millis() as i64;
         if machine.last_heartbeat_ms.is_none() && now - machine.created_at_ms > register_timeout {
@@ -727,8 +769,14 @@ pub fn sweep_verdict(
             "no machine {machine_id} exists (never created, or its zone or fleet was deleted)"
         ));
     };
-    if machine.status == MachineStatus::Terminated {
-        return SweepVerdict::Terminate(format!("machine {machine_id} is terminated"));
+    if matches!(
+        machine.status,
+        MachineStatus::Terminated | MachineStatus::Unhealthy
+    ) {
+        return SweepVerdict::Terminate(format!(
+            "machine {machine_id} is {}",
+            machine.status.as_str()
+        ));
     }
     if machine.location != location {
         return SweepVerdict::Terminate(format!(
@@ -990,6 +1038,13 @@ mod tests {
                 "terminated machine",
                 cloud(Some("mch-1")),
                 Some(machine(Terminated, Some("i-1"))),
+                "us-east-1",
+                None,
+            ),
+            (
+                "unhealthy machine",
+                cloud(Some("mch-1")),
+                Some(machine(Unhealthy, Some("i-1"))),
                 "us-east-1",
                 None,
             ),

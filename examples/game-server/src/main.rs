@@ -32,7 +32,8 @@ struct Args {
     /// Game port (default: FLEETFORM_PORT).
     #[arg(long, env = ENV_PORT)]
     port: u16,
-    /// Exit with status 3 after this many seconds.
+    /// Exit with status 3 after this many seconds; 0 crashes at once, before `ready` (a
+    /// server that crashes at start).
     #[arg(long)]
     crash_after_secs: Option<u64>,
     /// With --crash-after-secs: die by SIGSEGV instead of exiting 3.
@@ -70,6 +71,9 @@ async fn main() {
     };
     let process_id = sdk.process_id().to_string();
     log(&format!("starting as {process_id} on port {}", args.port));
+    if args.crash_after_secs == Some(0) {
+        crash(args.crash_signal);
+    }
     let game = Game {
         sdk: sdk.clone(),
         sessions: Arc::default(),
