@@ -193,6 +193,49 @@ async fn suite_parallel_mode_fills_a_process_before_the_next(store: Arc<dyn Stor
     ));
 }
 
+async fn suite_only_the_current_build_takes_new_sessions(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Parallel, 1, 1).await;
+    let PlaceOutcome::Placed(first) = store.place_session(args(&world, "s1", None)).await.unwrap()
+    else {
+        panic!("placement on the first build")
+    };
+    // The fleet moves to bld-2: the bld-1 process keeps its session and takes no other.
+    let mut updated = world.fleet.clone();
+    updated.build_id = "bld-2".into();
+    let on = |session: &str| PlaceArgs {
+        fleet: &updated,
+        ..args(&world, session, None)
+    };
+    assert_eq!(
+        store.place_session(on("s2")).await.unwrap(),
+        PlaceOutcome::NoCapacity
+    );
+    let report = SyncRequest {
+        agent_pid: 100,
+        address: "127.0.0.1".into(),
+        processes: vec![
+            process("proc-0-0", AgentProcessState::Ready),
+            ProcessReport {
+                build_id: "bld-2".into(),
+                port: 7001,
+                ..process("proc-0-new", AgentProcessState::Ready)
+            },
+        ],
+        ..SyncRequest::default()
+    };
+    store
+        .apply_agent_report(&world.machines[0], &report, 3)
+        .await
+        .unwrap();
+    let PlaceOutcome::Placed(second) = store.place_session(on("s3")).await.unwrap() else {
+        panic!("placement on the new build")
+    };
+    assert_eq!(second.process_id, "proc-0-new");
+    assert_eq!(second.build_id, "bld-2");
+    let first = store.get_session(&first.id).await.unwrap().unwrap();
+    assert_eq!(first.status, SessionStatus::Active, "never interrupted");
+}
+
 async fn suite_idempotency_key_returns_the_first_answer(store: Arc<dyn Store>) {
     let world = world(store.as_ref(), SessionMode::Simple, 1, 2).await;
     let PlaceOutcome::Placed(first) = store
@@ -1179,6 +1222,7 @@ mod sqlite {
     sqlite_suite!(
         suite_concurrent_placements_never_share_a_simple_process,
         suite_parallel_mode_fills_a_process_before_the_next,
+        suite_only_the_current_build_takes_new_sessions,
         suite_idempotency_key_returns_the_first_answer,
         suite_repeated_agent_reports_are_idempotent,
         suite_a_process_that_dies_loses_its_session,

@@ -1347,6 +1347,7 @@ impl Store for SqliteStore {
              FROM processes p JOIN machines m ON m.id = p.machine_id JOIN zones z ON z.id = p.zone_id
                   LEFT JOIN busy b ON b.machine_id = p.machine_id
              WHERE p.zone_id = ? AND m.data_center = ? AND p.agent_state = 'READY' AND m.status = 'ACTIVE'
+               AND p.build_id = ?
                AND NOT z.deleting AND p.active_sessions < ? AND (? = FALSE OR p.sessions_started = 0)
              ORDER BY {order} LIMIT 1"
         );
@@ -1356,6 +1357,9 @@ impl Store for SqliteStore {
                 .bind(&args.zone.id)
                 .bind(&args.zone.id)
                 .bind(&dc.name)
+                // Only the fleet's current build takes new sessions: during a build update,
+                // processes of the old one serve the sessions they have, nothing more.
+                .bind(&args.fleet.build_id)
                 .bind(capacity)
                 .bind(simple)
                 .fetch_optional(&mut *tx)
