@@ -323,6 +323,9 @@ where
 pub struct GameSession {
     pub session_id: Option<String>,
     pub process_id: String,
+    /// Every session it hosts (parallel mode).
+    #[serde(default)]
+    pub sessions: Vec<String>,
 }
 
 /// Asks the game server at `address:port` which session it hosts.
