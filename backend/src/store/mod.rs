@@ -387,6 +387,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// driver stops it, the plan replaces it), in one transaction. The number of sessions
     /// LOST; `None` when the machine does not exist or has already ended.
     async fn revoke_machine(&self, id: &str, reason: &str, now_ms: i64) -> Result<Option<u32>>;
+    /// A forced build update of a zone: its active sessions on processes of another build
+    /// than `build_id` end LOST with `reason`, in one transaction; how many.
+    async fn lose_old_build_sessions(
+        &self,
+        zone_id: &str,
+        build_id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<u32>;
     async fn set_machine_driver_ref(&self, id: &str, driver_ref: &str) -> Result<()>;
     /// Sets how many processes machines should run; `(machine id, processes)` pairs.
     async fn set_machine_targets(&self, targets: &[(String, u32)]) -> Result<()>;

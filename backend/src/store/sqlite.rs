@@ -1050,6 +1050,38 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn lose_old_build_sessions(
+        &self,
+        zone_id: &str,
+        build_id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<u32> {
+        let mut tx = self.write.begin().await?;
+        let lost = sqlx::query(
+            "UPDATE sessions SET status = 'LOST', reason = ?, ended_at = ?
+             WHERE zone_id = ? AND status = 'ACTIVE' AND build_id <> ?",
+        )
+        .bind(reason)
+        .bind(now_ms)
+        .bind(zone_id)
+        .bind(build_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if lost > 0 {
+            sqlx::query(
+                "UPDATE processes SET active_sessions = 0 WHERE zone_id = ? AND build_id <> ?",
+            )
+            .bind(zone_id)
+            .bind(build_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(lost as u32)
+    }
+
     async fn revoke_machine(&self, id: &str, reason: &str, now_ms: i64) -> Result<Option<u32>> {
         let mut tx = self.write.begin().await?;
         let updated = sqlx::query(

@@ -9,7 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetform_api::{EventLevel, EventProducer, MachineStatus, ResourceStatus, ZoneSpecView};
+use fleetform_api::{
+    EventLevel, EventProducer, MachineStatus, ResourceStatus, UpdateMode, ZoneSpecView,
+};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -273,6 +275,33 @@ impl Reconciler {
         let Some(fleet) = fleet else {
             return Ok(());
         };
+        if fleet.update_mode == UpdateMode::Force {
+            // Level-triggered: whatever still runs an old build's session after a forced
+            // update loses it now; the agents then replace those processes at once.
+            let reason = format!("build update (force) to {}", fleet.build_id);
+            let lost = self
+                .store
+                .lose_old_build_sessions(&zone.id, &fleet.build_id, &reason, now)
+                .await?;
+            if lost > 0 {
+                self.event(
+                    EventRecord::new(
+                        EventLevel::Warning,
+                        EventProducer::Fleet,
+                        "BUILD_UPDATE_FORCED",
+                        format!(
+                            "zone {}: {lost} sessions on older builds LOST: {reason}",
+                            zone.spec.name
+                        ),
+                    )
+                    .fleet(&fleet.id)
+                    .zone(&zone.id),
+                )
+                .await?;
+                self.changes.bump();
+                observed = self.store.zone_observation(&zone.id).await?;
+            }
+        }
         let shape = FleetShape {
             session_mode: fleet.session_mode,
             sessions_per_process: fleet.sessions_per_process,

@@ -1,0 +1,156 @@
+//! Shipping a new build during play, through real agents and example game servers: a soft
+//! update interrupts no session and sends new sessions only to the new build, and the old
+//! build's processes go once their sessions end; a forced update moves every process now,
+//! its sessions LOST, and says how many.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fleetform_api::*;
+use fleetform_e2e::*;
+
+/// Builds of live processes of the fleet (not exited or crashed).
+async fn live_builds(client: &Client, fleet: &str) -> Result<BTreeSet<String>> {
+    Ok(client
+        .fleet_processes(fleet)
+        .await?
+        .processes
+        .into_iter()
+        .filter(|p| !matches!(p.status, ProcessStatus::Exited | ProcessStatus::Crashed))
+        .map(|p| p.build_id)
+        .collect())
+}
+
+async fn build_at(client: &Client, parent: &std::path::Path, version: &str) -> Result<Build> {
+    let dir = example_build_dir(&parent.join(version));
+    let mut spec = fixtures::build(&dir, None);
+    spec.version = Some(version.into());
+    Ok(client.create_build(&spec).await?)
+}
+
+async fn on_its_game_server(session: &Session) -> Result<()> {
+    eventually(
+        Duration::from_secs(10),
+        "session on its game server",
+        || {
+            let session = session.clone();
+            async move {
+                let game = probe_game_server(&session.address, session.port).await?;
+                Ok(game.sessions.contains(&session.id).then_some(()))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_then_forced_build_updates_during_play() -> Result<()> {
+    let server = Fleetformd::start()?;
+    let client = server.client();
+    let builds = server.dir.path().join("builds");
+    let v1 = build_at(&client, &builds, "v1").await?;
+    let mut spec = fixtures::fleet("updates", &v1.id);
+    spec.session_mode = SessionMode::Parallel;
+    spec.sessions_per_process = 2;
+    let fleet = client.create_fleet(&spec).await?;
+    let zone = client
+        .create_zone(&fixtures::zone(&fleet.id, 2, 2).spec())
+        .await?;
+    eventually(Duration::from_secs(60), "2 ready processes", || {
+        let client = client.clone();
+        let id = zone.id.clone();
+        async move {
+            let status = client.zone_status(&id).await?;
+            Ok((status.processes_idle == 2).then_some(()))
+        }
+    })
+    .await?;
+    let place = |key: &'static str| {
+        let client = client.clone();
+        let fleet = fleet.id.clone();
+        async move {
+            client
+                .place_session(
+                    &fleet,
+                    &PlacementRequest {
+                        zone: "eu".into(),
+                        idempotency_key: Some(key.into()),
+                        wait_seconds: Some(20),
+                        ..PlacementRequest::default()
+                    },
+                )
+                .await
+        }
+    };
+    let old = place("old").await?;
+    on_its_game_server(&old).await?;
+    assert_eq!(old.build_id, v1.id);
+
+    // -- soft: v2 ships while `old` plays on v1.
+    let v2 = build_at(&client, &builds, "v2").await?;
+    spec.build_id = v2.id.clone();
+    client.update_fleet(&fleet.id, &spec).await?;
+    let fresh = place("fresh").await?;
+    assert_eq!(fresh.build_id, v2.id, "new sessions land on the new build");
+    on_its_game_server(&fresh).await?;
+    let more = place("more").await?;
+    assert_eq!(more.build_id, v2.id);
+    // The old session was never interrupted: still ACTIVE, still on its game server.
+    assert_eq!(
+        client.get_session(&old.id).await?.status,
+        SessionStatus::Active
+    );
+    let game = probe_game_server(&old.address, old.port).await?;
+    assert!(game.sessions.contains(&old.id), "{game:?}");
+    assert!(live_builds(&client, &fleet.id).await?.contains(&v1.id));
+    // Once it ends, no process of v1 remains.
+    client.end_session(&old.id).await?;
+    eventually(Duration::from_secs(30), "no v1 process left", || async {
+        let builds = live_builds(&client, &fleet.id).await?;
+        Ok((builds == BTreeSet::from([v2.id.clone()])).then_some(()))
+    })
+    .await
+    .with_context(|| server.log())?;
+
+    // -- force: v3 moves every process now; the sessions on v2 are LOST and counted.
+    let v3 = build_at(&client, &builds, "v3").await?;
+    spec.build_id = v3.id.clone();
+    spec.update_mode = UpdateMode::Force;
+    client.update_fleet(&fleet.id, &spec).await?;
+    for session in [&fresh, &more] {
+        let lost = eventually(Duration::from_secs(10), "session LOST", || async {
+            let s = client.get_session(&session.id).await?;
+            Ok((s.status == SessionStatus::Lost).then_some(s))
+        })
+        .await?;
+        assert!(
+            lost.reason.as_deref().is_some_and(|r| r.contains("force")),
+            "{lost:?}"
+        );
+    }
+    let events = client
+        .fleet_events(
+            &fleet.id,
+            &EventQuery {
+                text: Some("BUILD_UPDATE_FORCED".into()),
+                ..EventQuery::default()
+            },
+        )
+        .await?;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert!(
+        events[0].message.contains("2 sessions"),
+        "{}",
+        events[0].message
+    );
+    eventually(Duration::from_secs(20), "every process on v3", || async {
+        let builds = live_builds(&client, &fleet.id).await?;
+        Ok((builds == BTreeSet::from([v3.id.clone()])).then_some(()))
+    })
+    .await?;
+    let after = place("after").await?;
+    assert_eq!(after.build_id, v3.id);
+    on_its_game_server(&after).await?;
+    Ok(())
+}
