@@ -236,6 +236,38 @@ async fn suite_only_the_current_build_takes_new_sessions(store: Arc<dyn Store>) 
     assert_eq!(first.status, SessionStatus::Active, "never interrupted");
 }
 
+async fn suite_a_process_past_its_restart_age_takes_no_new_session(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Parallel, 1, 1).await;
+    let started = time::OffsetDateTime::parse(
+        "2026-01-01T00:00:00Z",
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+    .unix_timestamp()
+        * 1000;
+    let mut fleet = world.fleet.clone();
+    fleet.process_restart_hours = 1;
+    let at = |session: &str, now_ms: i64| PlaceArgs {
+        fleet: &fleet,
+        now_ms,
+        ..args(&world, session, None)
+    };
+    assert!(matches!(
+        store
+            .place_session(at("young", started + 3_600_000))
+            .await
+            .unwrap(),
+        PlaceOutcome::Placed(_)
+    ));
+    assert_eq!(
+        store
+            .place_session(at("old", started + 3_600_001))
+            .await
+            .unwrap(),
+        PlaceOutcome::NoCapacity
+    );
+}
+
 async fn suite_idempotency_key_returns_the_first_answer(store: Arc<dyn Store>) {
     let world = world(store.as_ref(), SessionMode::Simple, 1, 2).await;
     let PlaceOutcome::Placed(first) = store
@@ -1223,6 +1255,7 @@ mod sqlite {
         suite_concurrent_placements_never_share_a_simple_process,
         suite_parallel_mode_fills_a_process_before_the_next,
         suite_only_the_current_build_takes_new_sessions,
+        suite_a_process_past_its_restart_age_takes_no_new_session,
         suite_idempotency_key_returns_the_first_answer,
         suite_repeated_agent_reports_are_idempotent,
         suite_a_process_that_dies_loses_its_session,

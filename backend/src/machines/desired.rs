@@ -14,17 +14,18 @@ use fleetform_api::agent::{AssignedSession, DesiredMachine, LaunchSpec, SyncResp
 use fleetform_api::{Build, Fleet, MachineStatus, Session};
 use sha2::{Digest, Sha256};
 
-use crate::store::{MachineRecord, ProcessRecord, Store};
+use crate::store::{restart_cutoff_ms, MachineRecord, ProcessRecord, Store};
 use crate::{Error, Result};
 
-/// What `machine` should run, given its fleet and that fleet's build (None when gone), its
-/// live processes and its active sessions.
+/// What `machine` should run at `now_ms`, given its fleet and that fleet's build (None
+/// when gone), its live processes and its active sessions.
 pub fn desired_machine<'a>(
     machine: &MachineRecord,
     fleet: Option<&Fleet>,
     build: Option<&Build>,
     processes: impl IntoIterator<Item = &'a ProcessRecord>,
     sessions: impl IntoIterator<Item = &'a Session>,
+    now_ms: i64,
 ) -> DesiredMachine {
     let shutdown = matches!(
         machine.status,
@@ -49,10 +50,14 @@ pub fn desired_machine<'a>(
         sessions_per_process: fleet.sessions_per_process,
     });
     // Simple-mode processes whose session is over are drained (and so replaced), even when
-    // the session ended before the agent ever heard of it.
+    // the session ended before the agent ever heard of it; so are processes older than
+    // `process_restart_hours` (they finish their sessions first).
+    let restart_before = restart_cutoff_ms(fleet.process_restart_hours, now_ms);
     let drain = processes
         .into_iter()
-        .filter(|process| process.spent(fleet.session_mode))
+        .filter(|process| {
+            process.spent(fleet.session_mode) || process.started_at_ms < restart_before
+        })
         .map(|process| process.id.clone())
         .collect();
     let mut by_process: BTreeMap<String, Vec<AssignedSession>> = BTreeMap::new();
@@ -97,9 +102,16 @@ pub async fn load_desired(store: &dyn Store, machine: &MachineRecord) -> Result<
             let build = store.get_build(&fleet.build_id).await?;
             let processes = store.machine_processes(&machine.id).await?;
             let sessions = store.machine_active_sessions(&machine.id).await?;
-            desired_machine(machine, Some(&fleet), build.as_ref(), &processes, &sessions)
+            desired_machine(
+                machine,
+                Some(&fleet),
+                build.as_ref(),
+                &processes,
+                &sessions,
+                crate::time::now_ms(),
+            )
         }
-        _ => desired_machine(machine, None, None, [], []),
+        _ => desired_machine(machine, None, None, [], [], crate::time::now_ms()),
     })
 }
 
@@ -235,12 +247,46 @@ mod tests {
             Some(&build()),
             &processes,
             &sessions,
+            0,
         );
         assert!(!desired.shutdown);
         assert_eq!(desired.process_count, 4, "capped at processes_per_machine");
         assert_eq!(desired.drain, vec!["p2".to_string()]);
         assert_eq!(desired.sessions["p1"][0].id, "s1");
         assert_eq!(desired.launch.unwrap().build_id, "bld-1");
+    }
+
+    #[test]
+    fn processes_past_their_restart_age_are_drained_after_their_sessions() {
+        const HOUR: i64 = 3_600_000;
+        let mut fleet = fleet(SessionMode::Parallel);
+        fleet.process_restart_hours = 2;
+        let mut old = process("old", 1, 5);
+        old.started_at_ms = 0;
+        let mut young = process("young", 0, 1);
+        young.started_at_ms = HOUR;
+        let desired = |now: i64, fleet: &Fleet| {
+            desired_machine(
+                &machine(MachineStatus::Active, 2),
+                Some(fleet),
+                Some(&build()),
+                [&old, &young],
+                [],
+                now,
+            )
+            .drain
+        };
+        assert!(
+            desired(2 * HOUR, &fleet).is_empty(),
+            "exactly at the age: not yet"
+        );
+        assert_eq!(desired(2 * HOUR + 1, &fleet), vec!["old".to_string()]);
+        assert_eq!(
+            desired(3 * HOUR + 1, &fleet),
+            vec!["old".to_string(), "young".to_string()]
+        );
+        fleet.process_restart_hours = 0;
+        assert!(desired(100 * HOUR, &fleet).is_empty(), "0 never restarts");
     }
 
     #[test]
@@ -252,6 +298,7 @@ mod tests {
             Some(&build()),
             &processes,
             [],
+            0,
         );
         assert!(desired.drain.is_empty());
         assert_eq!(desired.process_count, 2);
@@ -272,8 +319,14 @@ mod tests {
             ),
             ("fleet gone", MachineStatus::Active, None),
         ] {
-            let desired =
-                desired_machine(&machine(status, 4), fleet.as_ref(), Some(&build()), [], []);
+            let desired = desired_machine(
+                &machine(status, 4),
+                fleet.as_ref(),
+                Some(&build()),
+                [],
+                [],
+                0,
+            );
             assert!(desired.shutdown, "{name}");
             assert_eq!(desired.process_count, 0, "{name}");
         }
@@ -281,7 +334,7 @@ mod tests {
 
     #[test]
     fn revision_follows_content() {
-        let a = desired_machine(&machine(MachineStatus::Active, 2), None, None, [], []);
+        let a = desired_machine(&machine(MachineStatus::Active, 2), None, None, [], [], 0);
         let mut b = a.clone();
         assert_eq!(revision(&a).unwrap(), revision(&b).unwrap());
         b.process_count = 1;

@@ -812,6 +812,7 @@ impl SimWorld {
                             .into_iter()
                             .flatten()
                             .copied(),
+                        now_ms(),
                     );
                     (machine, desired)
                 })

@@ -57,6 +57,17 @@ pub struct MachineRecord {
     pub termination_reason: Option<String>,
 }
 
+/// Processes started before this time are due for their periodic restart
+/// (`process_restart_hours`; 0 is never): they take no new session and are replaced once
+/// their sessions end.
+pub fn restart_cutoff_ms(process_restart_hours: u32, now_ms: i64) -> i64 {
+    if process_restart_hours == 0 {
+        i64::MIN
+    } else {
+        now_ms - i64::from(process_restart_hours) * 3_600_000
+    }
+}
+
 /// A live or ended game-server process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessRecord {

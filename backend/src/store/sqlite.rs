@@ -1379,7 +1379,7 @@ impl Store for SqliteStore {
              FROM processes p JOIN machines m ON m.id = p.machine_id JOIN zones z ON z.id = p.zone_id
                   LEFT JOIN busy b ON b.machine_id = p.machine_id
              WHERE p.zone_id = ? AND m.data_center = ? AND p.agent_state = 'READY' AND m.status = 'ACTIVE'
-               AND p.build_id = ?
+               AND p.build_id = ? AND p.started_at >= ?
                AND NOT z.deleting AND p.active_sessions < ? AND (? = FALSE OR p.sessions_started = 0)
              ORDER BY {order} LIMIT 1"
         );
@@ -1392,6 +1392,11 @@ impl Store for SqliteStore {
                 // Only the fleet's current build takes new sessions: during a build update,
                 // processes of the old one serve the sessions they have, nothing more.
                 .bind(&args.fleet.build_id)
+                // A process past `process_restart_hours` takes no new session.
+                .bind(super::restart_cutoff_ms(
+                    args.fleet.process_restart_hours,
+                    args.now_ms,
+                ))
                 .bind(capacity)
                 .bind(simple)
                 .fetch_optional(&mut *tx)
