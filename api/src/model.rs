@@ -371,6 +371,10 @@ pub struct ZoneStatus {
     pub active_sessions: u32,
     /// Sum of `max_players` over active sessions that declared it.
     pub players: u32,
+    /// Live processes per build id: the progress of a build update (`bld-2` → 4,
+    /// `bld-1` → 1 while an old session plays out).
+    #[serde(default)]
+    pub processes_by_build: BTreeMap<String, u32>,
 }
 
 /// One location the backend offers: `GET /v1/locations`.

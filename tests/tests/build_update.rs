@@ -104,6 +104,18 @@ async fn soft_then_forced_build_updates_during_play() -> Result<()> {
     let game = probe_game_server(&old.address, old.port).await?;
     assert!(game.sessions.contains(&old.id), "{game:?}");
     assert!(live_builds(&client, &fleet.id).await?.contains(&v1.id));
+    // The zone's status shows the update's progress: processes per build.
+    let status = eventually(Duration::from_secs(10), "v2 processes counted", || async {
+        let status = client.zone_status(&zone.id).await?;
+        Ok((status.processes_by_build.get(&v2.id) >= Some(&1)).then_some(status))
+    })
+    .await
+    .with_context(|| format!("v1 {} v2 {}", v1.id, v2.id))?;
+    assert_eq!(
+        status.processes_by_build.get(&v1.id),
+        Some(&1),
+        "{status:?}"
+    );
     // Once it ends, no process of v1 remains.
     client.end_session(&old.id).await?;
     eventually(Duration::from_secs(30), "no v1 process left", || async {

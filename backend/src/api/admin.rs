@@ -484,8 +484,13 @@ pub async fn zone_status(State(state): State<AppState>, Id(id): Id) -> Result<Js
         processes_desired: 0,
         active_sessions: sessions.len() as u32,
         players: sessions.iter().filter_map(|s| s.max_players).sum(),
+        processes_by_build: BTreeMap::new(),
     };
     for process in &observed.processes {
+        *status
+            .processes_by_build
+            .entry(process.build_id.clone())
+            .or_default() += 1;
         match process_status(process, fleet.session_mode) {
             ProcessStatus::Ready => status.processes_idle += 1,
             ProcessStatus::Active => status.processes_active += 1,

@@ -28,6 +28,7 @@ pub struct ZoneStatusState {
     pub processes_desired: Value<i64>,
     pub active_sessions: Value<i64>,
     pub players: Value<i64>,
+    pub processes_by_build: Value<BTreeMap<String, Value<i64>>>,
 }
 
 impl ZoneStatusState {
@@ -49,6 +50,13 @@ impl ZoneStatusState {
             processes_desired: number(status.processes_desired),
             active_sessions: number(status.active_sessions),
             players: number(status.players),
+            processes_by_build: Value::Value(
+                status
+                    .processes_by_build
+                    .into_iter()
+                    .map(|(build, count)| (build, number(count)))
+                    .collect(),
+            ),
         }
     }
 }
@@ -121,6 +129,14 @@ pub fn zone_status_schema() -> Schema {
             (
                 "processes_idle",
                 count("Processes that are ready and host no session."),
+            ),
+            (
+                "processes_by_build",
+                computed(
+                    Map(Box::new(Number)),
+                    "Live processes per build id: the progress of a build update (the old \
+                     build's count falls to zero as its sessions end).",
+                ),
             ),
             (
                 "processes_active",

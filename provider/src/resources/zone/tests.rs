@@ -688,6 +688,7 @@ fn status(status: ResourceStatus) -> ZoneStatus {
         processes_desired: 2,
         active_sessions: 0,
         players: 0,
+        processes_by_build: Default::default(),
     }
 }
 
