@@ -342,6 +342,38 @@ pub async fn probe_game_server(address: &str, port: u16) -> Result<GameSession> 
     Ok(response.json().await?)
 }
 
+/// Waits until zone `zone_id` has `count` idle (ready) processes.
+pub async fn until_idle_processes(
+    client: &Client,
+    zone_id: &str,
+    count: u32,
+) -> Result<fleetform_api::ZoneStatus> {
+    eventually(
+        Duration::from_secs(60),
+        &format!("{count} ready processes"),
+        || async {
+            let status = client.zone_status(zone_id).await?;
+            Ok((status.processes_idle == count).then_some(status))
+        },
+    )
+    .await
+}
+
+/// Waits until a placed session's game server says it hosts it.
+pub async fn until_on_game_server(session: &fleetform_api::Session) -> Result<GameSession> {
+    eventually(
+        Duration::from_secs(10),
+        "session on its game server",
+        || async {
+            let game = probe_game_server(&session.address, session.port).await?;
+            let hosted = game.session_id.as_deref() == Some(session.id.as_str())
+                || game.sessions.contains(&session.id);
+            Ok(hosted.then_some(game))
+        },
+    )
+    .await
+}
+
 /// A terraform working directory with a CLI config that points `fleetform/fleetform` at the
 /// freshly built provider (dev_overrides; no registry, no network).
 pub struct Terraform {

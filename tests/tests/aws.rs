@@ -326,18 +326,7 @@ async fn terraform_apply_runs_ec2_instances_and_destroy_terminates_them() -> Res
             },
         )
         .await?;
-    eventually(
-        Duration::from_secs(15),
-        "session on its game server",
-        || {
-            let session = session.clone();
-            async move {
-                let game = probe_game_server(&session.address, session.port).await?;
-                Ok((game.session_id.as_deref() == Some(session.id.as_str())).then_some(()))
-            }
-        },
-    )
-    .await?;
+    until_on_game_server(&session).await?;
     let busy_machine = session.machine_id.clone();
 
     // Scale-in to 2 processes: only the idle machine goes, drained first, recorded.

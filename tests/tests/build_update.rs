@@ -29,21 +29,6 @@ async fn build_at(client: &Client, parent: &std::path::Path, version: &str) -> R
     Ok(client.create_build(&spec).await?)
 }
 
-async fn on_its_game_server(session: &Session) -> Result<()> {
-    eventually(
-        Duration::from_secs(10),
-        "session on its game server",
-        || {
-            let session = session.clone();
-            async move {
-                let game = probe_game_server(&session.address, session.port).await?;
-                Ok(game.sessions.contains(&session.id).then_some(()))
-            }
-        },
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_then_forced_build_updates_during_play() -> Result<()> {
     let server = Fleetformd::start()?;
@@ -57,15 +42,7 @@ async fn soft_then_forced_build_updates_during_play() -> Result<()> {
     let zone = client
         .create_zone(&fixtures::zone(&fleet.id, 2, 2).spec())
         .await?;
-    eventually(Duration::from_secs(60), "2 ready processes", || {
-        let client = client.clone();
-        let id = zone.id.clone();
-        async move {
-            let status = client.zone_status(&id).await?;
-            Ok((status.processes_idle == 2).then_some(()))
-        }
-    })
-    .await?;
+    until_idle_processes(&client, &zone.id, 2).await?;
     let place = |key: &'static str| {
         let client = client.clone();
         let fleet = fleet.id.clone();
@@ -84,7 +61,7 @@ async fn soft_then_forced_build_updates_during_play() -> Result<()> {
         }
     };
     let old = place("old").await?;
-    on_its_game_server(&old).await?;
+    until_on_game_server(&old).await?;
     assert_eq!(old.build_id, v1.id);
 
     // -- soft: v2 ships while `old` plays on v1.
@@ -93,7 +70,7 @@ async fn soft_then_forced_build_updates_during_play() -> Result<()> {
     client.update_fleet(&fleet.id, &spec).await?;
     let fresh = place("fresh").await?;
     assert_eq!(fresh.build_id, v2.id, "new sessions land on the new build");
-    on_its_game_server(&fresh).await?;
+    until_on_game_server(&fresh).await?;
     let more = place("more").await?;
     assert_eq!(more.build_id, v2.id);
     // The old session was never interrupted: still ACTIVE, still on its game server.
@@ -163,6 +140,6 @@ async fn soft_then_forced_build_updates_during_play() -> Result<()> {
     .await?;
     let after = place("after").await?;
     assert_eq!(after.build_id, v3.id);
-    on_its_game_server(&after).await?;
+    until_on_game_server(&after).await?;
     Ok(())
 }

@@ -25,15 +25,7 @@ async fn four_sessions_share_a_process_and_a_freed_slot_takes_the_next() -> Resu
     let zone = client
         .create_zone(&fixtures::zone(&fleet.id, 2, 2).spec())
         .await?;
-    eventually(Duration::from_secs(60), "2 ready processes", || {
-        let client = client.clone();
-        let id = zone.id.clone();
-        async move {
-            let status = client.zone_status(&id).await?;
-            Ok((status.processes_idle == 2).then_some(()))
-        }
-    })
-    .await?;
+    until_idle_processes(&client, &zone.id, 2).await?;
     let place = |name: &'static str| {
         let client = client.clone();
         let fleet = fleet.id.clone();

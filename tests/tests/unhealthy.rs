@@ -32,15 +32,7 @@ async fn setup() -> Result<Setup> {
     let zone = client
         .create_zone(&fixtures::zone(&fleet.id, 1, 2).spec())
         .await?;
-    eventually(Duration::from_secs(60), "2 ready processes", || {
-        let client = client.clone();
-        let id = zone.id.clone();
-        async move {
-            let status = client.zone_status(&id).await?;
-            Ok((status.processes_idle == 2).then_some(()))
-        }
-    })
-    .await?;
+    until_idle_processes(&client, &zone.id, 2).await?;
     Ok(Setup {
         server,
         fleet,
@@ -60,18 +52,7 @@ async fn placed(setup: &Setup) -> Result<Session> {
             },
         )
         .await?;
-    eventually(
-        Duration::from_secs(10),
-        "session on its game server",
-        || {
-            let session = session.clone();
-            async move {
-                let game = probe_game_server(&session.address, session.port).await?;
-                Ok((game.session_id.as_deref() == Some(session.id.as_str())).then_some(()))
-            }
-        },
-    )
-    .await?;
+    until_on_game_server(&session).await?;
     Ok(session)
 }
 
