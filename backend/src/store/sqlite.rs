@@ -35,6 +35,52 @@ pub struct SqliteStore {
     read: SqlitePool,
 }
 
+/// A `SELECT * FROM table` narrowed by the filters a list request set, its values bound in
+/// order (the session, event and crash lists).
+struct Filtered {
+    sql: String,
+    binds: Vec<String>,
+}
+
+impl Filtered {
+    fn select(table: &str) -> Self {
+        Filtered {
+            sql: format!("SELECT * FROM {table} WHERE 1 = 1"),
+            binds: Vec::new(),
+        }
+    }
+
+    /// `AND column = value`, when a value is given.
+    fn equal(self, column: &str, value: Option<&str>) -> Self {
+        match value {
+            Some(value) => self.clause(&format!(" AND {column} = ?"), [value.to_string()]),
+            None => self,
+        }
+    }
+
+    /// Any other condition, with its values.
+    fn clause(mut self, sql: &str, values: impl IntoIterator<Item = String>) -> Self {
+        self.sql.push_str(sql);
+        self.binds.extend(values);
+        self
+    }
+
+    async fn fetch(
+        mut self,
+        pool: &sqlx::SqlitePool,
+        order_by: &str,
+        limit: u32,
+    ) -> Result<Vec<SqliteRow>> {
+        self.sql
+            .push_str(&format!(" ORDER BY {order_by} LIMIT {}", limit.max(1)));
+        let mut query = sqlx::query(&self.sql);
+        for value in &self.binds {
+            query = query.bind(value);
+        }
+        Ok(query.fetch_all(pool).await?)
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and runs the migrations.
     pub async fn open(path: &Path) -> Result<Self> {
@@ -1504,34 +1550,14 @@ impl Store for SqliteStore {
     }
 
     async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>> {
-        let mut sql = String::from("SELECT * FROM sessions WHERE 1 = 1");
-        let mut binds: Vec<String> = Vec::new();
-        for (column, value) in [
-            ("fleet_id", &filter.fleet_id),
-            ("zone_id", &filter.zone_id),
-            ("data_center", &filter.data_center),
-            ("machine_id", &filter.machine_id),
-            ("build_id", &filter.build_id),
-        ] {
-            if let Some(value) = value {
-                sql.push_str(&format!(" AND {column} = ?"));
-                binds.push(value.clone());
-            }
-        }
-        if let Some(status) = filter.status {
-            sql.push_str(" AND status = ?");
-            binds.push(status.as_str().to_string());
-        }
-        sql.push_str(&format!(
-            " ORDER BY created_at, id LIMIT {}",
-            filter.limit.max(1)
-        ));
-        let mut query = sqlx::query(&sql);
-        for value in &binds {
-            query = query.bind(value);
-        }
-        query
-            .fetch_all(&self.read)
+        Filtered::select("sessions")
+            .equal("fleet_id", filter.fleet_id.as_deref())
+            .equal("zone_id", filter.zone_id.as_deref())
+            .equal("data_center", filter.data_center.as_deref())
+            .equal("machine_id", filter.machine_id.as_deref())
+            .equal("build_id", filter.build_id.as_deref())
+            .equal("status", filter.status.map(SessionStatus::as_str))
+            .fetch(&self.read, "created_at, id", filter.limit)
             .await?
             .iter()
             .map(session_from_row)
@@ -1544,43 +1570,22 @@ impl Store for SqliteStore {
     }
 
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>> {
-        let mut sql = String::from("SELECT * FROM events WHERE 1 = 1");
-        let mut binds: Vec<String> = Vec::new();
-        for (column, value) in [
-            ("fleet_id", &filter.fleet_id),
-            ("zone_id", &filter.zone_id),
-            ("machine_id", &filter.machine_id),
-        ] {
-            if let Some(value) = value {
-                sql.push_str(&format!(" AND {column} = ?"));
-                binds.push(value.clone());
-            }
-        }
-        if let Some(level) = filter.level {
-            sql.push_str(" AND level = ?");
-            binds.push(level.as_str().to_string());
-        }
-        if let Some(producer) = filter.producer {
-            sql.push_str(" AND producer = ?");
-            binds.push(producer.as_str().to_string());
-        }
+        let mut list = Filtered::select("events")
+            .equal("fleet_id", filter.fleet_id.as_deref())
+            .equal("zone_id", filter.zone_id.as_deref())
+            .equal("machine_id", filter.machine_id.as_deref())
+            .equal("level", filter.level.map(EventLevel::as_str))
+            .equal("producer", filter.producer.map(EventProducer::as_str));
         if let Some(text) = &filter.text {
             // LOWER on both sides rather than SQLite's case-blind LIKE, so the SQL means
             // the same on Postgres (whose LIKE is case-sensitive).
-            sql.push_str(
-                " AND (LOWER(message) LIKE LOWER(?) ESCAPE '\\' OR LOWER(code) LIKE LOWER(?) ESCAPE '\\')",
-            );
             let pattern = like_pattern(text);
-            binds.push(pattern.clone());
-            binds.push(pattern);
+            list = list.clause(
+                " AND (LOWER(message) LIKE LOWER(?) ESCAPE '\\' OR LOWER(code) LIKE LOWER(?) ESCAPE '\\')",
+                [pattern.clone(), pattern],
+            );
         }
-        sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", filter.limit.max(1)));
-        let mut query = sqlx::query(&sql);
-        for value in &binds {
-            query = query.bind(value);
-        }
-        query
-            .fetch_all(&self.read)
+        list.fetch(&self.read, "seq DESC", filter.limit)
             .await?
             .iter()
             .map(event_from_row)
@@ -1588,26 +1593,12 @@ impl Store for SqliteStore {
     }
 
     async fn list_crashes(&self, filter: &CrashFilter) -> Result<Vec<CrashRecord>> {
-        let mut sql = String::from("SELECT * FROM crashes WHERE 1 = 1");
-        let mut binds: Vec<String> = Vec::new();
-        for (column, value) in [
-            ("fleet_id", &filter.fleet_id),
-            ("zone_id", &filter.zone_id),
-            ("machine_id", &filter.machine_id),
-            ("build_id", &filter.build_id),
-        ] {
-            if let Some(value) = value {
-                sql.push_str(&format!(" AND {column} = ?"));
-                binds.push(value.clone());
-            }
-        }
-        sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", filter.limit.max(1)));
-        let mut query = sqlx::query(&sql);
-        for value in &binds {
-            query = query.bind(value);
-        }
-        query
-            .fetch_all(&self.read)
+        Filtered::select("crashes")
+            .equal("fleet_id", filter.fleet_id.as_deref())
+            .equal("zone_id", filter.zone_id.as_deref())
+            .equal("machine_id", filter.machine_id.as_deref())
+            .equal("build_id", filter.build_id.as_deref())
+            .fetch(&self.read, "seq DESC", filter.limit)
             .await?
             .iter()
             .map(crash_from_row)
