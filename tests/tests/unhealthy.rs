@@ -56,6 +56,15 @@ async fn placed(setup: &Setup) -> Result<Session> {
     Ok(session)
 }
 
+/// A local machine's agent pid (its driver reference).
+fn agent_pid(machine: &Machine) -> Result<i32> {
+    Ok(machine
+        .driver_ref
+        .as_deref()
+        .context("local machine has its agent's pid")?
+        .parse()?)
+}
+
 async fn machine(setup: &Setup, id: &str) -> Result<Machine> {
     setup
         .server
@@ -111,11 +120,7 @@ async fn a_killed_agent_makes_its_machine_unhealthy_and_replaced() -> Result<()>
     let setup = setup().await?;
     let session = placed(&setup).await?;
     let victim = machine(&setup, &session.machine_id).await?;
-    let pid: i32 = victim
-        .driver_ref
-        .as_deref()
-        .context("local machine has its agent's pid")?
-        .parse()?;
+    let pid = agent_pid(&victim)?;
     let killed_at = Instant::now();
     // SAFETY: kill(2) on the agent pid fleetformd recorded for this machine.
     unsafe {
@@ -179,11 +184,7 @@ async fn a_silent_agent_misses_its_heartbeats_and_is_replaced() -> Result<()> {
     let setup = setup().await?;
     let session = placed(&setup).await?;
     let victim = machine(&setup, &session.machine_id).await?;
-    let pid: i32 = victim
-        .driver_ref
-        .as_deref()
-        .context("local machine has its agent's pid")?
-        .parse()?;
+    let pid = agent_pid(&victim)?;
     // Stopped, the agent is alive to its driver but sends nothing.
     let stopped_at = Instant::now();
     // SAFETY: kill(2) on the agent pid fleetformd recorded for this machine.
