@@ -162,6 +162,9 @@ pub struct Supervisor {
     connected: bool,
     /// The last `report_seq` sent (see `SyncRequest::report_seq`).
     last_report_seq: std::cell::Cell<u64>,
+    /// The machine fleetformd last said this agent serves. A bare-metal agent serves one
+    /// machine per zone assignment (and its pool machine's id between them).
+    machine_id: Option<String>,
 }
 
 impl Supervisor {
@@ -197,6 +200,7 @@ impl Supervisor {
             sync_failures: 0,
             connected: false,
             last_report_seq: std::cell::Cell::new(0),
+            machine_id: None,
         })
     }
 
@@ -717,6 +721,24 @@ impl Supervisor {
         if !unchanged {
             debug!(revision = %response.revision, "desired state changed");
         }
+        if self
+            .machine_id
+            .as_ref()
+            .is_some_and(|previous| previous != &response.machine_id)
+        {
+            // A bare-metal machine moved to another assignment (or back to the pool): what
+            // runs here belonged to the previous one, whose sessions are over.
+            info!(machine_id = %response.machine_id, "this agent now serves another machine: stopping the previous one's processes");
+            for (process_id, managed) in &mut self.processes {
+                if managed.stop_requested_at.is_none() && !managed.killed {
+                    self.sdk.set_shutdown(process_id);
+                    managed.stop_requested_at = Some(now);
+                    managed.requested = true;
+                    send_signal(managed, libc::SIGTERM);
+                }
+            }
+        }
+        self.machine_id = Some(response.machine_id.clone());
         self.revision = Some(response.revision);
         self.heartbeat_interval_ms = response.heartbeat_interval_ms;
         for process_id in self.processes.keys() {

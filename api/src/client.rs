@@ -243,6 +243,52 @@ impl Client {
         self.get("/v1/locations").await
     }
 
+    // -- bare-metal pool -----------------------------------------------------------------
+
+    pub async fn create_bare_metal_machine(
+        &self,
+        spec: &BareMetalMachineSpec,
+    ) -> Result<BareMetalMachine> {
+        self.call(Method::POST, "/v1/bare-metal-machines", Some(spec), None)
+            .await
+    }
+    pub async fn get_bare_metal_machine(&self, id: &str) -> Result<BareMetalMachine> {
+        self.get(&format!("/v1/bare-metal-machines/{}", encode(id)))
+            .await
+    }
+    pub async fn update_bare_metal_machine(
+        &self,
+        id: &str,
+        spec: &BareMetalMachineSpec,
+    ) -> Result<BareMetalMachine> {
+        let path = format!("/v1/bare-metal-machines/{}", encode(id));
+        self.call(Method::PUT, &path, Some(spec), None).await
+    }
+    /// Removes a machine from the pool; a 409 while it hosts active sessions.
+    pub async fn delete_bare_metal_machine(&self, id: &str) -> Result<()> {
+        self.delete(&format!("/v1/bare-metal-machines/{}", encode(id)))
+            .await
+    }
+    /// The pool, optionally at one location.
+    pub async fn bare_metal_machines(
+        &self,
+        location: Option<&str>,
+    ) -> Result<Vec<BareMetalMachine>> {
+        let path = match location {
+            Some(location) => format!("/v1/bare-metal-machines?location={}", encode(location)),
+            None => "/v1/bare-metal-machines".to_string(),
+        };
+        let list: BareMetalMachineList = self.get(&path).await?;
+        Ok(list.machines)
+    }
+
+    /// Reboots a machine: its sessions end LOST at once and every game-server process on
+    /// it is restarted.
+    pub async fn reboot_machine(&self, id: &str) -> Result<MachineOperation> {
+        let path = format!("/v1/machines/{}/reboot", encode(id));
+        self.call::<(), _>(Method::POST, &path, None, None).await
+    }
+
     // -- placement -----------------------------------------------------------------------
 
     pub async fn place_session(&self, fleet: &str, request: &PlacementRequest) -> Result<Session> {

@@ -388,6 +388,76 @@ pub struct Location {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Bare-metal pool
+
+/// Body of `POST /v1/bare-metal-machines` and `PUT /v1/bare-metal-machines/{id}`: a machine
+/// the operator runs, registered in the pool of its `location`. `location` is immutable (a
+/// machine elsewhere is another machine).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BareMetalMachineSpec {
+    pub name: String,
+    /// A location of driver `bare_metal` (`GET /v1/locations`).
+    pub location: String,
+    /// Where players reach its game ports (host name or IP address).
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_gb: Option<u32>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A bare-metal machine of the pool as the server knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BareMetalMachine {
+    /// `bm-…`.
+    pub id: String,
+    pub name: String,
+    pub location: String,
+    pub address: String,
+    #[serde(default)]
+    pub cores: Option<u32>,
+    #[serde(default)]
+    pub memory_gb: Option<u32>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The credential its agent runs with (`fleetform-agent --token`). Sensitive.
+    pub agent_token: String,
+    pub created_at: String,
+    /// The fleetform machine it serves now (a zone took it from the pool); volatile.
+    #[serde(default)]
+    pub machine_id: Option<String>,
+    /// The zone that took it; volatile.
+    #[serde(default)]
+    pub zone_id: Option<String>,
+    /// When its agent last synced; volatile.
+    #[serde(default)]
+    pub last_heartbeat_at: Option<String>,
+}
+
+impl BareMetalMachine {
+    /// The spec this machine was registered with.
+    pub fn spec(&self) -> BareMetalMachineSpec {
+        BareMetalMachineSpec {
+            name: self.name.clone(),
+            location: self.location.clone(),
+            address: self.address.clone(),
+            cores: self.cores,
+            memory_gb: self.memory_gb,
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+/// Body of `GET /v1/bare-metal-machines`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BareMetalMachineList {
+    pub machines: Vec<BareMetalMachine>,
+}
+
+// ---------------------------------------------------------------------------------------------
 // Placement
 
 /// Body of `POST /v1/fleets/{fleet}/sessions`.
@@ -477,6 +547,9 @@ pub struct Machine {
     /// Why it was terminated (the first reason recorded).
     #[serde(default)]
     pub termination_reason: Option<String>,
+    /// The pool machine it runs on (`bm-…`), for a bare-metal data center.
+    #[serde(default)]
+    pub bare_metal_id: Option<String>,
 }
 
 /// A game-server process as the control plane last heard of it.
@@ -500,13 +573,16 @@ pub struct MachineList {
     pub machines: Vec<Machine>,
 }
 
-/// Answer of `POST /v1/machines/{id}/revoke`.
+/// Answer of `POST /v1/machines/{id}/revoke` and `POST /v1/machines/{id}/reboot`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Revoked {
+pub struct MachineOperation {
     pub machine: Machine,
-    /// Sessions the revoke ended as `LOST`.
+    /// Sessions the operation ended as `LOST`.
     pub sessions_lost: u32,
 }
+
+/// Answer of `POST /v1/machines/{id}/revoke`.
+pub type Revoked = MachineOperation;
 
 /// Body of `GET /v1/fleets/{id}/processes`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -446,6 +446,61 @@ pub fn data_center_shape(dc: &DataCenterSpec, path: &str) -> Vec<FieldError> {
     errors
 }
 
+/// A machine's network address: a host name or an IP address, no scheme, port or spaces.
+pub fn address(value: &str) -> Rule {
+    if value.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if value.len() > 253 {
+        return Err("must be at most 253 bytes".into());
+    }
+    if value.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let host_name = value.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    });
+    if !host_name {
+        return Err(format!(
+            "{value:?} is neither an IP address nor a host name (no scheme, port or spaces)"
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a bare-metal machine body (the location is checked against the server's).
+pub fn validate_bare_metal_spec(spec: &BareMetalMachineSpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    check(&mut errors, "name", identifier(&spec.name));
+    check(&mut errors, "location", identifier(&spec.location));
+    check(&mut errors, "address", address(&spec.address));
+    if let Some(cores) = spec.cores {
+        check(&mut errors, "cores", at_least(i64::from(cores), 1));
+    }
+    if let Some(memory) = spec.memory_gb {
+        check(&mut errors, "memory_gb", at_least(i64::from(memory), 1));
+    }
+    for (key, value) in &spec.labels {
+        let field = format!("labels.{key}");
+        if key.is_empty() || key.len() > 63 || key.chars().any(char::is_control) {
+            errors.push(FieldError::new(
+                field,
+                "label keys are 1 to 63 bytes without control characters",
+            ));
+        } else if value.len() > 255 || value.chars().any(char::is_control) {
+            errors.push(FieldError::new(
+                field,
+                "label values are at most 255 bytes without control characters",
+            ));
+        }
+    }
+    errors
+}
+
 /// Validates a placement body (the fleet and zone are checked against the store).
 pub fn validate_placement(request: &PlacementRequest) -> Vec<FieldError> {
     let mut errors = Vec::new();
@@ -497,6 +552,46 @@ mod tests {
         for (case, value, ok) in cases {
             assert_eq!(launch_path(value).is_ok(), *ok, "{case}: {value}");
         }
+    }
+
+    #[test]
+    fn address_cases() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("ipv4", "10.0.0.7", true),
+            ("ipv6", "2001:db8::1", true),
+            ("host name", "bm-01.fra.example.com", true),
+            ("single label", "localhost", true),
+            ("empty", "", false),
+            ("scheme", "http://10.0.0.7", false),
+            ("port", "10.0.0.7:7777", false),
+            ("space", "bm 01", false),
+            ("empty label", "a..b", false),
+            ("leading hyphen", "-a.b", false),
+        ];
+        for (case, value, ok) in cases {
+            assert_eq!(address(value).is_ok(), *ok, "{case}: {value}");
+        }
+    }
+
+    #[test]
+    fn bare_metal_spec_names_every_bad_field() {
+        let spec = BareMetalMachineSpec {
+            name: "bad name".into(),
+            location: "fra".into(),
+            address: "http://x".into(),
+            cores: Some(0),
+            memory_gb: Some(0),
+            labels: [(String::new(), "v".into())].into(),
+        };
+        let fields: Vec<String> = validate_bare_metal_spec(&spec)
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            ["name", "address", "cores", "memory_gb", "labels."],
+            "{fields:?}"
+        );
     }
 
     #[test]

@@ -124,6 +124,7 @@ fn observation(sessions: u32) -> ZoneObservation {
             terminating_since_ms: None,
             terminated_at_ms: None,
             termination_reason: None,
+            bare_metal_id: None,
         });
         for p in 0..PER_MACHINE {
             let busy = u32::from(remaining > 0);
@@ -140,6 +141,7 @@ fn observation(sessions: u32) -> ZoneObservation {
                 active_sessions: busy,
                 sessions_started: busy,
                 started_at_ms: NOW_MS,
+                restart_requested: false,
             });
         }
     }

@@ -10,6 +10,7 @@ use fleetform_aws::{Ec2Pool, Ec2Settings, RetrySettings, StaticCredentials};
 use serde::Deserialize;
 
 use crate::machines::aws::AwsDriver;
+use crate::machines::bare_metal::BareMetalDriver;
 use crate::machines::local::LocalDriver;
 use crate::machines::sim::{SimSettings, SimWorld};
 use crate::machines::{Location, Locations, MachineDriver};
@@ -52,7 +53,7 @@ pub const DEFAULT_CLUSTER: &str = "fleetform";
 #[serde(deny_unknown_fields)]
 pub struct LocationConfig {
     pub name: String,
-    /// `local`, `sim` or `aws`.
+    /// `local`, `sim`, `aws` or `bare_metal` (a site of the bare-metal pool: no settings).
     pub driver: String,
     /// `sim`: seconds from launch until a machine registers (default 1). `aws`: about how
     /// long an instance takes to boot and start its agent (default 90), the horizon of
@@ -384,6 +385,7 @@ pub async fn locations(config: &ServerConfig, sim: &SimWorld) -> Result<Location
                 machines_dir.clone(),
             )),
             "sim" => Arc::new(sim.driver(&location.name, location.sim_settings()?)),
+            "bare_metal" => Arc::new(BareMetalDriver::default()),
             "aws" => {
                 let settings = location.aws_settings(cluster)?;
                 Arc::new(AwsDriver::new(
@@ -396,7 +398,7 @@ pub async fn locations(config: &ServerConfig, sim: &SimWorld) -> Result<Location
             }
             other => {
                 return Err(location.error(format_args!(
-                    "driver {other:?} is not available (available: local, sim, aws)"
+                    "driver {other:?} is not available (available: local, sim, aws, bare_metal)"
                 )))
             }
         };
@@ -447,6 +449,10 @@ mod tests {
         assert!(error.contains("start_seconds"), "{error}");
         let on_local = parse("[[location]]\nname = \"l\"\ndriver = \"local\"\nboot_seconds = 1\n");
         assert_eq!(on_local.foreign_keys(), vec!["boot_seconds"]);
+        let on_bare_metal = parse(
+            "[[location]]\nname = \"fra\"\ndriver = \"bare_metal\"\nregion = \"eu-central-1\"\n",
+        );
+        assert_eq!(on_bare_metal.foreign_keys(), vec!["region"]);
         assert!(toml::from_str::<ConfigFile>(
             "[[location]]\nname = \"s\"\ndriver = \"sim\"\nboot_secs = 1\n"
         )

@@ -520,6 +520,7 @@ async fn store_registers_machines_one_transaction_each() {
             terminating_since_ms: None,
             terminated_at_ms: None,
             termination_reason: None,
+            bare_metal_id: None,
         })
         .collect();
     let inserting = Instant::now();

@@ -85,6 +85,7 @@ async fn world(store: &dyn Store, mode: SessionMode, machines: usize, per_machin
             terminating_since_ms: None,
             terminated_at_ms: None,
             termination_reason: None,
+            bare_metal_id: None,
         };
         store
             .insert_machine(&record, &format!("hash-{m}"))

@@ -221,6 +221,7 @@ fn machine_view(machine: MachineRecord) -> Machine {
         last_heartbeat_at: machine.last_heartbeat_ms.map(rfc3339),
         terminated_at: machine.terminated_at_ms.map(rfc3339),
         termination_reason: machine.termination_reason,
+        bare_metal_id: machine.bare_metal_id,
     }
 }
 
@@ -291,34 +292,64 @@ pub async fn fleet_machines(
 /// `POST /v1/machines/{id}/revoke`: takes a machine out of service at once. Its sessions
 /// end LOST (the answer says how many, and so does an event); it drains, is stopped, and
 /// the zone's plan replaces it.
-pub async fn revoke_machine(State(state): State<AppState>, Id(id): Id) -> Result<Json<Revoked>> {
-    let now = now_ms();
+pub async fn revoke_machine(
+    State(state): State<AppState>,
+    Id(id): Id,
+) -> Result<Json<MachineOperation>> {
     let reason = "machine revoked by an operator";
-    let Some(sessions_lost) = state.store.revoke_machine(&id, reason, now).await? else {
-        return Err(match state.store.get_machine(&id).await? {
+    let sessions_lost = state.store.revoke_machine(&id, reason, now_ms()).await?;
+    operation_done(&state, &id, sessions_lost, "MACHINE_REVOKED", |lost| {
+        format!("machine {id} revoked by an operator: {lost} sessions LOST; it is replaced")
+    })
+    .await
+}
+
+/// `POST /v1/machines/{id}/reboot`: restarts every game-server process of a machine in
+/// service. Its sessions end LOST at once (counted in the answer and an event); its
+/// processes take no new session and its agent replaces them with fresh ones. The machine
+/// itself stays: the same address, the same instance or pool machine.
+pub async fn reboot_machine(
+    State(state): State<AppState>,
+    Id(id): Id,
+) -> Result<Json<MachineOperation>> {
+    let reason = "machine rebooted by an operator";
+    let sessions_lost = state.store.reboot_machine(&id, reason, now_ms()).await?;
+    operation_done(&state, &id, sessions_lost, "MACHINE_REBOOTED", |lost| {
+        format!("machine {id} rebooted by an operator: {lost} sessions LOST; its processes restart")
+    })
+    .await
+}
+
+/// The answer and event of an operation on machine `id` that ended `sessions_lost`
+/// sessions, or why it could not run (`None`: unknown, or not in service).
+async fn operation_done(
+    state: &AppState,
+    id: &str,
+    sessions_lost: Option<u32>,
+    code: &'static str,
+    message: impl FnOnce(u32) -> String,
+) -> Result<Json<MachineOperation>> {
+    let machine = state.store.get_machine(id).await?;
+    let (Some(sessions_lost), Some(machine)) = (sessions_lost, machine.clone()) else {
+        return Err(match machine {
             None => Error::not_found("machine", id),
             Some(machine) => Error::conflict(
-                "machine_ended",
+                "machine_not_in_service",
                 format!(
-                    "machine {id} has already ended ({})",
+                    "machine {id} is not in service ({})",
                     machine.status.as_str()
                 ),
             ),
         });
     };
-    let machine = state
-        .store
-        .get_machine(&id)
-        .await?
-        .ok_or_else(|| Error::not_found("machine", id.clone()))?;
     state
         .store
         .insert_event(
             &crate::store::EventRecord::new(
                 EventLevel::Warning,
                 EventProducer::Machine,
-                "MACHINE_REVOKED",
-                format!("machine {id} revoked by an operator: {sessions_lost} sessions LOST; it is replaced"),
+                code,
+                message(sessions_lost),
             )
             .fleet(&machine.fleet_id)
             .zone(&machine.zone_id)
@@ -326,7 +357,7 @@ pub async fn revoke_machine(State(state): State<AppState>, Id(id): Id) -> Result
         )
         .await?;
     state.changes.bump();
-    Ok(Json(Revoked {
+    Ok(Json(MachineOperation {
         machine: machine_view(machine),
         sessions_lost,
     }))
@@ -378,10 +409,16 @@ async fn check_zone_refs(state: &AppState, spec: &ZoneSpec) -> Result<()> {
                 ),
             ));
         }
-        if dc.machine_type == MachineType::BareMetal {
+        let offers = location_machine_type(&state.locations[&dc.location]);
+        if dc.machine_type != offers {
             return Err(Error::invalid(
                 format!("data_centers[{index}].machine_type"),
-                "bare_metal data centers are not available in this release yet",
+                format!(
+                    "location {:?} offers {} machines, not {}",
+                    dc.location,
+                    offers.as_str(),
+                    dc.machine_type.as_str()
+                ),
             ));
         }
     }
@@ -513,6 +550,16 @@ pub async fn zone_status(State(state): State<AppState>, Id(id): Id) -> Result<Js
     Ok(Json(status))
 }
 
+/// The kind of machine a location offers: its bare-metal pool, or VMs for every other
+/// driver.
+pub fn location_machine_type(location: &crate::machines::Location) -> MachineType {
+    if location.driver.kind() == "bare_metal" {
+        MachineType::BareMetal
+    } else {
+        MachineType::Vm
+    }
+}
+
 pub async fn locations(State(state): State<AppState>) -> Json<Vec<Location>> {
     Json(
         state
@@ -521,7 +568,7 @@ pub async fn locations(State(state): State<AppState>) -> Json<Vec<Location>> {
             .map(|location| Location {
                 name: location.name.clone(),
                 driver: location.driver.kind().to_string(),
-                machine_types: vec![MachineType::Vm],
+                machine_types: vec![location_machine_type(location)],
             })
             .collect(),
     )

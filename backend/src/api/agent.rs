@@ -10,7 +10,8 @@ use fleetform_api::MachineStatus;
 
 use super::extract::JsonBody;
 use super::{bearer, AppState};
-use crate::machines::desired::desired_state;
+use crate::machines::desired::{desired_state, pool_state};
+use crate::store::MachineRecord;
 use crate::time::now_ms;
 use crate::zones::token_hash;
 use crate::{Error, Result};
@@ -18,41 +19,77 @@ use crate::{Error, Result};
 /// Longest an agent's sync is held when nothing changed.
 const MAX_WAIT: Duration = Duration::from_secs(25);
 
+/// Who a sync's token speaks for.
+enum Caller {
+    /// A machine (a VM's agent, or a bare-metal agent whose machine a zone took).
+    Machine(Box<MachineRecord>),
+    /// A bare-metal agent whose machine is in the pool, serving no zone.
+    Pool(String),
+}
+
+/// Resolves an agent token: a machine's own, else a pool machine's (which speaks for the
+/// machine a zone took it for, if any). Unknown tokens and ended machines are a 401.
+async fn caller(state: &AppState, token: &str) -> Result<Caller> {
+    let hash = token_hash(token);
+    let live = |machine: &MachineRecord| {
+        !matches!(
+            machine.status,
+            MachineStatus::Terminated | MachineStatus::Unhealthy
+        )
+    };
+    if let Some(machine) = state.store.machine_by_token(&hash).await? {
+        return if live(&machine) {
+            Ok(Caller::Machine(Box::new(machine)))
+        } else {
+            Err(Error::Unauthorized)
+        };
+    }
+    match state.store.bare_metal_by_token(&hash).await? {
+        Some((_, Some(machine))) if live(&machine) => Ok(Caller::Machine(Box::new(machine))),
+        Some((pool, _)) => Ok(Caller::Pool(pool.id)),
+        None => Err(Error::Unauthorized),
+    }
+}
+
 pub async fn sync(
     State(state): State<AppState>,
     headers: HeaderMap,
     JsonBody(report): JsonBody<SyncRequest>,
 ) -> Result<Json<SyncResponse>> {
     let token = bearer(&headers).ok_or(Error::Unauthorized)?;
-    let machine = state
-        .store
-        .machine_by_token(&token_hash(token))
-        .await?
-        .filter(|machine| {
-            !matches!(
-                machine.status,
-                MachineStatus::Terminated | MachineStatus::Unhealthy
-            )
-        })
-        .ok_or(Error::Unauthorized)?;
-    let outcome = state
-        .store
-        .apply_agent_report(&machine, &report, now_ms())
-        .await?;
-    // Sessions the game servers ended free slots: the predictive forecast counts them.
-    state
-        .demand
-        .record_ends(&machine.zone_id, now_ms(), outcome.sessions_ended);
-    if outcome.placement_changed {
-        state.changes.bump();
+    let mut current = caller(&state, token).await?;
+    match &current {
+        Caller::Machine(machine) => {
+            let outcome = state
+                .store
+                .apply_agent_report(machine, &report, now_ms())
+                .await?;
+            // Sessions the game servers ended free slots: the predictive forecast counts
+            // them.
+            state
+                .demand
+                .record_ends(&machine.zone_id, now_ms(), outcome.sessions_ended);
+            if outcome.placement_changed {
+                state.changes.bump();
+            }
+        }
+        Caller::Pool(pool_id) => {
+            // Nothing of a previous assignment is applied: that machine has ended, and
+            // its processes with it.
+            state.store.touch_bare_metal(pool_id, now_ms()).await?;
+        }
     }
     let wait = Duration::from_millis(u64::from(report.wait_ms)).min(MAX_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
     let mut changes = state.changes.subscribe();
     loop {
         changes.borrow_and_update();
-        let response =
-            desired_state(state.store.as_ref(), &machine.id, state.heartbeat_interval).await?;
+        let response = match &current {
+            Caller::Machine(machine) => {
+                desired_state(state.store.as_ref(), &machine.id, state.heartbeat_interval).await?
+            }
+            Caller::Pool(pool_id) => pool_state(pool_id, state.heartbeat_interval)?,
+        };
         if report.known_revision.as_deref() != Some(response.revision.as_str()) {
             return Ok(Json(response));
         }
@@ -61,6 +98,12 @@ pub async fn sync(
             .is_err()
         {
             return Ok(Json(response));
+        }
+        if let Caller::Pool(_) = current {
+            // A zone may have taken the machine: answer with its machine at once.
+            if let Caller::Machine(machine) = caller(&state, token).await? {
+                current = Caller::Machine(machine);
+            }
         }
     }
 }

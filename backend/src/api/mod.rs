@@ -4,6 +4,7 @@
 
 mod admin;
 mod agent;
+mod bare_metal;
 mod crashes;
 mod events;
 pub mod extract;
@@ -55,6 +56,17 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/fleets/{id}/machines", get(admin::fleet_machines))
         .route("/v1/machines/{id}/revoke", post(admin::revoke_machine))
+        .route("/v1/machines/{id}/reboot", post(admin::reboot_machine))
+        .route(
+            "/v1/bare-metal-machines",
+            get(bare_metal::list).post(bare_metal::create),
+        )
+        .route(
+            "/v1/bare-metal-machines/{id}",
+            get(bare_metal::get)
+                .put(bare_metal::update)
+                .delete(bare_metal::delete),
+        )
         .route("/v1/fleets/{id}/processes", get(admin::fleet_processes))
         .route("/v1/fleets/{id}/events", get(events::fleet_events))
         .route("/v1/fleets/{id}/crashes", get(crashes::fleet_crashes))

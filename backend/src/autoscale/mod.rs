@@ -445,6 +445,52 @@ pub fn plan(spec: &ZoneSpecView, fleet: FleetShape, observed: &Observed, now_ms:
     plan
 }
 
+/// What a zone's bare-metal data centers should take from, and give back to, the pool.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolPlan {
+    /// `(data center, machines)` to take from the pool of its location.
+    pub take: Vec<(String, u32)>,
+    /// Ids of idle bare-metal machines to give back (drained first).
+    pub give_back: Vec<String>,
+}
+
+/// Plans a zone's bare-metal data centers: each holds exactly its `bare_metal_machines`,
+/// in cooldown too (bare metal is always on, and the scaler never stops it). A data center
+/// that holds more (its count was lowered) gives back idle machines only, those not yet
+/// serving first; one that holds fewer takes the rest from the pool. Machines of a data
+/// center the spec no longer has are stopped by [`plan`] like any other.
+pub fn pool_plan(spec: &ZoneSpecView, machines: &[MachineView]) -> PoolPlan {
+    let mut pool = PoolPlan::default();
+    for dc in spec
+        .data_centers
+        .iter()
+        .filter(|dc| dc.machine_type == MachineType::BareMetal)
+    {
+        let want = dc.bare_metal_machines.unwrap_or(0) as usize;
+        let mut held: Vec<&MachineView> = machines
+            .iter()
+            .filter(|m| m.counts() && m.data_center == dc.name)
+            .collect();
+        if held.len() < want {
+            pool.take
+                .push((dc.name.clone(), (want - held.len()) as u32));
+        } else if held.len() > want {
+            let excess = held.len() - want;
+            held.retain(|m| m.active_sessions == 0);
+            held.sort_by_key(|m| {
+                (
+                    m.status == MachineStatus::Active,
+                    m.running_processes,
+                    std::cmp::Reverse(m.created_at_ms),
+                )
+            });
+            pool.give_back
+                .extend(held.iter().take(excess).map(|m| m.id.clone()));
+        }
+    }
+    pool
+}
+
 /// The first-ranked model of `dc` the cloud has not reported short of capacity.
 fn model_for<'a>(
     dc: &'a DataCenterSpec,

@@ -492,3 +492,65 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn pool_plan_cases() {
+    let spec = zone().bare_metal("metal", 2, 4).dc("cloud", 0, 4, 16);
+    let mut launching = machine("new", "metal", 4, 0, 0);
+    launching.status = MachineStatus::Launching;
+    let mut leaving = machine("leaving", "metal", 4, 4, 0);
+    leaving.status = MachineStatus::Terminating;
+    let lowered = zone().bare_metal("metal", 1, 4);
+    /// Name, zone, machines, wanted takes, wanted give-backs.
+    type Case<'a> = (
+        &'a str,
+        &'a ZoneSpecView,
+        Vec<MachineView>,
+        Vec<(&'a str, u32)>,
+        Vec<&'a str>,
+    );
+    #[rustfmt::skip]
+    let cases: Vec<Case> = vec![
+        ("an empty data center takes its count", &spec, vec![], vec![("metal", 2)], vec![]),
+        ("VM machines are not the pool's business", &spec,
+            vec![machine("vm", "cloud", 4, 4, 0)], vec![("metal", 2)], vec![]),
+        ("holding its count, nothing changes", &spec,
+            vec![machine("a", "metal", 4, 4, 1), machine("b", "metal", 4, 4, 0)], vec![], vec![]),
+        ("a machine on its way out does not count", &spec,
+            vec![machine("a", "metal", 4, 4, 0), leaving.clone()], vec![("metal", 1)], vec![]),
+        ("a lowered count gives back an idle machine, not-yet-serving first", &lowered,
+            vec![machine("a", "metal", 4, 4, 0), launching.clone()], vec![], vec!["new"]),
+        ("a busy machine is never given back", &lowered,
+            vec![machine("a", "metal", 4, 4, 1), machine("b", "metal", 4, 4, 2)], vec![], vec![]),
+        ("only the idle one goes", &lowered,
+            vec![machine("a", "metal", 4, 4, 1), machine("b", "metal", 4, 4, 0)], vec![], vec!["b"]),
+    ];
+    for (name, spec, machines, take, give_back) in cases {
+        let plan = pool_plan(spec, &machines);
+        let take: Vec<(String, u32)> = take
+            .into_iter()
+            .map(|(dc, n)| (dc.to_string(), n))
+            .collect();
+        assert_eq!(plan.take, take, "{name}");
+        assert_eq!(plan.give_back, give_back, "{name}");
+    }
+}
+
+#[test]
+fn cooldown_never_stops_bare_metal() {
+    let spec = zone()
+        .bare_metal("metal", 2, 4)
+        .dc("cloud", 0, 4, 16)
+        .cooldown(1)
+        .rules(vec![servers(0, 2)]);
+    let machines = vec![
+        machine("a", "metal", 4, 4, 0),
+        machine("b", "metal", 4, 4, 0),
+        machine("vm", "cloud", 4, 4, 0),
+    ];
+    let plan = plan(&spec, SIMPLE, &observed(machines.clone()), 10 * 60_000);
+    assert!(plan.cooling);
+    assert_eq!(plan.terminate, vec!["vm".to_string()], "only the VM stops");
+    assert_eq!(plan.process_targets.get("a"), Some(&4));
+    assert_eq!(pool_plan(&spec, &machines), PoolPlan::default());
+}

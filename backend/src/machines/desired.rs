@@ -32,6 +32,10 @@ pub fn desired_machine<'a>(
         MachineStatus::Terminating | MachineStatus::Terminated | MachineStatus::Unhealthy
     );
     let (Some(fleet), false) = (fleet, shutdown) else {
+        if machine.bare_metal_id.is_some() {
+            // Bare metal goes back to the pool: its agent stops the processes and stays.
+            return idle_machine();
+        }
         return DesiredMachine {
             shutdown: true,
             launch: None,
@@ -56,7 +60,9 @@ pub fn desired_machine<'a>(
     let drain = processes
         .into_iter()
         .filter(|process| {
-            process.spent(fleet.session_mode) || process.started_at_ms < restart_before
+            process.spent(fleet.session_mode)
+                || process.started_at_ms < restart_before
+                || process.restart_requested
         })
         .map(|process| process.id.clone())
         .collect();
@@ -78,6 +84,30 @@ pub fn desired_machine<'a>(
         sessions: by_process,
         drain,
     }
+}
+
+/// What a machine that serves no zone runs: nothing, and it stays up. A bare-metal
+/// machine's agent hears this while its machine is in the pool.
+pub fn idle_machine() -> DesiredMachine {
+    DesiredMachine {
+        shutdown: false,
+        launch: None,
+        process_count: 0,
+        sessions: BTreeMap::new(),
+        drain: Vec::new(),
+    }
+}
+
+/// What a pool machine no zone has taken should run, as a sync answers it: nothing, under
+/// the pool machine's own id.
+pub fn pool_state(pool_id: &str, heartbeat_interval: Duration) -> Result<SyncResponse> {
+    let desired = idle_machine();
+    Ok(SyncResponse {
+        revision: revision(&desired)?,
+        machine_id: pool_id.to_string(),
+        heartbeat_interval_ms: heartbeat_interval.as_millis() as u32,
+        desired,
+    })
 }
 
 /// The revision of a desired state: changes whenever the state does.
@@ -162,6 +192,7 @@ mod tests {
             terminating_since_ms: None,
             terminated_at_ms: None,
             termination_reason: None,
+            bare_metal_id: None,
         }
     }
 
@@ -209,6 +240,7 @@ mod tests {
             active_sessions: active,
             sessions_started: started,
             started_at_ms: 0,
+            restart_requested: false,
         }
     }
 
@@ -330,6 +362,37 @@ mod tests {
             assert!(desired.shutdown, "{name}");
             assert_eq!(desired.process_count, 0, "{name}");
         }
+    }
+
+    #[test]
+    fn bare_metal_leaving_its_zone_idles_instead_of_shutting_down() {
+        let mut bare_metal = machine(MachineStatus::Terminating, 4);
+        bare_metal.bare_metal_id = Some("bm-1".into());
+        let desired = desired_machine(
+            &bare_metal,
+            Some(&fleet(SessionMode::Simple)),
+            Some(&build()),
+            [],
+            [],
+            0,
+        );
+        assert_eq!(desired, idle_machine());
+        assert!(!desired.shutdown, "the agent stays for the next zone");
+    }
+
+    #[test]
+    fn rebooted_processes_are_drained() {
+        let mut rebooted = process("p1", 0, 0);
+        rebooted.restart_requested = true;
+        let desired = desired_machine(
+            &machine(MachineStatus::Active, 2),
+            Some(&fleet(SessionMode::Parallel)),
+            Some(&build()),
+            [&rebooted, &process("p2", 0, 0)],
+            [],
+            0,
+        );
+        assert_eq!(desired.drain, vec!["p1".to_string()]);
     }
 
     #[test]

@@ -4,11 +4,13 @@
 //! a machine is the agent's business, told through `/v1/agent/sync`. Drivers: [`local`]
 //! (each machine is a local `fleetform-agent` process), [`aws`] (an EC2 instance per
 //! machine, through the `fleetform-aws` crate) and [`sim`] (simulated machines that report
-//! to the store in-process, for scale tests). The bare-metal pool comes in a later issue.
+//! to the store in-process, for scale tests) and [`bare_metal`] (machines of the pool that
+//! an operator runs; zones take them rather than launch them).
 //! [`desired`] is what a machine should run: the answer of a sync, which simulated
 //! machines follow too.
 
 pub mod aws;
+pub mod bare_metal;
 pub mod desired;
 pub mod local;
 pub mod sim;

@@ -17,6 +17,9 @@ pub struct Candidate {
     pub data_center: String,
     /// The data center's priority; lower is preferred.
     pub priority: u32,
+    /// The data center is bare metal: preferred over VMs of the same priority (bare
+    /// metal is paid for whether it hosts or not; the cloud is the overflow).
+    pub bare_metal: bool,
     /// Sessions active on the whole machine.
     pub machine_active_sessions: u32,
     /// Sessions active on this process.
@@ -25,9 +28,9 @@ pub struct Candidate {
 
 /// Picks the candidate for a session, or None when no candidate may take it.
 ///
-/// Order: data-center priority, then the player's latency to the data center (ties of
-/// priority are broken by latency; a data center with no reported latency comes after those
-/// with one), then the strategy: `pack` prefers the busiest machine (and within it the
+/// Order: data-center priority, then bare metal before VMs, then the player's latency to
+/// the data center (ties are broken by latency; a data center with no reported latency
+/// comes after those with one), then the strategy: `pack` prefers the busiest machine (and within it the
 /// busiest process, so parallel processes fill up) so idle machines can scale in; `spread`
 /// prefers the idlest. Data centers whose reported latency exceeds `max_latency_ms` are
 /// skipped. The process id breaks remaining ties so the choice is deterministic.
@@ -57,6 +60,7 @@ pub fn choose<'a>(
             };
             (
                 candidate.priority,
+                !candidate.bare_metal,
                 latency(candidate).unwrap_or(u32::MAX),
                 busy,
                 candidate.process_id.as_str(),
@@ -74,6 +78,7 @@ mod tests {
             machine_id: format!("m-{id}"),
             data_center: dc.into(),
             priority,
+            bare_metal: false,
             machine_active_sessions: machine_busy,
             process_active_sessions: 0,
         }
@@ -137,6 +142,34 @@ mod tests {
                 max_latency: None,
                 strategy: PlacementStrategy::Spread,
                 want: Some("a"),
+            },
+            Case {
+                name: "bare metal before VMs of the same priority, whatever the latency",
+                candidates: vec![
+                    candidate("vm", "cloud", 0, 5),
+                    Candidate {
+                        bare_metal: true,
+                        ..candidate("bm", "metal", 0, 0)
+                    },
+                ],
+                latencies: &[("cloud", 5), ("metal", 40)],
+                max_latency: None,
+                strategy: PlacementStrategy::Pack,
+                want: Some("bm"),
+            },
+            Case {
+                name: "a preferred VM data center still beats bare metal of a lower priority",
+                candidates: vec![
+                    candidate("vm", "cloud", 0, 0),
+                    Candidate {
+                        bare_metal: true,
+                        ..candidate("bm", "metal", 1, 0)
+                    },
+                ],
+                latencies: &[],
+                max_latency: None,
+                strategy: PlacementStrategy::Pack,
+                want: Some("vm"),
             },
             Case {
                 name: "ties go to the smallest process id",

@@ -612,6 +612,7 @@ impl<'a> Engine<'a> {
             machine_id: machine.id.clone(),
             data_center: dc.name.clone(),
             priority: dc.priority,
+            bare_metal: dc.machine_type == MachineType::BareMetal,
             machine_active_sessions: machine.active_sessions,
             process_active_sessions: self.processes[slot]
                 .as_ref()

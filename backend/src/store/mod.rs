@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use fleetform_api::agent::{AgentProcessState, SyncRequest};
 use fleetform_api::{
-    Build, EventLevel, EventProducer, Fleet, MachineStatus, PlacementStrategy, ResourceStatus,
-    Session, SessionMode, SessionStatus, Zone,
+    BareMetalMachine, Build, EventLevel, EventProducer, Fleet, MachineStatus, PlacementStrategy,
+    ResourceStatus, Session, SessionMode, SessionStatus, Zone,
 };
 
 use crate::placement::Candidate;
@@ -55,6 +55,8 @@ pub struct MachineRecord {
     pub terminated_at_ms: Option<i64>,
     /// Why it was terminated: the first reason [`Store::machine_gone`] was given.
     pub termination_reason: Option<String>,
+    /// The pool machine this machine runs on, for a bare-metal data center.
+    pub bare_metal_id: Option<String>,
 }
 
 /// Processes started before this time are due for their periodic restart
@@ -82,6 +84,8 @@ pub struct ProcessRecord {
     pub active_sessions: u32,
     pub sessions_started: u32,
     pub started_at_ms: i64,
+    /// An operator's reboot asked for it to be replaced: it takes no new session.
+    pub restart_requested: bool,
 }
 
 impl ProcessRecord {
@@ -99,6 +103,7 @@ impl ProcessRecord {
             SessionMode::Parallel => sessions_per_process.max(1),
         };
         self.state == ProcessState::Live(AgentProcessState::Ready)
+            && !self.restart_requested
             && self.active_sessions < capacity
             && !(mode == SessionMode::Simple && self.sessions_started > 0)
     }
@@ -421,9 +426,45 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Like [`Store::machine_gone`], but the machine ends `UNHEALTHY`: it died or went
     /// silent unexpectedly (its sessions LOST), and is replaced.
     async fn machine_unhealthy(&self, id: &str, reason: &str, now_ms: i64) -> Result<()>;
+    /// An operator's reboot: the machine's active sessions end LOST with `reason` and
+    /// every live process is marked for restart (it takes no new session; its agent
+    /// replaces it), in one transaction. The number of sessions LOST; `None` when the
+    /// machine does not exist or is not in service (ended or terminating).
+    async fn reboot_machine(&self, id: &str, reason: &str, now_ms: i64) -> Result<Option<u32>>;
     async fn fleet_machines(&self, fleet_id: &str) -> Result<Vec<MachineRecord>>;
     async fn fleet_processes(&self, fleet_id: &str) -> Result<Vec<ProcessRecord>>;
     async fn machine_processes(&self, machine_id: &str) -> Result<Vec<ProcessRecord>>;
+
+    // -- bare-metal pool
+    /// Registers a pool machine; `token_hash` finds it when its agent syncs.
+    async fn insert_bare_metal(&self, machine: &BareMetalMachine, token_hash: &str) -> Result<()>;
+    /// A pool machine with its current assignment (`machine_id`, `zone_id`).
+    async fn get_bare_metal(&self, id: &str) -> Result<Option<BareMetalMachine>>;
+    /// The pool (at one location, when given), by name.
+    async fn list_bare_metal(&self, location: Option<&str>) -> Result<Vec<BareMetalMachine>>;
+    /// Writes a pool machine's mutable fields (name, address, cores, memory, labels).
+    async fn update_bare_metal(&self, machine: &BareMetalMachine) -> Result<()>;
+    /// Removes a pool machine (revoking its agent token); the machine it serves, if any,
+    /// ends `TERMINATED` in the same transaction. A conflict while that machine hosts an
+    /// active session; false when the id is unknown.
+    async fn delete_bare_metal(&self, id: &str, now_ms: i64) -> Result<bool>;
+    /// The pool machine whose agent token hashes to `token_hash`, and the live machine it
+    /// serves now, if a zone took it.
+    async fn bare_metal_by_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(BareMetalMachine, Option<MachineRecord>)>>;
+    /// Records the sync of a pool machine's agent while no zone has it.
+    async fn touch_bare_metal(&self, id: &str, now_ms: i64) -> Result<()>;
+    /// Takes up to `count` free pool machines at `template.location` (by name) for the
+    /// zone and data center of `template`: one machine row each, with the pool machine's
+    /// id as `bare_metal_id` and `driver_ref` and its address, the rest from `template`.
+    /// One transaction; a pool machine never serves two live machines. The rows inserted.
+    async fn assign_bare_metal(
+        &self,
+        template: &MachineRecord,
+        count: u32,
+    ) -> Result<Vec<MachineRecord>>;
 
     // -- agents
     /// Records an agent's report (heartbeat, processes, exits, ended sessions). One

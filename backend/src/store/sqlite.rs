@@ -13,7 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fleetform_api::agent::{ProcessExit, SyncRequest};
 use fleetform_api::{
-    Build, Fleet, MachineStatus, ResourceStatus, Session, SessionMode, Zone, ZoneSpecView,
+    BareMetalMachine, Build, Fleet, MachineStatus, ResourceStatus, Session, SessionMode, Zone,
+    ZoneSpecView,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -219,6 +220,7 @@ fn machine_from_row(row: &SqliteRow) -> Result<MachineRecord> {
         terminating_since_ms: row.try_get("terminating_since")?,
         terminated_at_ms: row.try_get("terminated_at")?,
         termination_reason: row.try_get("termination_reason")?,
+        bare_metal_id: row.try_get("bare_metal_id")?,
     })
 }
 
@@ -285,6 +287,7 @@ fn process_from_row(row: &SqliteRow) -> Result<ProcessRecord> {
         active_sessions: u32_of(row.try_get("active_sessions")?),
         sessions_started: u32_of(row.try_get("sessions_started")?),
         started_at_ms: row.try_get("started_at")?,
+        restart_requested: row.try_get("restart_requested")?,
     })
 }
 
@@ -594,43 +597,89 @@ impl SqliteStore {
         status: MachineStatus,
     ) -> Result<()> {
         let mut tx = self.write.begin().await?;
-        let ended: Option<(String,)> = sqlx::query_as(
-            "SELECT status FROM machines WHERE id = ? AND status IN ('TERMINATED', 'UNHEALTHY')",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if ended.is_some() {
-            return Ok(());
-        }
-        sqlx::query(&format!(
-            "UPDATE processes SET agent_state = 'EXITED', ended_at = ?, active_sessions = 0
-             WHERE machine_id = ? AND agent_state IN {LIVE_STATES}"
-        ))
-        .bind(now_ms)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE sessions SET status = 'LOST', reason = ?, ended_at = ? WHERE machine_id = ? AND status = 'ACTIVE'")
-            .bind(reason)
-            .bind(now_ms)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "UPDATE machines SET status = ?, terminated_at = COALESCE(terminated_at, ?),
-                termination_reason = COALESCE(termination_reason, ?)
-             WHERE id = ?",
-        )
-        .bind(status.as_str())
-        .bind(now_ms)
-        .bind(reason)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        end_machine_in(&mut tx, id, reason, now_ms, status).await?;
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Ends a machine inside `tx`: see [`Store::machine_gone`]. A machine already ended keeps
+/// its end.
+async fn end_machine_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: &str,
+    reason: &str,
+    now_ms: i64,
+    status: MachineStatus,
+) -> Result<()> {
+    let ended: Option<(String,)> = sqlx::query_as(
+        "SELECT status FROM machines WHERE id = ? AND status IN ('TERMINATED', 'UNHEALTHY')",
+    )
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if ended.is_some() {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "UPDATE processes SET agent_state = 'EXITED', ended_at = ?, active_sessions = 0
+         WHERE machine_id = ? AND agent_state IN {LIVE_STATES}"
+    ))
+    .bind(now_ms)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE sessions SET status = 'LOST', reason = ?, ended_at = ? WHERE machine_id = ? AND status = 'ACTIVE'")
+        .bind(reason)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE machines SET status = ?, terminated_at = COALESCE(terminated_at, ?),
+            termination_reason = COALESCE(termination_reason, ?)
+         WHERE id = ?",
+    )
+    .bind(status.as_str())
+    .bind(now_ms)
+    .bind(reason)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The pool columns and the live machine a pool machine serves.
+const BARE_METAL_SELECT: &str =
+    "SELECT b.*, m.id AS serving_machine_id, m.zone_id AS serving_zone_id,
+        m.last_heartbeat_at AS serving_heartbeat_at
+     FROM bare_metal_machines b LEFT JOIN machines m
+       ON m.bare_metal_id = b.id AND m.status NOT IN ('TERMINATED', 'UNHEALTHY')";
+
+fn bare_metal_from_row(row: &SqliteRow) -> Result<BareMetalMachine> {
+    let labels: String = row.try_get("labels")?;
+    let heartbeat: Option<i64> = row
+        .try_get::<Option<i64>, _>("serving_heartbeat_at")?
+        .or(row.try_get("last_heartbeat_at")?);
+    Ok(BareMetalMachine {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        location: row.try_get("location")?,
+        address: row.try_get("address")?,
+        cores: row.try_get::<Option<i64>, _>("cores")?.map(u32_of),
+        memory_gb: row.try_get::<Option<i64>, _>("memory_gb")?.map(u32_of),
+        labels: serde_json::from_str(&labels)
+            .map_err(|e| Error::Internal(format!("corrupt bare-metal labels: {e}")))?,
+        agent_token: row.try_get("agent_token")?,
+        created_at: rfc3339(row.try_get("created_at")?),
+        machine_id: row.try_get("serving_machine_id")?,
+        zone_id: row.try_get("serving_zone_id")?,
+        last_heartbeat_at: heartbeat.map(rfc3339),
+    })
+}
+
+fn labels_json(machine: &BareMetalMachine) -> Result<String> {
+    serde_json::to_string(&machine.labels).map_err(|e| Error::Internal(e.to_string()))
 }
 
 #[async_trait]
@@ -984,8 +1033,8 @@ impl Store for SqliteStore {
     async fn insert_machine(&self, machine: &MachineRecord, token_hash: &str) -> Result<()> {
         sqlx::query(
             "INSERT INTO machines (id, zone_id, fleet_id, data_center, location, instance_type, processes_per_machine,
-                status, build_id, token_hash, driver_ref, address, created_at, target_processes)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                status, build_id, token_hash, driver_ref, address, created_at, target_processes, bare_metal_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&machine.id)
         .bind(&machine.zone_id)
@@ -1001,6 +1050,7 @@ impl Store for SqliteStore {
         .bind(&machine.address)
         .bind(machine.created_at_ms)
         .bind(i64::from(machine.target_processes))
+        .bind(&machine.bare_metal_id)
         .execute(&self.write)
         .await
         .map_err(|e| fix_error(e, "machine", "id"))?;
@@ -1165,6 +1215,237 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn reboot_machine(&self, id: &str, reason: &str, now_ms: i64) -> Result<Option<u32>> {
+        let mut tx = self.write.begin().await?;
+        let in_service: Option<(String,)> = sqlx::query_as(
+            "SELECT status FROM machines WHERE id = ? AND status IN ('PENDING', 'LAUNCHING', 'ACTIVE')",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if in_service.is_none() {
+            return Ok(None);
+        }
+        let lost = sqlx::query(
+            "UPDATE sessions SET status = 'LOST', reason = ?, ended_at = ? WHERE machine_id = ? AND status = 'ACTIVE'",
+        )
+        .bind(reason)
+        .bind(now_ms)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(&format!(
+            "UPDATE processes SET active_sessions = 0, restart_requested = TRUE
+             WHERE machine_id = ? AND agent_state IN {LIVE_STATES}"
+        ))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(lost as u32))
+    }
+
+    async fn insert_bare_metal(&self, machine: &BareMetalMachine, token_hash: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO bare_metal_machines (id, name, location, address, cores, memory_gb, labels, agent_token, token_hash, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&machine.id)
+        .bind(&machine.name)
+        .bind(&machine.location)
+        .bind(&machine.address)
+        .bind(machine.cores.map(i64::from))
+        .bind(machine.memory_gb.map(i64::from))
+        .bind(labels_json(machine)?)
+        .bind(&machine.agent_token)
+        .bind(token_hash)
+        .bind(crate::time::parse_rfc3339(&machine.created_at).unwrap_or_default())
+        .execute(&self.write)
+        .await
+        .map_err(|e| fix_error(e, "bare-metal machine", "name"))?;
+        Ok(())
+    }
+
+    async fn get_bare_metal(&self, id: &str) -> Result<Option<BareMetalMachine>> {
+        sqlx::query(&format!("{BARE_METAL_SELECT} WHERE b.id = ?"))
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?
+            .map(|row| bare_metal_from_row(&row))
+            .transpose()
+    }
+
+    async fn list_bare_metal(&self, location: Option<&str>) -> Result<Vec<BareMetalMachine>> {
+        sqlx::query(&format!(
+            "{BARE_METAL_SELECT} WHERE (? IS NULL OR b.location = ?) ORDER BY b.name"
+        ))
+        .bind(location)
+        .bind(location)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(bare_metal_from_row)
+        .collect()
+    }
+
+    async fn update_bare_metal(&self, machine: &BareMetalMachine) -> Result<()> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "UPDATE bare_metal_machines SET name = ?, address = ?, cores = ?, memory_gb = ?, labels = ? WHERE id = ?",
+        )
+        .bind(&machine.name)
+        .bind(&machine.address)
+        .bind(machine.cores.map(i64::from))
+        .bind(machine.memory_gb.map(i64::from))
+        .bind(labels_json(machine)?)
+        .bind(&machine.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| fix_error(e, "bare-metal machine", "name"))?;
+        // New sessions on the machine it serves go to its new address.
+        sqlx::query(
+            "UPDATE machines SET address = ? WHERE bare_metal_id = ? AND status NOT IN ('TERMINATED', 'UNHEALTHY')",
+        )
+        .bind(&machine.address)
+        .bind(&machine.id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn delete_bare_metal(&self, id: &str, now_ms: i64) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let known: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM bare_metal_machines WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if known.is_none() {
+            return Ok(false);
+        }
+        let serving: Option<(String, i64)> = sqlx::query_as(
+            "SELECT m.id, (SELECT COUNT(*) FROM sessions s WHERE s.machine_id = m.id AND s.status = 'ACTIVE')
+             FROM machines m WHERE m.bare_metal_id = ? AND m.status NOT IN ('TERMINATED', 'UNHEALTHY')",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((machine_id, sessions)) = serving {
+            if sessions > 0 {
+                return Err(Error::conflict(
+                    "machine_in_use",
+                    format!(
+                        "bare-metal machine {id} hosts {sessions} active sessions (machine {machine_id}); end them, or lower the zone's bare_metal_machines and wait for it to drain"
+                    ),
+                ));
+            }
+            end_machine_in(
+                &mut tx,
+                &machine_id,
+                "its bare-metal machine was removed from the pool",
+                now_ms,
+                MachineStatus::Terminated,
+            )
+            .await?;
+        }
+        sqlx::query("DELETE FROM bare_metal_machines WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn bare_metal_by_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<(BareMetalMachine, Option<MachineRecord>)>> {
+        let Some(pool) = sqlx::query(&format!("{BARE_METAL_SELECT} WHERE b.token_hash = ?"))
+            .bind(token_hash)
+            .fetch_optional(&self.read)
+            .await?
+            .map(|row| bare_metal_from_row(&row))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let serving = match &pool.machine_id {
+            Some(machine_id) => self.get_machine(machine_id).await?,
+            None => None,
+        };
+        Ok(Some((pool, serving)))
+    }
+
+    async fn touch_bare_metal(&self, id: &str, now_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE bare_metal_machines SET last_heartbeat_at = ? WHERE id = ?")
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn assign_bare_metal(
+        &self,
+        template: &MachineRecord,
+        count: u32,
+    ) -> Result<Vec<MachineRecord>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write.begin().await?;
+        // Free machines whose agent was heard from most recently first: they serve soonest.
+        let free: Vec<(String, String)> = sqlx::query_as(
+            "SELECT b.id, b.address FROM bare_metal_machines b
+             WHERE b.location = ? AND NOT EXISTS (
+                SELECT 1 FROM machines m WHERE m.bare_metal_id = b.id AND m.status NOT IN ('TERMINATED', 'UNHEALTHY'))
+             ORDER BY COALESCE(b.last_heartbeat_at, 0) DESC, b.name LIMIT ?",
+        )
+        .bind(&template.location)
+        .bind(i64::from(count))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut assigned = Vec::with_capacity(free.len());
+        for (pool_id, address) in free {
+            let machine = MachineRecord {
+                id: crate::time::new_id("mch"),
+                status: MachineStatus::Launching,
+                driver_ref: Some(pool_id.clone()),
+                address: Some(address),
+                bare_metal_id: Some(pool_id),
+                ..template.clone()
+            };
+            sqlx::query(
+                "INSERT INTO machines (id, zone_id, fleet_id, data_center, location, instance_type, processes_per_machine,
+                    status, build_id, token_hash, driver_ref, address, created_at, target_processes, bare_metal_id)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&machine.id)
+            .bind(&machine.zone_id)
+            .bind(&machine.fleet_id)
+            .bind(&machine.data_center)
+            .bind(&machine.location)
+            .bind(&machine.instance_type)
+            .bind(i64::from(machine.processes_per_machine))
+            .bind(machine.status.as_str())
+            .bind(&machine.build_id)
+            // Its agent authenticates with the pool machine's token, never this one.
+            .bind(format!("bare-metal:{}", machine.id))
+            .bind(&machine.driver_ref)
+            .bind(&machine.address)
+            .bind(machine.created_at_ms)
+            .bind(i64::from(machine.target_processes))
+            .bind(&machine.bare_metal_id)
+            .execute(&mut *tx)
+            .await?;
+            assigned.push(machine);
+        }
+        tx.commit().await?;
+        Ok(assigned)
+    }
+
     async fn fleet_machines(&self, fleet_id: &str) -> Result<Vec<MachineRecord>> {
         sqlx::query("SELECT * FROM machines WHERE fleet_id = ? ORDER BY id")
             .bind(fleet_id)
@@ -1231,7 +1512,8 @@ impl Store for SqliteStore {
         let mut placement_changed =
             matches!(status, MachineStatus::Pending | MachineStatus::Launching);
         sqlx::query(
-            "UPDATE machines SET last_heartbeat_at = ?, address = ?, agent_error = ?,
+            "UPDATE machines SET last_heartbeat_at = ?,
+                address = CASE WHEN bare_metal_id IS NULL THEN ? ELSE address END, agent_error = ?,
                 last_report_seq = MAX(last_report_seq, ?),
                 status = CASE WHEN status IN ('PENDING', 'LAUNCHING') THEN 'ACTIVE' ELSE status END
              WHERE id = ?",
@@ -1425,7 +1707,7 @@ impl Store for SqliteStore {
              FROM processes p JOIN machines m ON m.id = p.machine_id JOIN zones z ON z.id = p.zone_id
                   LEFT JOIN busy b ON b.machine_id = p.machine_id
              WHERE p.zone_id = ? AND m.data_center = ? AND p.agent_state = 'READY' AND m.status = 'ACTIVE'
-               AND p.build_id = ? AND p.started_at >= ?
+               AND p.build_id = ? AND p.started_at >= ? AND NOT p.restart_requested
                AND NOT z.deleting AND p.active_sessions < ? AND (? = FALSE OR p.sessions_started = 0)
              ORDER BY {order} LIMIT 1"
         );
@@ -1449,25 +1731,35 @@ impl Store for SqliteStore {
                 .await?;
             rows.extend(row);
         }
-        let priorities: BTreeMap<&str, u32> = args
+        let priorities: BTreeMap<&str, (u32, bool)> = args
             .zone
             .spec
             .data_centers
             .iter()
-            .map(|dc| (dc.name.as_str(), dc.priority))
+            .map(|dc| {
+                (
+                    dc.name.as_str(),
+                    (
+                        dc.priority,
+                        dc.machine_type == fleetform_api::MachineType::BareMetal,
+                    ),
+                )
+            })
             .collect();
         let mut candidates = Vec::with_capacity(rows.len());
         let mut details = HashMap::with_capacity(rows.len());
         for row in &rows {
             let data_center: String = row.try_get("data_center")?;
             let process_id: String = row.try_get("process_id")?;
+            let (priority, bare_metal) = priorities
+                .get(data_center.as_str())
+                .copied()
+                .unwrap_or((u32::MAX, false));
             candidates.push(Candidate {
                 process_id: process_id.clone(),
                 machine_id: row.try_get("machine_id")?,
-                priority: priorities
-                    .get(data_center.as_str())
-                    .copied()
-                    .unwrap_or(u32::MAX),
+                priority,
+                bare_metal,
                 data_center,
                 machine_active_sessions: u32_of(row.try_get("machine_sessions")?),
                 process_active_sessions: u32_of(row.try_get("active_sessions")?),

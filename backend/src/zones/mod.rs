@@ -372,7 +372,12 @@ impl Reconciler {
             )
             .await?;
         }
-        for machine_id in &plan.terminate {
+        let pool = autoscale::pool_plan(&zone.spec, &inputs.machines);
+        for (data_center, count) in &pool.take {
+            self.take_from_pool(zone, &fleet.build_id, data_center, *count, now)
+                .await?;
+        }
+        for machine_id in plan.terminate.iter().chain(&pool.give_back) {
             let Some(machine) = observed.machines.iter().find(|m| &m.id == machine_id) else {
                 continue;
             };
@@ -386,10 +391,17 @@ impl Reconciler {
                     EventLevel::Info,
                     "MACHINE_DRAINING",
                     machine,
-                    format!(
-                        "machine {} ({}): scale-in; idle, draining before it is terminated",
-                        machine.id, machine.data_center
-                    ),
+                    if machine.bare_metal_id.is_some() {
+                        format!(
+                            "machine {} ({}): idle, draining before it goes back to the bare-metal pool",
+                            machine.id, machine.data_center
+                        )
+                    } else {
+                        format!(
+                            "machine {} ({}): scale-in; idle, draining before it is terminated",
+                            machine.id, machine.data_center
+                        )
+                    },
                 ))
                 .await?;
             }
@@ -600,6 +612,7 @@ impl Reconciler {
             terminating_since_ms: None,
             terminated_at_ms: None,
             termination_reason: None,
+            bare_metal_id: None,
         };
         // The row first: a machine the store does not know could leak.
         self.store.insert_machine(&machine, &hash).await?;
@@ -680,6 +693,92 @@ impl Reconciler {
                 Ok(())
             }
         }
+    }
+
+    /// Takes up to `count` free machines from the pool of a bare-metal data center's
+    /// location for the zone; reports the data center short when the pool has too few.
+    async fn take_from_pool(
+        &self,
+        zone: &fleetform_api::Zone,
+        build_id: &str,
+        data_center: &str,
+        count: u32,
+        now: i64,
+    ) -> Result<()> {
+        let Some(dc) = zone
+            .spec
+            .data_centers
+            .iter()
+            .find(|dc| dc.name == data_center)
+        else {
+            return Ok(());
+        };
+        let per_machine = autoscale::processes_per_machine(dc);
+        let template = MachineRecord {
+            id: String::new(),
+            zone_id: zone.id.clone(),
+            fleet_id: zone.spec.fleet_id.clone(),
+            data_center: dc.name.clone(),
+            location: dc.location.clone(),
+            instance_type: dc
+                .machine_models
+                .first()
+                .map_or_else(|| "bare_metal".to_string(), |m| m.instance_type.clone()),
+            processes_per_machine: per_machine,
+            status: MachineStatus::Launching,
+            build_id: build_id.to_string(),
+            driver_ref: None,
+            address: None,
+            agent_error: None,
+            created_at_ms: now,
+            last_heartbeat_ms: None,
+            target_processes: per_machine,
+            terminating_since_ms: None,
+            terminated_at_ms: None,
+            termination_reason: None,
+            bare_metal_id: None,
+        };
+        let taken = self.store.assign_bare_metal(&template, count).await?;
+        for machine in &taken {
+            self.event(machine_event(
+                EventLevel::Info,
+                "BARE_METAL_TAKEN",
+                machine,
+                format!(
+                    "machine {} ({}): bare-metal machine {} taken from the pool of {}",
+                    machine.id,
+                    dc.name,
+                    machine.bare_metal_id.as_deref().unwrap_or_default(),
+                    dc.location
+                ),
+            ))
+            .await?;
+        }
+        if !taken.is_empty() {
+            // Its agent may be long-polling as a pool machine: it serves the zone now.
+            self.changes.bump();
+        }
+        let missing = count - taken.len() as u32;
+        if missing > 0 && self.shortages.report_short(&zone.id, &dc.name, now) {
+            self.event(
+                EventRecord::new(
+                    EventLevel::Warning,
+                    EventProducer::Zone,
+                    "DATA_CENTER_SHORT",
+                    format!(
+                        "data center {} is short: the bare-metal pool of {} has no free machine for {missing} of its {} machines; said again in {} minutes while it lasts",
+                        dc.name,
+                        dc.location,
+                        dc.bare_metal_machines.unwrap_or(0),
+                        SHORTAGE_MS / 60_000
+                    ),
+                )
+                .fleet(&zone.spec.fleet_id)
+                .zone(&zone.id),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Asks a machine's driver to stop it (again: drivers escalate on repeated calls).
@@ -1014,6 +1113,7 @@ mod tests {
             terminating_since_ms: None,
             terminated_at_ms: None,
             termination_reason: None,
+            bare_metal_id: None,
         }
     }
 
@@ -1115,6 +1215,7 @@ mod tests {
             active_sessions: 0,
             sessions_started: 0,
             started_at_ms: 0,
+            restart_requested: false,
         };
         let mut draining = machine(MachineStatus::Terminating, Some("i-1"));
         draining.terminating_since_ms = Some(10_000);
