@@ -21,6 +21,11 @@ pub fn attribute_name(api_name: &str) -> &str {
 /// Terraform attribute path (`data_center[1].machine_model[0].instance_type`). An empty
 /// field is the resource itself.
 pub fn attribute_path(api_field: &str) -> AttributePath {
+    // The API names a label `labels.<key>`; a key may hold any character, dots included,
+    // so the rest of the field is the key, never more steps.
+    if let Some(key) = api_field.strip_prefix("labels.") {
+        return AttributePath::new("labels").key(key.to_string());
+    }
     let mut path = AttributePath::root();
     for segment in api_field.split('.').filter(|segment| !segment.is_empty()) {
         let (name, mut subscripts) = match segment.find('[') {
@@ -156,6 +161,13 @@ mod tests {
             ("whole buffer rule", "buffer_rules[0]", "buffer_rule[0]"),
             ("buffer rule list", "buffer_rules", "buffer_rule"),
             ("map key", "labels[\"team\"]", "labels[\"team\"]"),
+            (
+                "label as the API names it",
+                "labels.team",
+                "labels[\"team\"]",
+            ),
+            ("label key with a dot", "labels.a.b", "labels[\"a.b\"]"),
+            ("empty label key", "labels.", "labels[\"\"]"),
             ("no field", "", ""),
         ];
         for (case, api, expected) in cases {

@@ -55,6 +55,10 @@ pub fn resource_schemas() -> Vec<(String, Schema)> {
             format!("{PROVIDER_NAME}_zone"),
             resources::zone::zone_schema(),
         ),
+        (
+            format!("{PROVIDER_NAME}_bare_metal_machine"),
+            resources::bare_metal_machine::bare_metal_machine_schema(),
+        ),
     ]
 }
 

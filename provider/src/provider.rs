@@ -11,6 +11,7 @@ use tf_provider::{AttributePath, Diagnostics, DynamicDataSource, DynamicResource
 
 use crate::client::SharedClient;
 use crate::data_sources::zone_status::ZoneStatusDataSource;
+use crate::resources::bare_metal_machine::BareMetalMachineResource;
 use crate::resources::build::BuildResource;
 use crate::resources::fleet::FleetResource;
 use crate::resources::zone::ZoneResource;
@@ -135,6 +136,10 @@ impl Provider for FleetformProvider {
             (
                 "zone".to_string(),
                 Box::new(ZoneResource { client: client() }),
+            ),
+            (
+                "bare_metal_machine".to_string(),
+                Box::new(BareMetalMachineResource { client: client() }),
             ),
         ]))
     }
