@@ -1,7 +1,8 @@
 //! Machine health and operations: a machine whose agent dies (SIGKILL) or goes silent
 //! (SIGSTOP) is marked UNHEALTHY within three heartbeat intervals (the harness runs
 //! fleetformd with 1 s heartbeats), its sessions end LOST, and a replacement machine takes
-//! its place; an operator's revoke does the same at once and says so.
+//! its place; an operator's revoke does the same at once and says so, and a reboot loses
+//! the sessions and restarts the processes of a machine that stays in service.
 
 use std::time::{Duration, Instant};
 
@@ -284,4 +285,106 @@ async fn a_revoked_machine_loses_its_sessions_at_once_and_is_replaced() -> Resul
         .expect_err("unknown machine");
     assert!(unknown.is_not_found(), "{unknown:?}");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebooted_machine_restarts_its_processes_and_keeps_serving() -> Result<()> {
+    let setup = setup().await?;
+    let client = setup.server.client();
+    let session = placed(&setup).await?;
+    let before: Vec<Process> =
+        live_processes(&client, &setup.fleet.id, &session.machine_id).await?;
+    assert_eq!(before.len(), 1, "{before:#?}");
+    let old_pid = before[0].pid.context("pid")?;
+
+    let rebooted = client.reboot_machine(&session.machine_id).await?;
+    assert_eq!(rebooted.sessions_lost, 1, "{rebooted:?}");
+    assert_eq!(
+        rebooted.machine.status,
+        MachineStatus::Active,
+        "it stays in service"
+    );
+    let lost = client.get_session(&session.id).await?;
+    assert_eq!(lost.status, SessionStatus::Lost, "LOST at once: {lost:?}");
+    assert_eq!(
+        lost.reason.as_deref(),
+        Some("machine rebooted by an operator")
+    );
+
+    // The same machine runs a fresh process (a new OS process), which takes sessions.
+    let fresh = eventually(Duration::from_secs(30), "a fresh READY process", || async {
+        let live = live_processes(&client, &setup.fleet.id, &session.machine_id).await?;
+        Ok(live
+            .into_iter()
+            .find(|p| p.status == ProcessStatus::Ready && p.id != before[0].id))
+    })
+    .await?;
+    assert_ne!(fresh.pid, Some(old_pid));
+    eventually(
+        Duration::from_secs(15),
+        "the old game server exits",
+        || async { Ok((!process_alive(old_pid as i32)).then_some(())) },
+    )
+    .await?;
+    let machine = machine(&setup, &session.machine_id).await?;
+    assert_eq!(machine.status, MachineStatus::Active, "{machine:?}");
+    let events = client
+        .events(&EventQuery {
+            machine: Some(session.machine_id.clone()),
+            ..EventQuery::default()
+        })
+        .await?;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.code == "MACHINE_REBOOTED" && e.message.contains("1 sessions LOST")),
+        "{events:#?}"
+    );
+
+    // An idle machine's processes restart too (in simple mode a process that hosted a
+    // session is replaced anyway; one that never did is replaced only by the reboot).
+    let idle = client
+        .fleet_machines(&setup.fleet.id)
+        .await?
+        .machines
+        .into_iter()
+        .find(|m| m.id != session.machine_id && m.status == MachineStatus::Active)
+        .context("the other machine")?;
+    let idle_before = live_processes(&client, &setup.fleet.id, &idle.id).await?;
+    assert_eq!(idle_before.len(), 1, "{idle_before:#?}");
+    let rebooted = client.reboot_machine(&idle.id).await?;
+    assert_eq!(rebooted.sessions_lost, 0, "{rebooted:?}");
+    eventually(
+        Duration::from_secs(30),
+        "the idle machine's process replaced",
+        || async {
+            let live = live_processes(&client, &setup.fleet.id, &idle.id).await?;
+            Ok((live.len() == 1
+                && live[0].id != idle_before[0].id
+                && live[0].status == ProcessStatus::Ready)
+                .then_some(()))
+        },
+    )
+    .await?;
+
+    let unknown = client
+        .reboot_machine("mch-nope")
+        .await
+        .expect_err("unknown machine");
+    assert!(unknown.is_not_found(), "{unknown:?}");
+    Ok(())
+}
+
+/// The processes of a machine that still run.
+async fn live_processes(client: &Client, fleet: &str, machine_id: &str) -> Result<Vec<Process>> {
+    Ok(client
+        .fleet_processes(fleet)
+        .await?
+        .processes
+        .into_iter()
+        .filter(|p| {
+            p.machine_id == machine_id
+                && !matches!(p.status, ProcessStatus::Exited | ProcessStatus::Crashed)
+        })
+        .collect())
 }

@@ -292,7 +292,11 @@ pub fn plan(spec: &ZoneSpecView, fleet: FleetShape, observed: &Observed, now_ms:
         .iter()
         .copied()
         .partition(|m| is_bare_metal(spec, &m.data_center));
-    let bare_metal_processes: u32 = bare_metal.iter().map(|m| m.processes_per_machine).sum();
+    let bare_metal_processes: u32 = bare_metal
+        .iter()
+        .filter(|m| bare_metal_serves(m, now_ms))
+        .map(|m| m.processes_per_machine)
+        .sum();
     let wanted = desired_processes(spec, fleet, observed, bare_metal_processes, now_ms);
     let vm_processes = wanted.saturating_sub(bare_metal_processes);
     let headroom = spec.free_slots_min.is_some() || spec.free_slots_max.is_some();
@@ -452,6 +456,24 @@ pub struct PoolPlan {
     pub take: Vec<(String, u32)>,
     /// Ids of idle bare-metal machines to give back (drained first).
     pub give_back: Vec<String>,
+}
+
+/// How long a bare-metal machine a zone just took counts as capacity before its agent
+/// first reports: its agent is normally up already and serves within a sync. One whose
+/// agent stays silent longer (its operator has not started it, or it died and the machine
+/// was taken again) does not count, so VMs cover for it.
+pub const BARE_METAL_REGISTER_GRACE_MS: i64 = 30_000;
+
+/// Whether a bare-metal machine counts as capacity at `now_ms`: it serves, or it was
+/// taken from the pool within [`BARE_METAL_REGISTER_GRACE_MS`].
+fn bare_metal_serves(machine: &MachineView, now_ms: i64) -> bool {
+    match machine.status {
+        MachineStatus::Active | MachineStatus::WaitingUpdate | MachineStatus::Draining => true,
+        MachineStatus::Pending | MachineStatus::Launching => {
+            now_ms - machine.created_at_ms < BARE_METAL_REGISTER_GRACE_MS
+        }
+        _ => false,
+    }
 }
 
 /// Plans a zone's bare-metal data centers: each holds exactly its `bare_metal_machines`,

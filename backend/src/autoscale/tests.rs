@@ -554,3 +554,25 @@ fn cooldown_never_stops_bare_metal() {
     assert_eq!(plan.process_targets.get("a"), Some(&4));
     assert_eq!(pool_plan(&spec, &machines), PoolPlan::default());
 }
+
+#[test]
+fn bare_metal_whose_agent_never_reports_stops_counting_after_the_grace() {
+    let spec = zone()
+        .bare_metal("metal", 1, 4)
+        .dc("cloud", 0, 4, 16)
+        .initial(4)
+        .rules(vec![servers(0, 0)]);
+    let mut taken = machine("bm", "metal", 4, 0, 0);
+    taken.status = MachineStatus::Launching;
+    taken.created_at_ms = 0;
+    let just_taken = plan(&spec, SIMPLE, &observed(vec![taken.clone()]), 1_000);
+    assert!(just_taken.launch.is_empty(), "{just_taken:?}");
+    let silent = plan(
+        &spec,
+        SIMPLE,
+        &observed(vec![taken]),
+        BARE_METAL_REGISTER_GRACE_MS + 1,
+    );
+    assert_eq!(silent.launch.len(), 1, "a VM covers: {silent:?}");
+    assert_eq!(silent.process_targets.get("bm"), Some(&4), "it stays taken");
+}

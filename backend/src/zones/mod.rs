@@ -306,6 +306,20 @@ impl Reconciler {
             session_mode: fleet.session_mode,
             sessions_per_process: fleet.sessions_per_process,
         };
+        // Bare metal first: free pool machines are taken before the plan, which counts
+        // them as capacity, so no VM is bought for what the pool covers.
+        let mut took = false;
+        for (data_center, count) in
+            &autoscale::pool_plan(&zone.spec, &machine_views(&observed, shape)).take
+        {
+            took |= self
+                .take_from_pool(zone, &fleet.build_id, data_center, *count, now)
+                .await?
+                > 0;
+        }
+        if took {
+            observed = self.store.zone_observation(&zone.id).await?;
+        }
         let active_sessions: u32 = observed.processes.iter().map(|p| p.active_sessions).sum();
         let mut idle_since_ms = record.idle_since_ms;
         if active_sessions > 0 {
@@ -372,12 +386,8 @@ impl Reconciler {
             )
             .await?;
         }
-        let pool = autoscale::pool_plan(&zone.spec, &inputs.machines);
-        for (data_center, count) in &pool.take {
-            self.take_from_pool(zone, &fleet.build_id, data_center, *count, now)
-                .await?;
-        }
-        for machine_id in plan.terminate.iter().chain(&pool.give_back) {
+        let give_back = autoscale::pool_plan(&zone.spec, &inputs.machines).give_back;
+        for machine_id in plan.terminate.iter().chain(&give_back) {
             let Some(machine) = observed.machines.iter().find(|m| &m.id == machine_id) else {
                 continue;
             };
@@ -697,6 +707,7 @@ impl Reconciler {
 
     /// Takes up to `count` free machines from the pool of a bare-metal data center's
     /// location for the zone; reports the data center short when the pool has too few.
+    /// How many it took.
     async fn take_from_pool(
         &self,
         zone: &fleetform_api::Zone,
@@ -704,14 +715,14 @@ impl Reconciler {
         data_center: &str,
         count: u32,
         now: i64,
-    ) -> Result<()> {
+    ) -> Result<u32> {
         let Some(dc) = zone
             .spec
             .data_centers
             .iter()
             .find(|dc| dc.name == data_center)
         else {
-            return Ok(());
+            return Ok(0);
         };
         let per_machine = autoscale::processes_per_machine(dc);
         let template = MachineRecord {
@@ -778,7 +789,7 @@ impl Reconciler {
             )
             .await?;
         }
-        Ok(())
+        Ok(taken.len() as u32)
     }
 
     /// Asks a machine's driver to stop it (again: drivers escalate on repeated calls).
