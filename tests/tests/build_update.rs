@@ -93,7 +93,19 @@ async fn soft_then_forced_build_updates_during_play() -> Result<()> {
         Some(&1),
         "{status:?}"
     );
-    // Once it ends, no process of v1 remains.
+    // The machine of the old session waits for it to end before it is all on v2.
+    assert_eq!(
+        status.machines.get("WAITING_UPDATE"),
+        Some(&1),
+        "{status:?}"
+    );
+    let waiting = client
+        .fleet_machines_where(&fleet.id, &[("status", "WAITING_UPDATE")])
+        .await?
+        .machines;
+    assert_eq!(waiting.len(), 1, "{waiting:#?}");
+    assert_eq!(waiting[0].id, old.machine_id);
+    // Once it ends, no process of v1 remains, and no machine waits.
     client.end_session(&old.id).await?;
     eventually(Duration::from_secs(30), "no v1 process left", || async {
         let builds = live_builds(&client, &fleet.id).await?;
@@ -101,6 +113,8 @@ async fn soft_then_forced_build_updates_during_play() -> Result<()> {
     })
     .await
     .with_context(|| server.log())?;
+    let status = client.zone_status(&zone.id).await?;
+    assert_eq!(status.machines.get("WAITING_UPDATE"), None, "{status:?}");
 
     // -- force: v3 moves every process now; the sessions on v2 are LOST and counted.
     let v3 = build_at(&client, &builds, "v3").await?;

@@ -271,9 +271,15 @@ pub async fn fleet_machines(
         }
     }
     let machines = state.store.fleet_machines(&fleet.id).await?;
+    let processes = state.store.fleet_processes(&fleet.id).await?;
+    let waiting = waiting_update(&fleet.build_id, &processes);
     Ok(Json(MachineList {
         machines: machines
             .into_iter()
+            .map(|mut m| {
+                m.status = shown_status(&m, &waiting);
+                m
+            })
             .filter(|m| status.is_none_or(|status| m.status == status))
             .filter(|m| {
                 wanted.iter().all(|(key, value)| match key.as_str() {
@@ -287,6 +293,33 @@ pub async fn fleet_machines(
             .map(machine_view)
             .collect(),
     }))
+}
+
+/// Machines that still run a live process of another build than the fleet's current one:
+/// during a soft update those processes finish their sessions, take no new one, and are
+/// replaced once idle.
+pub fn waiting_update<'a>(
+    build_id: &str,
+    processes: impl IntoIterator<Item = &'a ProcessRecord>,
+) -> std::collections::BTreeSet<&'a str> {
+    processes
+        .into_iter()
+        .filter(|p| p.state.is_live() && p.build_id != build_id)
+        .map(|p| p.machine_id.as_str())
+        .collect()
+}
+
+/// The status a machine shows: `WAITING_UPDATE` while an `ACTIVE` machine waits for its
+/// old build's processes to finish (see [`waiting_update`]), else its stored status.
+pub fn shown_status(
+    machine: &MachineRecord,
+    waiting: &std::collections::BTreeSet<&str>,
+) -> MachineStatus {
+    if machine.status == MachineStatus::Active && waiting.contains(machine.id.as_str()) {
+        MachineStatus::WaitingUpdate
+    } else {
+        machine.status
+    }
 }
 
 /// `POST /v1/machines/{id}/revoke`: takes a machine out of service at once. Its sessions
@@ -507,9 +540,12 @@ pub async fn zone_status(State(state): State<AppState>, Id(id): Id) -> Result<Js
     let fleet = load_fleet(&state, &zone.spec.fleet_id).await?;
     let observed = state.store.zone_observation(&zone.id).await?;
     let sessions = state.store.zone_active_sessions(&zone.id).await?;
+    let waiting = waiting_update(&fleet.build_id, &observed.processes);
     let mut machines: BTreeMap<String, u32> = BTreeMap::new();
     for machine in &observed.machines {
-        *machines.entry(machine.status.to_string()).or_default() += 1;
+        *machines
+            .entry(shown_status(machine, &waiting).to_string())
+            .or_default() += 1;
     }
     let mut status = ZoneStatus {
         zone_id: zone.id.clone(),

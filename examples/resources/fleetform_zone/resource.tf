@@ -22,7 +22,7 @@ resource "fleetform_zone" "example" {
   # Bare metal first; cloud VMs take the overflow.
   data_center {
     name                = "fra-metal"
-    location            = "fra-dc1"
+    location            = "fra-metal"
     priority            = 0
     machine_type        = "bare_metal"
     bare_metal_machines = 4
