@@ -1239,6 +1239,653 @@ async fn suite_a_build_change_lifts_a_crash_loop(store: Arc<dyn Store>) {
     );
 }
 
+// -- bare-metal pool and reboot
+
+/// The pool's location in these tests, and another one.
+const POOL: &str = "fra";
+const ELSEWHERE: &str = "ams";
+
+/// A fleet in parallel mode and two zones, `zone-1` and `zone-2`, each with one bare-metal
+/// data center `metal` at [`POOL`]; one [`World`] per zone, without machines.
+async fn pool_worlds(store: &dyn Store) -> Vec<World> {
+    let build = support::build();
+    store.insert_build(&build).await.unwrap();
+    let fleet = support::fleet(&build.id, SessionMode::Parallel);
+    store.insert_fleet(&fleet).await.unwrap();
+    let mut worlds = Vec::new();
+    for n in 1..=2 {
+        let zone = Zone {
+            id: format!("zone-{n}"),
+            spec: ZoneSpec {
+                fleet_id: fleet.id.clone(),
+                name: format!("z{n}"),
+                scaling_mode: ScalingMode::Fixed,
+                initial_server_processes: 1,
+                buffer_rules: vec![],
+                free_slots_min: None,
+                free_slots_max: None,
+                cooldown_minutes: 0,
+                placement_strategy: PlacementStrategy::Pack,
+                data_centers: vec![DataCenterSpec {
+                    name: "metal".into(),
+                    location: POOL.into(),
+                    priority: 0,
+                    machine_type: MachineType::BareMetal,
+                    machine_models: vec![],
+                    max_server_processes: None,
+                    bare_metal_machines: Some(3),
+                }],
+            }
+            .into(),
+            status: ResourceStatus::New,
+            created_at: "2026-01-01T00:00:00Z".into(),
+        };
+        store.insert_zone(&zone).await.unwrap();
+        worlds.push(World {
+            fleet: fleet.clone(),
+            zone,
+            machines: vec![],
+        });
+    }
+    worlds
+}
+
+/// Pool machine `id` (also its name) at `location`, reachable at `<id>.example.net`.
+fn pool_machine(id: &str, location: &str) -> BareMetalMachine {
+    BareMetalMachine {
+        id: id.into(),
+        name: id.into(),
+        location: location.into(),
+        address: format!("{id}.example.net"),
+        cores: Some(32),
+        memory_gb: Some(128),
+        labels: [("rack".to_string(), "r1".to_string())].into(),
+        agent_token: format!("fft_{id}"),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        machine_id: None,
+        zone_id: None,
+        last_heartbeat_at: None,
+    }
+}
+
+/// The token hash pool machine `id` is registered with.
+fn pool_hash(id: &str) -> String {
+    format!("hash-{id}")
+}
+
+/// Registers pool machine `id` at `location`.
+async fn register(store: &dyn Store, id: &str, location: &str) -> BareMetalMachine {
+    let machine = pool_machine(id, location);
+    store
+        .insert_bare_metal(&machine, &pool_hash(id))
+        .await
+        .unwrap();
+    machine
+}
+
+/// What the reconciler hands `assign_bare_metal` for `world`'s data center `metal`.
+fn pool_template(world: &World) -> MachineRecord {
+    MachineRecord {
+        id: String::new(),
+        zone_id: world.zone.id.clone(),
+        fleet_id: world.fleet.id.clone(),
+        data_center: "metal".into(),
+        location: POOL.into(),
+        instance_type: "bare_metal".into(),
+        processes_per_machine: 2,
+        status: MachineStatus::Launching,
+        build_id: world.fleet.build_id.clone(),
+        driver_ref: None,
+        address: None,
+        agent_error: None,
+        created_at_ms: at(1),
+        last_heartbeat_ms: None,
+        target_processes: 2,
+        terminating_since_ms: None,
+        terminated_at_ms: None,
+        termination_reason: None,
+        bare_metal_id: None,
+    }
+}
+
+/// The live assignment a pool machine shows: `(machine_id, zone_id)`.
+async fn serving(store: &dyn Store, pool_id: &str) -> (Option<String>, Option<String>) {
+    let pool = store.get_bare_metal(pool_id).await.unwrap().unwrap();
+    (pool.machine_id, pool.zone_id)
+}
+
+/// A report from a machine's agent listing `processes` READY.
+fn ready_report(processes: &[&str]) -> SyncRequest {
+    SyncRequest {
+        agent_pid: 100,
+        address: "127.0.0.1".into(),
+        processes: processes
+            .iter()
+            .map(|id| process(id, AgentProcessState::Ready))
+            .collect(),
+        ..SyncRequest::default()
+    }
+}
+
+async fn suite_a_pool_machine_never_serves_two_live_machines(store: Arc<dyn Store>) {
+    let worlds = pool_worlds(store.as_ref()).await;
+    for id in ["bm-1", "bm-2", "bm-3"] {
+        register(store.as_ref(), id, POOL).await;
+    }
+    register(store.as_ref(), "bm-ams", ELSEWHERE).await;
+    // Four passes of the two zones at once, each asking for 2 of a pool of 3.
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let store = store.clone();
+            let template = pool_template(&worlds[i % 2]);
+            tokio::spawn(async move { store.assign_bare_metal(&template, 2).await.unwrap() })
+        })
+        .collect();
+    let mut taken = Vec::new();
+    for task in tasks {
+        taken.extend(task.await.unwrap());
+    }
+    let mut pool_ids = BTreeSet::new();
+    for machine in &taken {
+        let pool_id = machine.bare_metal_id.clone().expect("a bare_metal_id");
+        assert!(pool_ids.insert(pool_id.clone()), "taken twice: {taken:#?}");
+        assert_eq!(machine.driver_ref.as_deref(), Some(pool_id.as_str()));
+        assert_eq!(
+            machine.address,
+            Some(format!("{pool_id}.example.net")),
+            "the pool machine's address"
+        );
+        assert_eq!(machine.status, MachineStatus::Launching);
+        assert_eq!(
+            (machine.location.as_str(), machine.data_center.as_str()),
+            (POOL, "metal")
+        );
+        assert!(machine.id.starts_with("mch-"), "{}", machine.id);
+        // The row as stored is the row returned.
+        assert_eq!(
+            store.get_machine(&machine.id).await.unwrap().as_ref(),
+            Some(machine)
+        );
+        // The pool machine shows the live machine it serves.
+        assert_eq!(
+            serving(store.as_ref(), &pool_id).await,
+            (Some(machine.id.clone()), Some(machine.zone_id.clone()))
+        );
+    }
+    assert_eq!(
+        pool_ids,
+        BTreeSet::from(["bm-1".to_string(), "bm-2".into(), "bm-3".into()]),
+        "the whole pool of {POOL}, and only it"
+    );
+    assert_eq!(
+        serving(store.as_ref(), "bm-ams").await,
+        (None, None),
+        "another location's pool is not taken"
+    );
+    // Nothing is left at POOL, whoever asks.
+    for world in &worlds {
+        assert!(store
+            .assign_bare_metal(&pool_template(world), 5)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    // The list shows the same assignments, by name, filtered by location.
+    let listed = store.list_bare_metal(Some(POOL)).await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["bm-1", "bm-2", "bm-3"]);
+    for pool in &listed {
+        let machine = taken
+            .iter()
+            .find(|m| m.bare_metal_id.as_deref() == Some(pool.id.as_str()))
+            .unwrap();
+        assert_eq!(
+            (pool.machine_id.as_deref(), pool.zone_id.as_deref()),
+            (Some(machine.id.as_str()), Some(machine.zone_id.as_str()))
+        );
+    }
+    let elsewhere = store.list_bare_metal(Some(ELSEWHERE)).await.unwrap();
+    assert_eq!(elsewhere.len(), 1);
+    assert_eq!(
+        (
+            elsewhere[0].machine_id.clone(),
+            elsewhere[0].zone_id.clone()
+        ),
+        (None, None)
+    );
+    assert_eq!(store.list_bare_metal(None).await.unwrap().len(), 4);
+}
+
+async fn suite_an_ended_machine_frees_its_pool_machine(store: Arc<dyn Store>) {
+    let worlds = pool_worlds(store.as_ref()).await;
+    for id in ["bm-1", "bm-2"] {
+        register(store.as_ref(), id, POOL).await;
+        assert_eq!(serving(store.as_ref(), id).await, (None, None));
+    }
+    let first = store
+        .assign_bare_metal(&pool_template(&worlds[0]), 2)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    let on = |pool_id: &str| {
+        first
+            .iter()
+            .find(|m| m.bare_metal_id.as_deref() == Some(pool_id))
+            .unwrap()
+            .id
+            .clone()
+    };
+    let (gone, unhealthy) = (on("bm-1"), on("bm-2"));
+    assert_eq!(
+        serving(store.as_ref(), "bm-1").await,
+        (Some(gone.clone()), Some("zone-1".into()))
+    );
+    // A terminating machine still runs on its pool machine: not free yet.
+    store
+        .set_machine_status(&gone, MachineStatus::Terminating)
+        .await
+        .unwrap();
+    assert!(store
+        .assign_bare_metal(&pool_template(&worlds[1]), 1)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(serving(store.as_ref(), "bm-1").await.0, Some(gone.clone()));
+
+    // Ended, either way: free again.
+    store.machine_gone(&gone, "scaled in", at(5)).await.unwrap();
+    assert_eq!(serving(store.as_ref(), "bm-1").await, (None, None));
+    assert_eq!(
+        serving(store.as_ref(), "bm-2").await,
+        (Some(unhealthy.clone()), Some("zone-1".into()))
+    );
+    store
+        .machine_unhealthy(&unhealthy, "no heartbeat", at(6))
+        .await
+        .unwrap();
+    for pool in store.list_bare_metal(None).await.unwrap() {
+        assert_eq!((pool.machine_id, pool.zone_id), (None, None), "{}", pool.id);
+    }
+
+    // Another zone takes both, as new machines.
+    let second = store
+        .assign_bare_metal(&pool_template(&worlds[1]), 3)
+        .await
+        .unwrap();
+    let pool_ids: BTreeSet<&str> = second
+        .iter()
+        .filter_map(|m| m.bare_metal_id.as_deref())
+        .collect();
+    assert_eq!(pool_ids, BTreeSet::from(["bm-1", "bm-2"]));
+    for machine in &second {
+        assert!(machine.id != gone && machine.id != unhealthy, "a new row");
+        assert_eq!(machine.zone_id, "zone-2");
+        assert_eq!(
+            serving(store.as_ref(), machine.bare_metal_id.as_deref().unwrap()).await,
+            (Some(machine.id.clone()), Some("zone-2".into()))
+        );
+    }
+    // The ended rows keep their history.
+    let old = store.get_machine(&gone).await.unwrap().unwrap();
+    assert_eq!(
+        (old.status, old.bare_metal_id.as_deref()),
+        (MachineStatus::Terminated, Some("bm-1"))
+    );
+}
+
+async fn suite_deleting_a_pool_machine(store: Arc<dyn Store>) {
+    let worlds = pool_worlds(store.as_ref()).await;
+    assert!(!store.delete_bare_metal("bm-nope", at(1)).await.unwrap());
+    register(store.as_ref(), "bm-busy", POOL).await;
+    let busy = store
+        .assign_bare_metal(&pool_template(&worlds[0]), 1)
+        .await
+        .unwrap()
+        .remove(0);
+    register(store.as_ref(), "bm-idle", POOL).await;
+    let idle = store
+        .assign_bare_metal(&pool_template(&worlds[0]), 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(idle.bare_metal_id.as_deref(), Some("bm-idle"));
+    store
+        .apply_agent_report(&busy, &ready_report(&["proc-busy"]), at(2))
+        .await
+        .unwrap();
+    let PlaceOutcome::Placed(session) = store
+        .place_session(args(&worlds[0], "s", None))
+        .await
+        .unwrap()
+    else {
+        panic!("placement on the pool machine")
+    };
+    assert_eq!(session.machine_id, busy.id);
+
+    // Hosting an active session: refused, and nothing changed.
+    let refused = store.delete_bare_metal("bm-busy", at(3)).await;
+    assert!(
+        matches!(refused, Err(fleetformd::Error::Conflict { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        serving(store.as_ref(), "bm-busy").await,
+        (Some(busy.id.clone()), Some("zone-1".into()))
+    );
+    let still = store.get_machine(&busy.id).await.unwrap().unwrap();
+    assert_eq!(still.status, MachineStatus::Active);
+    assert_eq!(still.terminated_at_ms, None);
+    assert_eq!(
+        store.get_session("s").await.unwrap().unwrap().status,
+        SessionStatus::Active
+    );
+    assert_eq!(store.machine_processes(&busy.id).await.unwrap().len(), 1);
+    assert!(store
+        .bare_metal_by_token(&pool_hash("bm-busy"))
+        .await
+        .unwrap()
+        .is_some());
+
+    // Idle: removed, and the machine it served ends with it.
+    assert!(store.delete_bare_metal("bm-idle", at(4)).await.unwrap());
+    let ended = store.get_machine(&idle.id).await.unwrap().unwrap();
+    assert_eq!(ended.status, MachineStatus::Terminated);
+    assert_eq!(ended.terminated_at_ms, Some(at(4)));
+    assert!(
+        ended
+            .termination_reason
+            .as_deref()
+            .is_some_and(|reason| !reason.is_empty()),
+        "{ended:?}"
+    );
+    assert!(store.get_bare_metal("bm-idle").await.unwrap().is_none());
+    assert!(store
+        .bare_metal_by_token(&pool_hash("bm-idle"))
+        .await
+        .unwrap()
+        .is_none());
+    let names: Vec<String> = store
+        .list_bare_metal(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["bm-busy"]);
+    // Deleting it again: unknown.
+    assert!(!store.delete_bare_metal("bm-idle", at(5)).await.unwrap());
+
+    // Once its session ends, the busy one can go too.
+    store.end_session("s", at(6)).await.unwrap();
+    assert!(store.delete_bare_metal("bm-busy", at(7)).await.unwrap());
+    assert_eq!(
+        store.get_machine(&busy.id).await.unwrap().unwrap().status,
+        MachineStatus::Terminated
+    );
+    assert!(store.machine_processes(&busy.id).await.unwrap().is_empty());
+}
+
+async fn suite_a_pool_agent_finds_its_machine_and_an_update_moves_it(store: Arc<dyn Store>) {
+    let worlds = pool_worlds(store.as_ref()).await;
+    register(store.as_ref(), "bm-1", POOL).await;
+    assert!(store
+        .bare_metal_by_token(&pool_hash("bm-nope"))
+        .await
+        .unwrap()
+        .is_none());
+    // Free: the pool machine, serving nothing.
+    let (pool, live) = store
+        .bare_metal_by_token(&pool_hash("bm-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (pool.id.as_str(), pool.machine_id, live),
+        ("bm-1", None, None)
+    );
+
+    // Taken: the pool machine and the live machine row it serves.
+    let machine = store
+        .assign_bare_metal(&pool_template(&worlds[0]), 1)
+        .await
+        .unwrap()
+        .remove(0);
+    let (pool, live) = store
+        .bare_metal_by_token(&pool_hash("bm-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pool.id, "bm-1");
+    assert_eq!(
+        (pool.machine_id.as_deref(), pool.zone_id.as_deref()),
+        (Some(machine.id.as_str()), Some("zone-1"))
+    );
+    assert_eq!(live.as_ref(), Some(&machine));
+    // Its agent's report does not move the address players are sent to.
+    store
+        .apply_agent_report(&machine, &ready_report(&["proc-bm"]), at(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_machine(&machine.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .address,
+        Some("bm-1.example.net".into())
+    );
+
+    // An update changes the pool row and the live machine's address, so new sessions go
+    // to the new address.
+    let mut updated = store.get_bare_metal("bm-1").await.unwrap().unwrap();
+    updated.name = "bm-1-renamed".into();
+    updated.address = "10.0.0.99".into();
+    updated.cores = Some(64);
+    updated.memory_gb = None;
+    updated.labels = [("rack".to_string(), "r2".to_string())].into();
+    store.update_bare_metal(&updated).await.unwrap();
+    let read = store.get_bare_metal("bm-1").await.unwrap().unwrap();
+    assert_eq!(read.spec(), updated.spec());
+    assert_eq!(read.machine_id.as_deref(), Some(machine.id.as_str()));
+    assert_eq!(
+        store
+            .get_machine(&machine.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .address,
+        Some("10.0.0.99".into())
+    );
+    let PlaceOutcome::Placed(session) = store
+        .place_session(args(&worlds[0], "s", None))
+        .await
+        .unwrap()
+    else {
+        panic!("placement on the pool machine")
+    };
+    assert_eq!(session.address, "10.0.0.99");
+
+    // Names are unique in the pool: on update and on insert.
+    register(store.as_ref(), "bm-2", POOL).await;
+    let clash = BareMetalMachine {
+        name: "bm-1-renamed".into(),
+        ..pool_machine("bm-2", POOL)
+    };
+    let refused = store.update_bare_metal(&clash).await;
+    assert!(
+        matches!(&refused, Err(fleetformd::Error::Conflict { field: Some(field), .. }) if field == "name"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.get_bare_metal("bm-2").await.unwrap().unwrap().name,
+        "bm-2",
+        "unchanged"
+    );
+    let twin = BareMetalMachine {
+        name: "bm-2".into(),
+        ..pool_machine("bm-3", POOL)
+    };
+    let refused = store.insert_bare_metal(&twin, &pool_hash("bm-3")).await;
+    assert!(
+        matches!(&refused, Err(fleetformd::Error::Conflict { field: Some(field), .. }) if field == "name"),
+        "{refused:?}"
+    );
+    assert!(store.get_bare_metal("bm-3").await.unwrap().is_none());
+}
+
+async fn suite_a_reboot_loses_the_sessions_and_restarts_the_processes(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Parallel, 2, 1).await;
+    let mut sessions = Vec::new();
+    for name in ["a", "b"] {
+        let PlaceOutcome::Placed(session) =
+            store.place_session(args(&world, name, None)).await.unwrap()
+        else {
+            panic!("placement {name}")
+        };
+        sessions.push(session);
+    }
+    let rebooted = sessions[0].machine_id.clone();
+    assert_eq!(sessions[1].machine_id, rebooted, "pack: one machine");
+    let other = world
+        .machines
+        .iter()
+        .find(|m| m.id != rebooted)
+        .unwrap()
+        .id
+        .clone();
+
+    assert_eq!(
+        store
+            .reboot_machine(&rebooted, "rebooted", at(5))
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    for session in &sessions {
+        let lost = store.get_session(&session.id).await.unwrap().unwrap();
+        assert_eq!(lost.status, SessionStatus::Lost);
+        assert_eq!(lost.reason.as_deref(), Some("rebooted"));
+    }
+    // The machine stays in service; its processes are marked for restart and free.
+    let machine = store.get_machine(&rebooted).await.unwrap().unwrap();
+    assert_eq!(machine.status, MachineStatus::Active);
+    assert_eq!(
+        (machine.terminating_since_ms, machine.terminated_at_ms),
+        (None, None)
+    );
+    let processes = store.machine_processes(&rebooted).await.unwrap();
+    assert_eq!(processes.len(), 1);
+    assert!(processes[0].restart_requested, "{processes:?}");
+    assert_eq!(processes[0].active_sessions, 0);
+    let observed = store.zone_observation(&world.zone.id).await.unwrap();
+    let restart: BTreeMap<&str, bool> = observed
+        .processes
+        .iter()
+        .map(|p| (p.machine_id.as_str(), p.restart_requested))
+        .collect();
+    assert_eq!(
+        restart,
+        BTreeMap::from([(rebooted.as_str(), true), (other.as_str(), false)])
+    );
+
+    // New sessions go to the other machine until it is full; the rebooted process, idle
+    // as it is, takes none.
+    for name in ["c", "d", "e", "f"] {
+        let PlaceOutcome::Placed(session) =
+            store.place_session(args(&world, name, None)).await.unwrap()
+        else {
+            panic!("placement {name}")
+        };
+        assert_eq!(session.machine_id, other, "{name}");
+    }
+    assert_eq!(
+        store.place_session(args(&world, "g", None)).await.unwrap(),
+        PlaceOutcome::NoCapacity
+    );
+    // Its agent replaces the process: the fresh one takes sessions.
+    let machine = store.get_machine(&rebooted).await.unwrap().unwrap();
+    let replaced = SyncRequest {
+        exited: vec![ProcessExit {
+            requested: true,
+            ..exit(&processes[0].id, Some(0), None, 0, 6)
+        }],
+        ..ready_report(&["proc-fresh"])
+    };
+    store
+        .apply_agent_report(&machine, &replaced, at(7))
+        .await
+        .unwrap();
+    let PlaceOutcome::Placed(session) = store.place_session(args(&world, "g", None)).await.unwrap()
+    else {
+        panic!("placement on the fresh process")
+    };
+    assert_eq!(session.process_id, "proc-fresh");
+}
+
+async fn suite_a_reboot_needs_a_machine_in_service(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 3, 1).await;
+    assert_eq!(
+        store
+            .reboot_machine("mch-nope", "rebooted", at(1))
+            .await
+            .unwrap(),
+        None
+    );
+    // A terminating machine drains: a reboot does not touch its session or processes.
+    let PlaceOutcome::Placed(session) = store.place_session(args(&world, "s", None)).await.unwrap()
+    else {
+        panic!("placement")
+    };
+    let draining = session.machine_id.clone();
+    store
+        .set_machine_status(&draining, MachineStatus::Terminating)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .reboot_machine(&draining, "rebooted", at(2))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store.get_session("s").await.unwrap().unwrap().status,
+        SessionStatus::Active
+    );
+    let processes = store.machine_processes(&draining).await.unwrap();
+    assert!(
+        processes
+            .iter()
+            .all(|p| !p.restart_requested && p.active_sessions == 1),
+        "{processes:?}"
+    );
+    assert_eq!(
+        store.get_machine(&draining).await.unwrap().unwrap().status,
+        MachineStatus::Terminating
+    );
+    // An ended machine: nothing to reboot.
+    let mut idle = world.machines.iter().filter(|m| m.id != draining);
+    let gone = idle.next().unwrap().id.clone();
+    store.machine_gone(&gone, "scaled in", at(3)).await.unwrap();
+    assert_eq!(
+        store
+            .reboot_machine(&gone, "rebooted", at(4))
+            .await
+            .unwrap(),
+        None
+    );
+    // An idle machine in service: rebooted, no session lost.
+    let in_service = idle.next().unwrap().id.clone();
+    assert_eq!(
+        store
+            .reboot_machine(&in_service, "rebooted", at(5))
+            .await
+            .unwrap(),
+        Some(0)
+    );
+}
+
 macro_rules! sqlite_suite {
     ($($name:ident),+ $(,)?) => {
         $(
@@ -1275,6 +1922,12 @@ mod sqlite {
         suite_crash_filters,
         suite_crash_loop_makes_the_fleet_unavailable_until_ready,
         suite_a_build_change_lifts_a_crash_loop,
+        suite_a_pool_machine_never_serves_two_live_machines,
+        suite_an_ended_machine_frees_its_pool_machine,
+        suite_deleting_a_pool_machine,
+        suite_a_pool_agent_finds_its_machine_and_an_update_moves_it,
+        suite_a_reboot_loses_the_sessions_and_restarts_the_processes,
+        suite_a_reboot_needs_a_machine_in_service,
     );
     use super::sqlite;
 }

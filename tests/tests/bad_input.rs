@@ -51,6 +51,21 @@ fn zone_body(fleet_id: &str) -> Value {
     })
 }
 
+fn bare_metal_body() -> Value {
+    json!({ "name": "bm-1", "location": "local", "address": "10.0.0.7" })
+}
+
+/// A zone whose one data center asks for the bare-metal pool at `local`, which offers VMs:
+/// valid in shape (so it reaches the server's location check), wrong for this server.
+fn bare_metal_zone_body(fleet_id: &str) -> Value {
+    let mut body = zone_body(fleet_id);
+    let data_center = body["data_centers"][0].as_object_mut().unwrap();
+    data_center.insert("machine_type".into(), json!("bare_metal"));
+    data_center.insert("bare_metal_machines".into(), json!(1));
+    data_center.remove("max_server_processes");
+    body
+}
+
 fn with(mut body: Value, path: &[&str], value: Value) -> Value {
     let (last, parents) = path.split_last().expect("a path");
     let mut target = &mut body;
@@ -70,6 +85,12 @@ fn with(mut body: Value, path: &[&str], value: Value) -> Value {
 
 fn without(mut body: Value, key: &str) -> Value {
     body.as_object_mut().unwrap().remove(key);
+    body
+}
+
+/// `body` without `key` in its first data center.
+fn without_dc_key(mut body: Value, key: &str) -> Value {
+    body["data_centers"][0].as_object_mut().unwrap().remove(key);
     body
 }
 
@@ -182,6 +203,40 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() -> Result<(
         case("fleet crashes: bad limit on an unknown fleet", "GET", "/v1/fleets/flt-nope/crashes?limit=x", None, 422, Some("limit")),
         case("fleet crashes: fleet filter on a fleet's route", "GET", format!("/v1/fleets/{f}/crashes?fleet=other"), None, 400, Some("fleet")),
         case("fleet crashes: unknown filter", "GET", format!("/v1/fleets/{f}/crashes?exit_code=3"), None, 400, Some("exit_code")),
+        // bare-metal pool (this server has no bare_metal location: `local` and `sim` only)
+        case("bare metal: unknown field", "POST", "/v1/bare-metal-machines", Some(with(bare_metal_body(), &["colour"], json!("red"))), 400, Some("colour")),
+        case("bare metal: missing name", "POST", "/v1/bare-metal-machines", Some(without(bare_metal_body(), "name")), 400, Some("name")),
+        case("bare metal: missing address", "POST", "/v1/bare-metal-machines", Some(without(bare_metal_body(), "address")), 400, Some("address")),
+        case("bare metal: wrong type", "POST", "/v1/bare-metal-machines", Some(with(bare_metal_body(), &["cores"], json!("many"))), 400, Some("cores")),
+        case("bare metal: address with a scheme", "POST", "/v1/bare-metal-machines", Some(with(bare_metal_body(), &["address"], json!("http://x"))), 422, Some("address")),
+        case("bare metal: zero cores", "POST", "/v1/bare-metal-machines", Some(with(bare_metal_body(), &["cores"], json!(0))), 422, Some("cores")),
+        case("bare metal: zero memory", "POST", "/v1/bare-metal-machines", Some(with(bare_metal_body(), &["memory_gb"], json!(0))), 422, Some("memory_gb")),
+        case("bare metal: empty label key", "POST", "/v1/bare-metal-machines", Some(with(bare_metal_body(), &["labels"], json!({ "": "v" }))), 422, Some("labels.")),
+        case("bare metal: bad name", "POST", "/v1/bare-metal-machines", Some(with(bare_metal_body(), &["name"], json!("bm 1"))), 422, Some("name")),
+        case("bare metal: vm location", "POST", "/v1/bare-metal-machines", Some(bare_metal_body()), 422, Some("location")),
+        case("bare metal: sim location", "POST", "/v1/bare-metal-machines", Some(with(bare_metal_body(), &["location"], json!("sim"))), 422, Some("location")),
+        case("bare metal: unknown location", "POST", "/v1/bare-metal-machines", Some(with(bare_metal_body(), &["location"], json!("mars"))), 422, Some("location")),
+        case("bare metal: oversized", "POST", "/v1/bare-metal-machines", huge.clone(), 413, None),
+        case("bare metal: update unknown field", "PUT", "/v1/bare-metal-machines/bm-nope", Some(with(bare_metal_body(), &["colour"], json!("red"))), 400, Some("colour")),
+        case("bare metal: update missing name", "PUT", "/v1/bare-metal-machines/bm-nope", Some(without(bare_metal_body(), "name")), 400, Some("name")),
+        case("bare metal: update bad address", "PUT", "/v1/bare-metal-machines/bm-nope", Some(with(bare_metal_body(), &["address"], json!("http://x"))), 422, Some("address")),
+        case("bare metal: update zero cores", "PUT", "/v1/bare-metal-machines/bm-nope", Some(with(bare_metal_body(), &["cores"], json!(0))), 422, Some("cores")),
+        case("bare metal: update empty label key", "PUT", "/v1/bare-metal-machines/bm-nope", Some(with(bare_metal_body(), &["labels"], json!({ "": "v" }))), 422, Some("labels.")),
+        case("bare metal: update unknown id", "PUT", "/v1/bare-metal-machines/bm-nope", Some(bare_metal_body()), 404, None),
+        case("bare metal: unknown id", "GET", "/v1/bare-metal-machines/bm-nope", None, 404, None),
+        case("bare metal: delete unknown", "DELETE", "/v1/bare-metal-machines/bm-nope", None, 404, None),
+        case("bare metal: unknown filter", "GET", "/v1/bare-metal-machines?colour=red", None, 400, Some("colour")),
+        case("bare metal: wrong method", "PATCH", "/v1/bare-metal-machines", Some(bare_metal_body()), 405, None),
+        // machines
+        case("machine: reboot unknown", "POST", "/v1/machines/mch-nope/reboot", None, 404, None),
+        case("machine: revoke unknown", "POST", "/v1/machines/mch-nope/revoke", None, 404, None),
+        // zones with bare metal
+        case("zone: bare metal at a vm location", "POST", "/v1/zones", Some(with(bare_metal_zone_body(f), &["name"], json!("metal"))), 422, Some("data_centers[0].machine_type")),
+        case("zone: update to bare metal at a vm location", "PUT", format!("/v1/zones/{z}"), Some(bare_metal_zone_body(f)), 422, Some("data_centers[0].machine_type")),
+        case("zone: bare metal without a pool count", "POST", "/v1/zones", Some(without_dc_key(bare_metal_zone_body(f), "bare_metal_machines")), 422, Some("data_centers[0].bare_metal_machines")),
+        case("zone: bare metal with a vm maximum", "POST", "/v1/zones", Some(with(bare_metal_zone_body(f), &["data_centers", "0", "max_server_processes"], json!(1))), 422, Some("data_centers[0].max_server_processes")),
+        case("zone: pool count on a vm data center", "POST", "/v1/zones", Some(with(zone_body(f), &["data_centers", "0", "bare_metal_machines"], json!(1))), 422, Some("data_centers[0].bare_metal_machines")),
+        case("zone: bad machine type", "POST", "/v1/zones", Some(with(zone_body(f), &["data_centers", "0", "machine_type"], json!("mainframe"))), 400, Some("data_centers[0].machine_type")),
         // the rest
         case("malformed path", "GET", "/v1/builds/%FF", None, 400, None),
         case("malformed query value", "GET", "/v1/sessions?status=%FF", None, 422, Some("status")),
@@ -227,6 +282,15 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() -> Result<(
                     body.error.field, case.field
                 ))
             }
+            // A 404 about the missing thing, from its route: not the fallback of a route
+            // that does not exist.
+            Ok(body)
+                if status == 404
+                    && body.error.message.starts_with("route ")
+                        != (case.name == "unknown route") =>
+            {
+                Some(format!("404 from the wrong place: {text}"))
+            }
             Ok(_) => None,
         };
         if let Some(problem) = problem {
@@ -241,6 +305,9 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() -> Result<(
         format!("/v1/fleets/{f}/events"),
         "/v1/crashes".to_string(),
         format!("/v1/fleets/{f}/crashes"),
+        // It hands out agent tokens.
+        "/v1/bare-metal-machines".to_string(),
+        "/v1/bare-metal-machines/bm-nope".to_string(),
     ];
     for path in &guarded {
         for token in [None, Some("wrong")] {
@@ -284,6 +351,16 @@ async fn bad_input_gets_a_4xx_naming_the_field_and_changes_nothing() -> Result<(
         count_rows(&server, "SELECT COUNT(*) FROM sessions WHERE id <> ?", "").await?,
         0
     );
+    assert_eq!(
+        count_rows(
+            &server,
+            "SELECT COUNT(*) FROM bare_metal_machines WHERE id <> ?",
+            ""
+        )
+        .await?,
+        0
+    );
+    assert!(client.bare_metal_machines(None).await?.is_empty());
     Ok(())
 }
 
