@@ -3,7 +3,7 @@
 //! center and a VM data center of the same priority. Bare metal fills first, the VMs take
 //! the overflow, the scaler stops VMs and never bare metal, a lowered
 //! `bare_metal_machines` gives an idle machine back to the pool (its agent stays, idle),
-//! and destroy revokes the agents.
+//! a machine hosting a session cannot leave the pool, and destroy revokes the agents.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -310,6 +310,24 @@ async fn bare_metal_fills_first_and_the_scaler_never_stops_it() -> Result<()> {
     assert!(agents.iter_mut().all(OperatorAgent::running));
     let (changes, plan) = tf.plan_has_changes()?;
     assert!(!changes, "plan is clean after the change:\n{}", plan.text());
+
+    // The pool machine that hosts a session cannot leave the pool.
+    let busy = pool
+        .iter()
+        .find(|m| m.machine_id.as_deref() == Some(kept.machine_id.as_str()))
+        .context("the busy pool machine")?;
+    let refused = client
+        .delete_bare_metal_machine(&busy.id)
+        .await
+        .expect_err("a pool machine hosting a session is not removed");
+    assert_eq!(
+        refused.status().map(|s| s.as_u16()),
+        Some(409),
+        "{refused:?}"
+    );
+    let session = client.get_session(&kept.id).await?;
+    assert_eq!(session.status, SessionStatus::Active, "{session:?}");
+    client.get_bare_metal_machine(&busy.id).await?;
 
     // Destroy: the zone goes first, then the pool machines, whose agents are revoked.
     tf.ok(&["destroy", "-auto-approve", "-no-color", "-input=false"])?;
