@@ -115,6 +115,40 @@ async fn soft_then_forced_build_updates_during_play() -> Result<()> {
     .with_context(|| server.log())?;
     let status = client.zone_status(&zone.id).await?;
     assert_eq!(status.machines.get("WAITING_UPDATE"), None, "{status:?}");
+    // The fleet's events tell the update's start and end.
+    let update_events = |code: &'static str| {
+        let client = client.clone();
+        let fleet = fleet.id.clone();
+        async move {
+            client
+                .fleet_events(
+                    &fleet,
+                    &EventQuery {
+                        text: Some(code.into()),
+                        ..EventQuery::default()
+                    },
+                )
+                .await
+        }
+    };
+    let started = update_events("BUILD_UPDATE_STARTED").await?;
+    assert_eq!(started.len(), 1, "{started:#?}");
+    assert!(
+        started[0].message.contains(&v2.id) && started[0].message.contains("soft"),
+        "{}",
+        started[0].message
+    );
+    let completed = eventually(Duration::from_secs(10), "update complete", || async {
+        let events = update_events("BUILD_UPDATE_COMPLETED").await?;
+        Ok((!events.is_empty()).then_some(events))
+    })
+    .await?;
+    assert_eq!(completed.len(), 1, "{completed:#?}");
+    assert!(
+        completed[0].message.contains(&v2.id),
+        "{}",
+        completed[0].message
+    );
 
     // -- force: v3 moves every process now; the sessions on v2 are LOST and counted.
     let v3 = build_at(&client, &builds, "v3").await?;

@@ -364,7 +364,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn get_fleet(&self, id_or_name: &str) -> Result<Option<Fleet>>;
     /// Replaces a fleet's settings. When its build or launch settings change, a crash-loop
     /// verdict is lifted (event `FLEET_RECOVERED`, same transaction) and earlier crashes no
-    /// longer count toward a new one.
+    /// longer count toward a new one. A build change starts a build update (event
+    /// `BUILD_UPDATE_STARTED`, same transaction; see [`Store::finish_build_update`]).
     async fn update_fleet(&self, fleet: &Fleet) -> Result<()>;
     /// Removes a fleet with no zones, and its ended sessions (else a conflict).
     async fn delete_fleet(&self, id: &str) -> Result<bool>;
@@ -431,6 +432,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// replaces it), in one transaction. The number of sessions LOST; `None` when the
     /// machine does not exist or is not in service (ended or terminating).
     async fn reboot_machine(&self, id: &str, reason: &str, now_ms: i64) -> Result<Option<u32>>;
+    /// Ends a fleet's build update (recorded with its `BUILD_UPDATE_STARTED` event by
+    /// [`Store::update_fleet`] when the build changes) once no live process of another
+    /// build remains, with its `BUILD_UPDATE_COMPLETED` event, in one transaction. True
+    /// when it ended one.
+    async fn finish_build_update(&self, fleet_id: &str, now_ms: i64) -> Result<bool>;
     async fn fleet_machines(&self, fleet_id: &str) -> Result<Vec<MachineRecord>>;
     async fn fleet_processes(&self, fleet_id: &str) -> Result<Vec<ProcessRecord>>;
     async fn machine_processes(&self, machine_id: &str) -> Result<Vec<ProcessRecord>>;

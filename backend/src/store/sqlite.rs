@@ -819,6 +819,40 @@ impl Store for SqliteStore {
                 event_inserted(&mut tx, &event).await?;
             }
         }
+        if let Some((old_build, ..)) = before.as_ref().filter(|(b, ..)| b != &fleet.build_id) {
+            // A build update starts (or, mid-update, is redirected to the newer build).
+            sqlx::query(
+                "INSERT INTO build_updates (fleet_id, from_build, to_build, mode, started_at) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT (fleet_id) DO UPDATE SET to_build = excluded.to_build, mode = excluded.mode",
+            )
+            .bind(&fleet.id)
+            .bind(old_build)
+            .bind(&fleet.build_id)
+            .bind(fleet.update_mode.as_str())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            let how = match fleet.update_mode {
+                fleetform_api::UpdateMode::Soft => {
+                    "soft: processes of the old build finish their sessions, take no new one, and are replaced once idle"
+                }
+                fleetform_api::UpdateMode::Force => {
+                    "force: every process moves now; sessions on the old build end LOST"
+                }
+            };
+            let event = EventRecord::new(
+                EventLevel::Info,
+                EventProducer::Fleet,
+                "BUILD_UPDATE_STARTED",
+                format!(
+                    "fleet {}: build update from {old_build} to {} ({how})",
+                    fleet.name, fleet.build_id
+                ),
+            )
+            .fleet(&fleet.id)
+            .at(now_ms);
+            event_inserted(&mut tx, &event).await?;
+        }
         if relaunched {
             sqlx::query(
                 "UPDATE fleets SET crash_loop_build_id = NULL, crash_loop_since = NULL, crash_count_from = ? WHERE id = ?",
@@ -865,6 +899,10 @@ impl Store for SqliteStore {
                 ),
             ));
         }
+        sqlx::query("DELETE FROM build_updates WHERE fleet_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM sessions WHERE fleet_id = ?")
             .bind(id)
             .execute(&mut *tx)
@@ -1444,6 +1482,47 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(assigned)
+    }
+
+    async fn finish_build_update(&self, fleet_id: &str, now_ms: i64) -> Result<bool> {
+        let mut tx = self.write.begin().await?;
+        let update: Option<(String, String, i64)> = sqlx::query_as(
+            "SELECT from_build, to_build, started_at FROM build_updates WHERE fleet_id = ?",
+        )
+        .bind(fleet_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((from_build, to_build, started_at)) = update else {
+            return Ok(false);
+        };
+        let old: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM processes WHERE fleet_id = ? AND build_id <> ? AND agent_state IN {LIVE_STATES}"
+        ))
+        .bind(fleet_id)
+        .bind(&to_build)
+        .fetch_one(&mut *tx)
+        .await?;
+        if old > 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM build_updates WHERE fleet_id = ?")
+            .bind(fleet_id)
+            .execute(&mut *tx)
+            .await?;
+        let event = EventRecord::new(
+            EventLevel::Info,
+            EventProducer::Fleet,
+            "BUILD_UPDATE_COMPLETED",
+            format!(
+                "build update from {from_build} to {to_build} complete: no process of another build runs ({:.1} s)",
+                (now_ms - started_at) as f64 / 1000.0
+            ),
+        )
+        .fleet(fleet_id)
+        .at(now_ms);
+        event_inserted(&mut tx, &event).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn fleet_machines(&self, fleet_id: &str) -> Result<Vec<MachineRecord>> {

@@ -463,6 +463,11 @@ impl Reconciler {
         if plan.partial {
             self.changes.bump();
         }
+        // Level-triggered like the rest: whichever zone's pass first sees the fleet's
+        // last old process gone records the update's end.
+        if self.store.finish_build_update(&fleet.id, now).await? {
+            tracing::info!(fleet = %fleet.id, build = %fleet.build_id, "build update complete");
+        }
         Ok(())
     }
 
