@@ -218,6 +218,55 @@ impl Drop for Fleetformd {
     }
 }
 
+/// An operator's `fleetform-agent` on a bare-metal pool machine, started with the pool
+/// machine's `agent_token` (as an operator installs it); killed when dropped.
+pub struct OperatorAgent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl OperatorAgent {
+    /// Starts the agent of pool machine `name`. Its work directory is inside the server's
+    /// data directory, so [`Fleetformd`]'s cleanup finds it too.
+    pub fn start(server: &Fleetformd, name: &str, token: &str) -> Result<Self> {
+        let work_dir = server.data_dir().join("operator").join(name);
+        std::fs::create_dir_all(&work_dir)?;
+        let log = work_dir.with_extension("log");
+        let child = Command::new(binary("fleetform-agent"))
+            .arg("--server")
+            .arg(&server.url)
+            .arg("--work-dir")
+            .arg(&work_dir)
+            .arg("--address")
+            .arg("127.0.0.1")
+            .env("FLEETFORM_AGENT_TOKEN", token)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("start fleetform-agent")?;
+        Ok(OperatorAgent { child, log })
+    }
+
+    /// Whether the agent still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Its log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for OperatorAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Pids of live (non-zombie) processes with an argument containing `needle`.
 pub fn pids_with_arg_containing(needle: &str) -> Vec<i32> {
     let mut pids = Vec::new();

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -111,45 +110,6 @@ output "zone_id" {{
         pool = pool_tf(),
         build = build_dir.display(),
     )
-}
-
-/// An operator's `fleetform-agent` on a bare-metal machine; killed when dropped.
-struct OperatorAgent(Child);
-
-impl OperatorAgent {
-    /// Starts an agent with a pool machine's token. Its work directory is inside the
-    /// server's data directory, so the harness's cleanup finds it too.
-    fn start(server: &Fleetformd, name: &str, token: &str) -> Result<Self> {
-        let work_dir = server.data_dir().join("operator").join(name);
-        std::fs::create_dir_all(&work_dir)?;
-        let log = std::fs::File::create(work_dir.with_extension("log"))?;
-        let child = Command::new(binary("fleetform-agent"))
-            .arg("--server")
-            .arg(&server.url)
-            .arg("--work-dir")
-            .arg(&work_dir)
-            .arg("--address")
-            .arg("127.0.0.1")
-            .env("FLEETFORM_AGENT_TOKEN", token)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("start fleetform-agent")?;
-        Ok(OperatorAgent(child))
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.0.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for OperatorAgent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 async fn place(client: &Client, fleet: &str, key: &str) -> Result<Session> {

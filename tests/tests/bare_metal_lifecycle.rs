@@ -8,7 +8,6 @@
 //! Destroy refused while the machine hosts sessions is `bare_metal.rs`'s (with a real
 //! session on it).
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -113,51 +112,6 @@ fn assert_clean(tf: &Terraform, after: &str) -> Result<()> {
     Ok(())
 }
 
-/// An operator's `fleetform-agent` on the pool machine; killed when dropped.
-struct OperatorAgent(Child);
-
-impl OperatorAgent {
-    /// Starts an agent with a pool machine's token. Its work directory is inside the
-    /// server's data directory, so the harness's cleanup finds it too.
-    fn start(server: &Fleetformd, token: &str) -> Result<Self> {
-        let work_dir = server.data_dir().join("operator").join("fra-bm-01");
-        std::fs::create_dir_all(&work_dir)?;
-        let log = std::fs::File::create(work_dir.with_extension("log"))?;
-        let child = Command::new(binary("fleetform-agent"))
-            .arg("--server")
-            .arg(&server.url)
-            .arg("--work-dir")
-            .arg(&work_dir)
-            .arg("--address")
-            .arg("127.0.0.1")
-            .env("FLEETFORM_AGENT_TOKEN", token)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("start fleetform-agent")?;
-        Ok(OperatorAgent(child))
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.0.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for OperatorAgent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The agent's log, for failure messages.
-fn agent_log(server: &Fleetformd) -> String {
-    std::fs::read_to_string(server.data_dir().join("operator").join("fra-bm-01.log"))
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_with_clean_plans_import_and_drift() -> Result<()> {
     let server = Fleetformd::start_with_config(CONFIG)?;
@@ -192,19 +146,19 @@ async fn lifecycle_with_clean_plans_import_and_drift() -> Result<()> {
     );
 
     // -- an agent heartbeating with the token changes the live figures; the plan stays empty.
-    let mut agent = OperatorAgent::start(&server, &token)?;
+    let mut agent = OperatorAgent::start(&server, "fra-bm-01", &token)?;
     let first_beat = eventually(Duration::from_secs(20), "a first heartbeat", || async {
         Ok(client.get_bare_metal_machine(&id).await?.last_heartbeat_at)
     })
     .await
-    .with_context(|| agent_log(&server))?;
+    .with_context(|| agent.log())?;
     assert_clean(&tf, "a heartbeat")?;
     eventually(Duration::from_secs(20), "a newer heartbeat", || async {
         let beat = client.get_bare_metal_machine(&id).await?.last_heartbeat_at;
         Ok(beat.filter(|beat| *beat != first_beat).map(|_| ()))
     })
     .await
-    .with_context(|| agent_log(&server))?;
+    .with_context(|| agent.log())?;
     assert_clean(&tf, "another heartbeat")?;
     id_and_token(&tf)?;
 
@@ -242,11 +196,7 @@ async fn lifecycle_with_clean_plans_import_and_drift() -> Result<()> {
             labels: [("rack".to_string(), "r12".to_string())].into(),
         }
     );
-    assert!(
-        agent.running(),
-        "the token still works: {}",
-        agent_log(&server)
-    );
+    assert!(agent.running(), "the token still works: {}", agent.log());
 
     // -- dropping the optional attributes clears them on the server.
     tf.write_main(&machine_tf(BASE))?;
@@ -295,7 +245,7 @@ async fn lifecycle_with_clean_plans_import_and_drift() -> Result<()> {
         },
     )
     .await
-    .with_context(|| agent_log(&server))?;
+    .with_context(|| agent.log())?;
     let (id, token) = (replaced_id, replaced_token);
 
     // -- forgotten and imported by id: everything is read back, the token included, and
