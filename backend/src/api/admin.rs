@@ -21,7 +21,7 @@ fn first_error(errors: Vec<validate::FieldError>) -> Result<()> {
     }
 }
 
-fn immutable(field: &str, what: &str) -> Error {
+pub(super) fn immutable(field: &str, what: &str) -> Error {
     Error::invalid(
         field,
         format!("cannot be changed on an existing {what}; create a new one instead"),

@@ -10,7 +10,7 @@ use axum::Json;
 use fleetform_api::validate::validate_bare_metal_spec;
 use fleetform_api::{BareMetalMachine, BareMetalMachineList, BareMetalMachineSpec, MachineType};
 
-use super::admin::location_machine_type;
+use super::admin::{immutable, location_machine_type};
 use super::extract::{Id, JsonBody, QueryMap};
 use super::AppState;
 use crate::time::{new_id, now_ms, rfc3339};
@@ -114,10 +114,7 @@ pub async fn update(
     }
     let mut machine = load(&state, &id).await?;
     if spec.location != machine.location {
-        return Err(Error::invalid(
-            "location",
-            "cannot be changed on an existing bare-metal machine; register a new one instead",
-        ));
+        return Err(immutable("location", "bare-metal machine"));
     }
     machine.name = spec.name;
     machine.address = spec.address;

@@ -649,6 +649,37 @@ async fn end_machine_in(
     Ok(())
 }
 
+/// Inserts a machine row (with its agent token's hash).
+async fn machine_inserted(
+    connection: &mut sqlx::SqliteConnection,
+    machine: &MachineRecord,
+    token_hash: &str,
+) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO machines (id, zone_id, fleet_id, data_center, location, instance_type, processes_per_machine,
+            status, build_id, token_hash, driver_ref, address, created_at, target_processes, bare_metal_id)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&machine.id)
+    .bind(&machine.zone_id)
+    .bind(&machine.fleet_id)
+    .bind(&machine.data_center)
+    .bind(&machine.location)
+    .bind(&machine.instance_type)
+    .bind(i64::from(machine.processes_per_machine))
+    .bind(machine.status.as_str())
+    .bind(&machine.build_id)
+    .bind(token_hash)
+    .bind(&machine.driver_ref)
+    .bind(&machine.address)
+    .bind(machine.created_at_ms)
+    .bind(i64::from(machine.target_processes))
+    .bind(&machine.bare_metal_id)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
 /// The pool columns and the live machine a pool machine serves.
 const BARE_METAL_SELECT: &str =
     "SELECT b.*, m.id AS serving_machine_id, m.zone_id AS serving_zone_id,
@@ -1069,30 +1100,10 @@ impl Store for SqliteStore {
     }
 
     async fn insert_machine(&self, machine: &MachineRecord, token_hash: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO machines (id, zone_id, fleet_id, data_center, location, instance_type, processes_per_machine,
-                status, build_id, token_hash, driver_ref, address, created_at, target_processes, bare_metal_id)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&machine.id)
-        .bind(&machine.zone_id)
-        .bind(&machine.fleet_id)
-        .bind(&machine.data_center)
-        .bind(&machine.location)
-        .bind(&machine.instance_type)
-        .bind(i64::from(machine.processes_per_machine))
-        .bind(machine.status.as_str())
-        .bind(&machine.build_id)
-        .bind(token_hash)
-        .bind(&machine.driver_ref)
-        .bind(&machine.address)
-        .bind(machine.created_at_ms)
-        .bind(i64::from(machine.target_processes))
-        .bind(&machine.bare_metal_id)
-        .execute(&self.write)
-        .await
-        .map_err(|e| fix_error(e, "machine", "id"))?;
-        Ok(())
+        let mut connection = self.write.acquire().await?;
+        machine_inserted(&mut connection, machine, token_hash)
+            .await
+            .map_err(|e| fix_error(e, "machine", "id"))
     }
 
     async fn get_machine(&self, id: &str) -> Result<Option<MachineRecord>> {
@@ -1455,29 +1466,9 @@ impl Store for SqliteStore {
                 bare_metal_id: Some(pool_id),
                 ..template.clone()
             };
-            sqlx::query(
-                "INSERT INTO machines (id, zone_id, fleet_id, data_center, location, instance_type, processes_per_machine,
-                    status, build_id, token_hash, driver_ref, address, created_at, target_processes, bare_metal_id)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&machine.id)
-            .bind(&machine.zone_id)
-            .bind(&machine.fleet_id)
-            .bind(&machine.data_center)
-            .bind(&machine.location)
-            .bind(&machine.instance_type)
-            .bind(i64::from(machine.processes_per_machine))
-            .bind(machine.status.as_str())
-            .bind(&machine.build_id)
-            // Its agent authenticates with the pool machine's token, never this one.
-            .bind(format!("bare-metal:{}", machine.id))
-            .bind(&machine.driver_ref)
-            .bind(&machine.address)
-            .bind(machine.created_at_ms)
-            .bind(i64::from(machine.target_processes))
-            .bind(&machine.bare_metal_id)
-            .execute(&mut *tx)
-            .await?;
+            // Its agent authenticates with the pool machine's token, never with this one.
+            let unusable_token = format!("bare-metal:{}", machine.id);
+            machine_inserted(&mut tx, &machine, &unusable_token).await?;
             assigned.push(machine);
         }
         tx.commit().await?;
