@@ -1598,6 +1598,16 @@ async fn suite_deleting_a_pool_machine(store: Arc<dyn Store>) {
             .is_some_and(|reason| !reason.is_empty()),
         "{ended:?}"
     );
+    let events = store
+        .list_events(&EventFilter {
+            machine_id: Some(idle.id.clone()),
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0].code, "BARE_METAL_REMOVED");
+    assert_eq!(events[0].at_ms, at(4));
     assert!(store.get_bare_metal("bm-idle").await.unwrap().is_none());
     assert!(store
         .bare_metal_by_token(&pool_hash("bm-idle"))

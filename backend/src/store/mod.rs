@@ -451,8 +451,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Writes a pool machine's mutable fields (name, address, cores, memory, labels).
     async fn update_bare_metal(&self, machine: &BareMetalMachine) -> Result<()>;
     /// Removes a pool machine (revoking its agent token); the machine it serves, if any,
-    /// ends `TERMINATED` in the same transaction. A conflict while that machine hosts an
-    /// active session; false when the id is unknown.
+    /// ends `TERMINATED` with a `BARE_METAL_REMOVED` event in the same transaction. A
+    /// conflict while that machine hosts an active session; false when the id is unknown.
     async fn delete_bare_metal(&self, id: &str, now_ms: i64) -> Result<bool>;
     /// The pool machine whose agent token hashes to `token_hash`, and the live machine it
     /// serves now, if a zone took it.

@@ -1374,14 +1374,15 @@ impl Store for SqliteStore {
         if known.is_none() {
             return Ok(false);
         }
-        let serving: Option<(String, i64)> = sqlx::query_as(
-            "SELECT m.id, (SELECT COUNT(*) FROM sessions s WHERE s.machine_id = m.id AND s.status = 'ACTIVE')
+        let serving: Option<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT m.id, m.fleet_id, m.zone_id,
+                (SELECT COUNT(*) FROM sessions s WHERE s.machine_id = m.id AND s.status = 'ACTIVE')
              FROM machines m WHERE m.bare_metal_id = ? AND m.status NOT IN ('TERMINATED', 'UNHEALTHY')",
         )
         .bind(id)
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some((machine_id, sessions)) = serving {
+        if let Some((machine_id, fleet_id, zone_id, sessions)) = serving {
             if sessions > 0 {
                 return Err(Error::conflict(
                     "machine_in_use",
@@ -1390,14 +1391,26 @@ impl Store for SqliteStore {
                     ),
                 ));
             }
+            let reason = "its bare-metal machine was removed from the pool";
             end_machine_in(
                 &mut tx,
                 &machine_id,
-                "its bare-metal machine was removed from the pool",
+                reason,
                 now_ms,
                 MachineStatus::Terminated,
             )
             .await?;
+            let event = EventRecord::new(
+                EventLevel::Warning,
+                EventProducer::Machine,
+                "BARE_METAL_REMOVED",
+                format!("machine {machine_id} ended: bare-metal machine {id} was removed from the pool; its zone takes another if the pool has one"),
+            )
+            .fleet(&fleet_id)
+            .zone(&zone_id)
+            .machine(&machine_id)
+            .at(now_ms);
+            event_inserted(&mut tx, &event).await?;
         }
         sqlx::query("DELETE FROM bare_metal_machines WHERE id = ?")
             .bind(id)
