@@ -64,10 +64,16 @@ pub fn resource_schemas() -> Vec<(String, Schema)> {
 
 /// The schemas of the provider's data sources by type name.
 pub fn data_source_schemas() -> Vec<(String, Schema)> {
-    vec![(
-        format!("{PROVIDER_NAME}_zone_status"),
-        data_sources::zone_status::zone_status_schema(),
-    )]
+    vec![
+        (
+            format!("{PROVIDER_NAME}_zone_status"),
+            data_sources::zone_status::zone_status_schema(),
+        ),
+        (
+            format!("{PROVIDER_NAME}_locations"),
+            data_sources::locations::locations_schema(),
+        ),
+    ]
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use tf_provider::value::{Value, ValueEmpty};
 use tf_provider::{AttributePath, Diagnostics, DynamicDataSource, DynamicResource, Provider};
 
 use crate::client::SharedClient;
+use crate::data_sources::locations::LocationsDataSource;
 use crate::data_sources::zone_status::ZoneStatusDataSource;
 use crate::resources::bare_metal_machine::BareMetalMachineResource;
 use crate::resources::build::BuildResource;
@@ -148,12 +149,20 @@ impl Provider for FleetformProvider {
         &self,
         _diags: &mut Diagnostics,
     ) -> Option<HashMap<String, Box<dyn DynamicDataSource>>> {
-        Some(HashMap::from([(
-            "zone_status".to_string(),
-            Box::new(ZoneStatusDataSource {
-                client: self.client.clone(),
-            }) as Box<dyn DynamicDataSource>,
-        )]))
+        Some(HashMap::from([
+            (
+                "zone_status".to_string(),
+                Box::new(ZoneStatusDataSource {
+                    client: self.client.clone(),
+                }) as Box<dyn DynamicDataSource>,
+            ),
+            (
+                "locations".to_string(),
+                Box::new(LocationsDataSource {
+                    client: self.client.clone(),
+                }),
+            ),
+        ]))
     }
 }
 

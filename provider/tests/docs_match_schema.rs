@@ -5,7 +5,7 @@
 //! names the schema has; and a zone page that shows each `examples/scaling/<mode>` zone.
 //! `examples_terraform.rs` checks the same examples with the real `terraform`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use tf_provider::schema::{AttributeConstraint, AttributeType, Block, NestedBlock, Schema};
@@ -31,7 +31,20 @@ fn type_label(attr_type: &AttributeType) -> String {
         AttributeType::List(inner) => format!("List of {}", type_label(inner)),
         AttributeType::Set(inner) => format!("Set of {}", type_label(inner)),
         AttributeType::Map(inner) => format!("Map of {}", type_label(inner)),
+        AttributeType::Object(_) => "Object".into(),
         other => panic!("no doc label for {other:?}"),
+    }
+}
+
+/// The fields of an object type, directly or as the element of a collection: tfplugindocs
+/// documents them in a nested schema, in the section of the attribute that holds them.
+fn object_fields(attr_type: &AttributeType) -> Option<&HashMap<String, AttributeType>> {
+    match attr_type {
+        AttributeType::Object(fields) => Some(fields),
+        AttributeType::List(inner) | AttributeType::Set(inner) | AttributeType::Map(inner) => {
+            object_fields(inner)
+        }
+        _ => None,
     }
 }
 
@@ -59,6 +72,15 @@ fn schema_entries(block: &Block, scope: &str, entries: &mut Entries) {
             label.push_str(", Sensitive");
         }
         entries.insert((scope.into(), name.clone()), (section.into(), label));
+        if let Some(fields) = object_fields(&attribute.attr_type) {
+            let inner_scope = qualified(scope, name);
+            for (field, field_type) in fields {
+                entries.insert(
+                    (inner_scope.clone(), field.clone()),
+                    (section.into(), type_label(field_type)),
+                );
+            }
+        }
     }
     for (name, nested) in &block.blocks {
         let (label, inner) = nested_block(nested);
@@ -293,6 +315,48 @@ fn the_checker_catches_disagreements() {
     }
 }
 
+/// Object-typed attributes (`fleetform_locations.locations`) are checked field by field in
+/// their nested schema.
+#[test]
+fn the_checker_reads_nested_object_schemas() {
+    let (_, schema) = data_source_schemas()
+        .into_iter()
+        .find(|(name, _)| name == "fleetform_locations")
+        .unwrap();
+    let page = read("docs/data-sources/locations.md");
+    assert_eq!(compare_page(&schema, &page), Vec::<String>::new());
+
+    let cases: &[(&str, &str, &str, &str)] = &[
+        (
+            "missing field",
+            "- `driver` (String)\n",
+            "",
+            "`locations.driver` is in the schema but not documented",
+        ),
+        (
+            "wrong field type",
+            "- `machine_types` (List of String)\n",
+            "- `machine_types` (String)\n",
+            "`locations.machine_types` is documented as (String), the schema says (List of String)",
+        ),
+        (
+            "extra field",
+            "- `name` (String)\n",
+            "- `name` (String)\n- `region` (String)\n",
+            "`locations.region` is documented but not in the schema",
+        ),
+    ];
+    for (case, from, to, expected) in cases {
+        assert!(page.contains(from), "{case}: fixture text not found");
+        let broken = page.replacen(from, to, 1);
+        let problems = compare_page(&schema, &broken);
+        assert!(
+            problems.iter().any(|p| p == expected),
+            "{case}: expected {expected:?} in {problems:?}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Examples
 
@@ -441,10 +505,13 @@ fn example_files() -> Vec<String> {
     files
 }
 
-/// Whether an HCL file declares a fleetform resource or data source.
+/// Whether an HCL file declares a fleetform resource or data source with a body (a block
+/// written `{}`, such as an argument-less `data "fleetform_locations" "x" {}`, has no name
+/// to scan).
 fn declares_fleetform(hcl: &str) -> bool {
     hcl.lines().any(|line| {
-        line.starts_with("resource \"fleetform_") || line.starts_with("data \"fleetform_")
+        (line.starts_with("resource \"fleetform_") || line.starts_with("data \"fleetform_"))
+            && line.trim_end().ends_with('{')
     })
 }
 

@@ -1,7 +1,11 @@
 //! Every example configuration under `examples/` is valid to the real `terraform` with this
 //! provider: `terraform validate` (which runs the provider's plan-time validation) and
-//! `terraform plan` (which also runs its planning, with no fleetformd: plan-time code does
-//! no I/O) succeed on each.
+//! `terraform plan` (which also runs its planning) succeed on each.
+//!
+//! Plans run without fleetformd: plan-time code does no I/O. Terraform does read a data
+//! source whose configuration is known at plan (`fleetform_locations`, whatever
+//! `-refresh=false` says), so the endpoint is a [`PlanBackend`] that answers that one
+//! read with fixed data and fails the test on any other request.
 //!
 //! Directories holding a standalone configuration (`examples/quickstart`,
 //! `examples/scaling/<mode>`, …) are checked one by one. The registry snippets
@@ -11,12 +15,15 @@
 //!
 //! The provider binary is the one Cargo builds for this package's integration tests
 //! (`CARGO_BIN_EXE_terraform-provider-fleetform`), installed through `dev_overrides`, so no
-//! `terraform init`, registry or network is needed. Without `terraform` on PATH the test
-//! prints a note and passes.
+//! `terraform init`, registry or network is needed. Without `terraform` on PATH the tests
+//! fail.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 
 /// Values for the examples' input variables. Terraform ignores `TF_VAR_*` variables a
 /// configuration doesn't declare.
@@ -83,15 +90,90 @@ fn configurations() -> Vec<(String, Vec<PathBuf>)> {
     configurations
 }
 
+/// The requests a plan may make: reads of data sources with no unknown argument.
+const PLAN_READS: &[&str] = &["GET /v1/locations"];
+
+/// What [`PlanBackend`] answers to `GET /v1/locations`.
+const LOCATIONS_JSON: &str = r#"[{"name":"fra-metal","driver":"bare_metal","machine_types":["bare_metal"]},{"name":"local","driver":"local","machine_types":["vm"]}]"#;
+
+/// Stands in for fleetformd during plans: answers [`PLAN_READS`] and records every request
+/// (anything else gets a 404 and fails the test). The real route is tested against the
+/// real fleetformd in `tests/tests/locations.rs`.
+struct PlanBackend {
+    url: String,
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl PlanBackend {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the plan backend");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&requests);
+        // Lives until the test process ends (nextest runs each test in its own).
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Some(request) = Self::answer(stream) {
+                    seen.lock().unwrap().push(request);
+                }
+            }
+        });
+        PlanBackend { url, requests }
+    }
+
+    /// Answers one request (`Connection: close`: one request per connection) and returns
+    /// its method and path.
+    fn answer(mut stream: TcpStream) -> Option<String> {
+        let mut reader = BufReader::new(stream.try_clone().ok()?);
+        let mut request_line = String::new();
+        reader.read_line(&mut request_line).ok()?;
+        // Skip the headers; the reads carry no body.
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).ok()? == 0 || header == "\r\n" {
+                break;
+            }
+        }
+        let request = request_line
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let (status, body) = if request == "GET /v1/locations" {
+            ("200 OK", LOCATIONS_JSON)
+        } else {
+            (
+                "404 Not Found",
+                r#"{"error":{"code":"not_found","message":"not a read a plan makes"}}"#,
+            )
+        };
+        write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .ok()?;
+        Some(request)
+    }
+
+    /// Every request so far, as `METHOD /path`.
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
 /// A working directory for one configuration, and the CLI config that installs the
 /// provider binary under test.
 struct Workspace {
     dir: tempfile::TempDir,
     cli_config: PathBuf,
+    endpoint: String,
 }
 
 impl Workspace {
-    fn new(files: &[PathBuf]) -> Self {
+    /// The configuration of `files`, its provider talking to `endpoint`.
+    fn new(files: &[PathBuf], endpoint: &str) -> Self {
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_terraform-provider-fleetform"));
         assert!(
             binary.is_file(),
@@ -117,7 +199,25 @@ impl Workspace {
             let name = format!("{index:02}-{}", file.file_name().unwrap().to_string_lossy());
             std::fs::copy(file, config_dir.join(name)).unwrap();
         }
-        Workspace { dir, cli_config }
+        // `examples/provider/provider.tf` sets `endpoint` (to fleetformd's default port,
+        // where a developer's own server may listen); an override file points it here.
+        let declares_provider = files.iter().any(|file| {
+            std::fs::read_to_string(file)
+                .unwrap()
+                .contains("provider \"fleetform\" {")
+        });
+        if declares_provider {
+            std::fs::write(
+                config_dir.join("endpoint_override.tf"),
+                format!("provider \"fleetform\" {{\n  endpoint = \"{endpoint}\"\n}}\n"),
+            )
+            .unwrap();
+        }
+        Workspace {
+            dir,
+            cli_config,
+            endpoint: endpoint.to_string(),
+        }
     }
 
     fn terraform(&self, args: &[&str]) -> Output {
@@ -128,8 +228,7 @@ impl Workspace {
             .env("TF_IN_AUTOMATION", "1")
             .env("CHECKPOINT_DISABLE", "1")
             .env("NO_COLOR", "1")
-            // Nothing listens here: planning must not need fleetformd.
-            .env("FLEETFORM_ENDPOINT", "http://127.0.0.1:9")
+            .env("FLEETFORM_ENDPOINT", &self.endpoint)
             .envs(
                 VARIABLES
                     .iter()
@@ -169,9 +268,10 @@ fn every_example_validates_and_plans() {
             "{expected} not found in {names:?}"
         );
     }
+    let backend = PlanBackend::start();
     let mut failures = Vec::new();
     for (name, files) in &configurations {
-        let workspace = Workspace::new(files);
+        let workspace = Workspace::new(files, &backend.url);
         let validate = workspace.terraform(&["validate", "-no-color"]);
         if !validate.status.success() {
             failures.push(format!(
@@ -196,6 +296,21 @@ fn every_example_validates_and_plans() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    let requests = backend.requests();
+    let unexpected: Vec<&String> = requests
+        .iter()
+        .filter(|request| !PLAN_READS.contains(&request.as_str()))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "plans made requests other than data-source reads: {unexpected:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|request| request == "GET /v1/locations"),
+        "no plan read fleetform_locations (is its example planned?): {requests:?}"
+    );
 }
 
 /// The check above would catch an invalid example: `terraform validate` runs the
@@ -225,7 +340,8 @@ fn an_invalid_example_fails_validate_on_its_attribute() {
     let scratch = tempfile::tempdir().unwrap();
     let file = scratch.path().join("main.tf");
     std::fs::write(&file, broken).unwrap();
-    let workspace = Workspace::new(&[file]);
+    // Nothing listens here: validate needs no fleetformd.
+    let workspace = Workspace::new(&[file], "http://127.0.0.1:9");
     let output = workspace.terraform(&["validate", "-no-color"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{}", describe(&output));

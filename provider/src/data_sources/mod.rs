@@ -1,3 +1,4 @@
-//! The data sources: `fleetform_zone_status`.
+//! The data sources: `fleetform_locations`, `fleetform_zone_status`.
 
+pub mod locations;
 pub mod zone_status;
