@@ -3,7 +3,8 @@
 //! Read-Only) with the right type, nothing documented that the schema lacks; examples
 //! (every `.tf` file under `examples/`) and the pages' configuration snippets that only use
 //! names the schema has; and a zone page that shows each `examples/scaling/<mode>` zone.
-//! `examples_terraform.rs` checks the same examples with the real `terraform`.
+//! `tests/tests/examples_terraform.rs` checks the same examples with the real `terraform`
+//! and the real fleetformd.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

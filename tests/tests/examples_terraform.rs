@@ -2,10 +2,10 @@
 //! provider: `terraform validate` (which runs the provider's plan-time validation) and
 //! `terraform plan` (which also runs its planning) succeed on each.
 //!
-//! Plans run without fleetformd: plan-time code does no I/O. Terraform does read a data
+//! Plans run against the real fleetformd (started on loopback by the harness, with the
+//! locations the examples name): plan-time code does no I/O, but Terraform does read a data
 //! source whose configuration is known at plan (`fleetform_locations`, whatever
-//! `-refresh=false` says), so the endpoint is a [`PlanBackend`] that answers that one
-//! read with fixed data and fails the test on any other request.
+//! `-refresh=false` says). After every plan the server still holds no build, fleet or zone.
 //!
 //! Directories holding a standalone configuration (`examples/quickstart`,
 //! `examples/scaling/<mode>`, …) are checked one by one. The registry snippets
@@ -13,31 +13,29 @@
 //! `examples/data-sources/*/data-source.tf`) refer to each other (`fleetform_fleet.example`)
 //! and are checked together as one configuration.
 //!
-//! The provider binary is the one Cargo builds for this package's integration tests
-//! (`CARGO_BIN_EXE_terraform-provider-fleetform`), installed through `dev_overrides`, so no
-//! `terraform init`, registry or network is needed. Without `terraform` on PATH the tests
-//! fail.
+//! The provider binary is the workspace's (`target/debug`, as for every end-to-end test),
+//! installed through `dev_overrides`, so no `terraform init`, registry or network is needed.
+//! Without `terraform` on PATH the tests fail.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+
+use fleetform_e2e::{bin_dir, binary, count_rows, Fleetformd, TOKEN};
 
 /// Values for the examples' input variables. Terraform ignores `TF_VAR_*` variables a
 /// configuration doesn't declare.
 const VARIABLES: &[(&str, &str)] = &[
     ("fleet_id", "flt-0123456789abcdef"),
     ("build_dir", "/opt/game/build"),
-    ("fleetform_token", "example-token"),
+    ("fleetform_token", TOKEN),
 ];
 
 /// Example directories whose files are snippets of one configuration.
 const SNIPPET_DIRS: &[&str] = &["provider", "resources", "data-sources"];
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    fleetform_e2e::repo_root()
 }
 
 fn terraform_available() -> bool {
@@ -90,78 +88,16 @@ fn configurations() -> Vec<(String, Vec<PathBuf>)> {
     configurations
 }
 
-/// The requests a plan may make: reads of data sources with no unknown argument.
-const PLAN_READS: &[&str] = &["GET /v1/locations"];
+/// The locations the examples' data centers and data sources name.
+const CONFIG: &str = r#"
+[[location]]
+name = "local"
+driver = "local"
 
-/// What [`PlanBackend`] answers to `GET /v1/locations`.
-const LOCATIONS_JSON: &str = r#"[{"name":"fra-metal","driver":"bare_metal","machine_types":["bare_metal"]},{"name":"local","driver":"local","machine_types":["vm"]}]"#;
-
-/// Stands in for fleetformd during plans: answers [`PLAN_READS`] and records every request
-/// (anything else gets a 404 and fails the test). The real route is tested against the
-/// real fleetformd in `tests/tests/locations.rs`.
-struct PlanBackend {
-    url: String,
-    requests: Arc<Mutex<Vec<String>>>,
-}
-
-impl PlanBackend {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the plan backend");
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&requests);
-        // Lives until the test process ends (nextest runs each test in its own).
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                if let Some(request) = Self::answer(stream) {
-                    seen.lock().unwrap().push(request);
-                }
-            }
-        });
-        PlanBackend { url, requests }
-    }
-
-    /// Answers one request (`Connection: close`: one request per connection) and returns
-    /// its method and path.
-    fn answer(mut stream: TcpStream) -> Option<String> {
-        let mut reader = BufReader::new(stream.try_clone().ok()?);
-        let mut request_line = String::new();
-        reader.read_line(&mut request_line).ok()?;
-        // Skip the headers; the reads carry no body.
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).ok()? == 0 || header == "\r\n" {
-                break;
-            }
-        }
-        let request = request_line
-            .split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" ");
-        let (status, body) = if request == "GET /v1/locations" {
-            ("200 OK", LOCATIONS_JSON)
-        } else {
-            (
-                "404 Not Found",
-                r#"{"error":{"code":"not_found","message":"not a read a plan makes"}}"#,
-            )
-        };
-        write!(
-            stream,
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .ok()?;
-        Some(request)
-    }
-
-    /// Every request so far, as `METHOD /path`.
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
-    }
-}
+[[location]]
+name = "fra-metal"
+driver = "bare_metal"
+"#;
 
 /// A working directory for one configuration, and the CLI config that installs the
 /// provider binary under test.
@@ -174,13 +110,7 @@ struct Workspace {
 impl Workspace {
     /// The configuration of `files`, its provider talking to `endpoint`.
     fn new(files: &[PathBuf], endpoint: &str) -> Self {
-        let binary = PathBuf::from(env!("CARGO_BIN_EXE_terraform-provider-fleetform"));
-        assert!(
-            binary.is_file(),
-            "the provider binary {} is missing: build it with `cargo build -p \
-             terraform-provider-fleetform` (cargo test builds it before integration tests)",
-            binary.display()
-        );
+        binary("terraform-provider-fleetform");
         let dir = tempfile::tempdir().unwrap();
         let cli_config = dir.path().join("dev.tfrc");
         std::fs::write(
@@ -188,7 +118,7 @@ impl Workspace {
             format!(
                 "provider_installation {{\n  dev_overrides {{\n    \"fleetform/fleetform\" = \
                  \"{}\"\n  }}\n  direct {{}}\n}}\n",
-                binary.parent().unwrap().display()
+                bin_dir().display()
             ),
         )
         .unwrap();
@@ -229,6 +159,7 @@ impl Workspace {
             .env("CHECKPOINT_DISABLE", "1")
             .env("NO_COLOR", "1")
             .env("FLEETFORM_ENDPOINT", &self.endpoint)
+            .env("FLEETFORM_TOKEN", TOKEN)
             .envs(
                 VARIABLES
                     .iter()
@@ -251,8 +182,8 @@ fn describe(output: &Output) -> String {
     )
 }
 
-#[test]
-fn every_example_validates_and_plans() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_validates_and_plans() {
     assert!(
         terraform_available(),
         "terraform must be on PATH: these tests check the examples with the real one"
@@ -268,10 +199,10 @@ fn every_example_validates_and_plans() {
             "{expected} not found in {names:?}"
         );
     }
-    let backend = PlanBackend::start();
+    let server = Fleetformd::start_with_config(CONFIG).expect("start fleetformd");
     let mut failures = Vec::new();
     for (name, files) in &configurations {
-        let workspace = Workspace::new(files, &backend.url);
+        let workspace = Workspace::new(files, &server.url);
         let validate = workspace.terraform(&["validate", "-no-color"]);
         if !validate.status.success() {
             failures.push(format!(
@@ -296,21 +227,17 @@ fn every_example_validates_and_plans() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    let requests = backend.requests();
-    let unexpected: Vec<&String> = requests
-        .iter()
-        .filter(|request| !PLAN_READS.contains(&request.as_str()))
-        .collect();
-    assert!(
-        unexpected.is_empty(),
-        "plans made requests other than data-source reads: {unexpected:?}"
-    );
-    assert!(
-        requests
-            .iter()
-            .any(|request| request == "GET /v1/locations"),
-        "no plan read fleetform_locations (is its example planned?): {requests:?}"
-    );
+    // Plans read data sources and write nothing.
+    for table in ["builds", "fleets", "zones", "bare_metal_machines"] {
+        let rows = count_rows(
+            &server,
+            &format!("SELECT COUNT(*) FROM {table} WHERE ? = ''"),
+            "",
+        )
+        .await
+        .expect("count rows");
+        assert_eq!(rows, 0, "a plan wrote to {table}");
+    }
 }
 
 /// The check above would catch an invalid example: `terraform validate` runs the
