@@ -286,3 +286,58 @@ fn an_invalid_example_fails_validate_on_its_attribute() {
         );
     }
 }
+
+/// `fleetform_bare_metal_machine`'s invalid values fail at plan, each on its attribute (its
+/// lifecycle against the real fleetformd is `bare_metal_lifecycle.rs`).
+#[test]
+fn invalid_bare_metal_values_fail_validate_on_their_attribute() {
+    assert!(
+        terraform_available(),
+        "terraform must be on PATH: these tests check the examples with the real one"
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("main.tf");
+    std::fs::write(
+        &file,
+        r#"terraform {
+  required_providers {
+    fleetform = { source = "fleetform/fleetform" }
+  }
+}
+
+resource "fleetform_bare_metal_machine" "m" {
+  name      = "fra bm 01"
+  location  = "fra-metal"
+  address   = "203.0.113.10:7777"
+  cores     = 0
+  memory_gb = 64
+  labels = {
+    rack = format("%0256d", 0)
+  }
+}
+"#,
+    )
+    .unwrap();
+    // Nothing listens here: validate needs no fleetformd.
+    let workspace = Workspace::new(&[file], "http://127.0.0.1:9");
+    let output = workspace.terraform(&["validate", "-no-color"]);
+    assert!(!output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in [
+        "Invalid name",
+        "Invalid address",
+        "neither an IP address nor a host name",
+        "Invalid cores",
+        "must be at least 1, got 0",
+        "Invalid labels[\"rack\"]",
+        "label values are at most 255 bytes",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "{expected:?} not in: {}",
+            describe(&output)
+        );
+    }
+    assert!(!stderr.contains("Invalid memory_gb"), "{stderr}");
+    assert!(!stderr.contains("Invalid location"), "{stderr}");
+}

@@ -629,12 +629,7 @@ async fn end_machine_in(
     .bind(id)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE sessions SET status = 'LOST', reason = ?, ended_at = ? WHERE machine_id = ? AND status = 'ACTIVE'")
-        .bind(reason)
-        .bind(now_ms)
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
+    sessions_lost(tx, id, reason, now_ms).await?;
     sqlx::query(
         "UPDATE machines SET status = ?, terminated_at = COALESCE(terminated_at, ?),
             termination_reason = COALESCE(termination_reason, ?)
@@ -647,6 +642,24 @@ async fn end_machine_in(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Ends a machine's active sessions as LOST with `reason`; how many.
+async fn sessions_lost(
+    connection: &mut sqlx::SqliteConnection,
+    machine_id: &str,
+    reason: &str,
+    now_ms: i64,
+) -> Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE sessions SET status = 'LOST', reason = ?, ended_at = ? WHERE machine_id = ? AND status = 'ACTIVE'",
+    )
+    .bind(reason)
+    .bind(now_ms)
+    .bind(machine_id)
+    .execute(&mut *connection)
+    .await?
+    .rows_affected())
 }
 
 /// Inserts a machine row (with its agent token's hash).
@@ -1242,15 +1255,7 @@ impl Store for SqliteStore {
         if updated.rows_affected() == 0 {
             return Ok(None);
         }
-        let lost = sqlx::query(
-            "UPDATE sessions SET status = 'LOST', reason = ?, ended_at = ? WHERE machine_id = ? AND status = 'ACTIVE'",
-        )
-        .bind(reason)
-        .bind(now_ms)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let lost = sessions_lost(&mut tx, id, reason, now_ms).await?;
         sqlx::query("UPDATE processes SET active_sessions = 0 WHERE machine_id = ?")
             .bind(id)
             .execute(&mut *tx)
@@ -1275,15 +1280,7 @@ impl Store for SqliteStore {
         if in_service.is_none() {
             return Ok(None);
         }
-        let lost = sqlx::query(
-            "UPDATE sessions SET status = 'LOST', reason = ?, ended_at = ? WHERE machine_id = ? AND status = 'ACTIVE'",
-        )
-        .bind(reason)
-        .bind(now_ms)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let lost = sessions_lost(&mut tx, id, reason, now_ms).await?;
         sqlx::query(&format!(
             "UPDATE processes SET active_sessions = 0, restart_requested = TRUE
              WHERE machine_id = ? AND agent_state IN {LIVE_STATES}"
