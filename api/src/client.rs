@@ -185,9 +185,9 @@ impl Client {
     pub async fn delete_fleet(&self, id: &str) -> Result<()> {
         self.delete(&format!("/v1/fleets/{}", encode(id))).await
     }
+    /// Every machine of a fleet (every page).
     pub async fn fleet_machines(&self, id: &str) -> Result<MachineList> {
-        self.get(&format!("/v1/fleets/{}/machines", encode(id)))
-            .await
+        self.fleet_machines_where(id, &[]).await
     }
 
     /// Revokes a machine: its sessions end LOST at once and it is replaced.
@@ -197,26 +197,54 @@ impl Client {
     }
 
     /// A fleet's machines filtered by query pairs (`id`, `address`, `status`, `build`,
-    /// `data_center`, `zone`).
+    /// `data_center`, `zone`), every page.
     pub async fn fleet_machines_where(
         &self,
         id: &str,
         filters: &[(&str, &str)],
     ) -> Result<MachineList> {
-        let query: Vec<String> = filters
-            .iter()
-            .map(|(key, value)| format!("{}={}", encode(key), encode(value)))
-            .collect();
-        self.get(&format!(
-            "/v1/fleets/{}/machines?{}",
-            encode(id),
-            query.join("&")
-        ))
-        .await
+        let mut all = MachineList {
+            machines: Vec::new(),
+            next_cursor: None,
+        };
+        let mut cursor: Option<String> = None;
+        loop {
+            let page: MachineList = self
+                .get(&format!(
+                    "/v1/fleets/{}/machines{}",
+                    encode(id),
+                    paged(filters, cursor.as_deref())
+                ))
+                .await?;
+            all.machines.extend(page.machines);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(all),
+            }
+        }
     }
+
+    /// Every process of a fleet, history included (every page).
     pub async fn fleet_processes(&self, id: &str) -> Result<ProcessList> {
-        self.get(&format!("/v1/fleets/{}/processes", encode(id)))
-            .await
+        let mut all = ProcessList {
+            processes: Vec::new(),
+            next_cursor: None,
+        };
+        let mut cursor: Option<String> = None;
+        loop {
+            let page: ProcessList = self
+                .get(&format!(
+                    "/v1/fleets/{}/processes{}",
+                    encode(id),
+                    paged(&[], cursor.as_deref())
+                ))
+                .await?;
+            all.processes.extend(page.processes);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(all),
+            }
+        }
     }
 
     // -- zones ---------------------------------------------------------------------------
@@ -387,6 +415,7 @@ impl EventQuery {
             ("producer", self.producer.map(EventProducer::as_str)),
             ("text", self.text.as_deref()),
             ("limit", limit.as_deref()),
+            ("cursor", self.cursor.as_deref()),
         ])
     }
 }
@@ -401,8 +430,20 @@ impl CrashQuery {
             ("machine", self.machine.as_deref()),
             ("build", self.build.as_deref()),
             ("limit", limit.as_deref()),
+            ("cursor", self.cursor.as_deref()),
         ])
     }
+}
+
+/// `?key=value&…` of `filters` and, for a next page, its cursor (1,000 a page).
+fn paged(filters: &[(&str, &str)], cursor: Option<&str>) -> String {
+    let mut pairs: Vec<(&str, Option<&str>)> = filters
+        .iter()
+        .map(|(key, value)| (*key, Some(*value)))
+        .collect();
+    pairs.push(("limit", Some("1000")));
+    pairs.push(("cursor", cursor));
+    query_string(&pairs)
 }
 
 /// `?key=value&…` of the pairs with a value, encoded, or the empty string.

@@ -516,6 +516,9 @@ pub struct Session {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionList {
     pub sessions: Vec<Session>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -571,6 +574,9 @@ pub struct Process {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineList {
     pub machines: Vec<Machine>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// Answer of `POST /v1/machines/{id}/revoke` and `POST /v1/machines/{id}/reboot`.
@@ -588,6 +594,9 @@ pub type Revoked = MachineOperation;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessList {
     pub processes: Vec<Process>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// Something that happened to a fleet, a zone or a machine: `GET /v1/events` and
@@ -627,12 +636,17 @@ pub struct EventQuery {
     /// Case-insensitive substring of the message or the code.
     pub text: Option<String>,
     pub limit: Option<u32>,
+    /// A page's `next_cursor`: the events older than that page's last.
+    pub cursor: Option<String>,
 }
 
 /// Body of `GET /v1/events` and `GET /v1/fleets/{id}/events`, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventList {
     pub events: Vec<Event>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// A game-server process that exited non-zero or by a signal without being asked to:
@@ -678,10 +692,15 @@ pub struct CrashQuery {
     /// Build id.
     pub build: Option<String>,
     pub limit: Option<u32>,
+    /// A page's `next_cursor`: the crashes older than that page's last.
+    pub cursor: Option<String>,
 }
 
 /// Body of `GET /v1/crashes` and `GET /v1/fleets/{id}/crashes`, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CrashList {
     pub crashes: Vec<Crash>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }

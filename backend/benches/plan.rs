@@ -3,20 +3,22 @@
 //!
 //! The zone has four VM data centers (two priorities) of 2,500 machines × 6 processes. Each
 //! scenario builds the [`Observed`] directly and times [`autoscale::plan`] alone: no store,
-//! no clock. `observe/machine_views` times the reconciler's step that turns the store's
-//! observation into the planner's machine views, the other CPU part of a pass.
+//! no clock. `observe/zone_summary` times the reconciler's observation: the store writer's
+//! picture of the zone summed up per machine, the other CPU part of a pass.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::hint::black_box;
+use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use fleetform_api::agent::AgentProcessState;
 use fleetform_api::{
-    BufferRule, DataCenterSpec, MachineModel, MachineStatus, MachineType, PlacementStrategy,
-    ScalingMode, SessionMode, ZoneSpecView,
+    BufferRule, DataCenterSpec, Fleet, MachineModel, MachineStatus, MachineType, PlacementStrategy,
+    ResourceStatus, ScalingMode, SessionMode, UpdateMode, Zone, ZoneSpecView,
 };
 use fleetformd::autoscale::{self, FleetShape, MachineView, Observed};
-use fleetformd::store::{MachineRecord, ProcessRecord, ProcessState, ZoneObservation};
+use fleetformd::store::hot::{HotMachine, HotZone};
+use fleetformd::store::{MachineRecord, ProcessRecord, ProcessState, ZoneObservation, ZoneRecord};
 
 const DATA_CENTERS: u32 = 4;
 const PER_MACHINE: u32 = 6;
@@ -209,13 +211,59 @@ fn bench_plan(c: &mut Criterion) {
     assert_eq!(all, 60_000);
 }
 
+/// The store writer's picture of the zone of [`observation`].
+fn hot_zone(observation: ZoneObservation) -> HotZone {
+    let spec = zone(ScalingMode::Fixed, servers(0), None);
+    let record = ZoneRecord {
+        zone: Zone {
+            id: "zone-bench".into(),
+            spec,
+            status: ResourceStatus::Available,
+            created_at: String::new(),
+        },
+        deleting: false,
+        idle_since_ms: NOW_MS,
+    };
+    let fleet = Fleet {
+        id: "flt-bench".into(),
+        name: "bench".into(),
+        description: None,
+        build_id: "bld-bench".into(),
+        update_mode: UpdateMode::Soft,
+        launch_path: "server".into(),
+        launch_parameters: None,
+        process_restart_hours: 0,
+        session_mode: SessionMode::Simple,
+        sessions_per_process: 1,
+        storage_gb: 50,
+        force_destroy: false,
+        status: ResourceStatus::Available,
+        created_at: String::new(),
+    };
+    let mut processes: HashMap<String, Vec<ProcessRecord>> = HashMap::new();
+    for process in observation.processes {
+        processes
+            .entry(process.machine_id.clone())
+            .or_default()
+            .push(process);
+    }
+    let machines = observation
+        .machines
+        .into_iter()
+        .map(|machine| {
+            let own = processes.remove(&machine.id).unwrap_or_default();
+            HotMachine::new(machine, own, &[])
+        })
+        .collect();
+    HotZone::new(record, Arc::new(fleet), machines)
+}
+
 fn bench_observe(c: &mut Criterion) {
-    let observation = observation(30_000);
+    // The reconciler's observation of a zone: the writer's picture summed up per machine.
+    let zone = hot_zone(observation(30_000));
     let mut group = c.benchmark_group("observe");
     group.sample_size(10);
-    group.bench_function("machine_views", |b| {
-        b.iter(|| fleetformd::zones::machine_views(black_box(&observation), SIMPLE))
-    });
+    group.bench_function("zone_summary", |b| b.iter(|| black_box(&zone).summary()));
     group.finish();
 }
 

@@ -6,9 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "aws")]
 use fleetform_aws::{Ec2Pool, Ec2Settings, RetrySettings, StaticCredentials};
 use serde::Deserialize;
 
+#[cfg(feature = "aws")]
 use crate::machines::aws::AwsDriver;
 use crate::machines::bare_metal::BareMetalDriver;
 use crate::machines::local::LocalDriver;
@@ -31,7 +33,40 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     /// How often the reconciler revisits every zone even when nothing woke it.
     pub reconcile_interval: Duration,
+    /// The SQLite file (`--database sqlite://PATH`); default `fleetform.db` in `data_dir`.
+    pub database: Option<PathBuf>,
+    /// How long ended sessions and exited processes are kept (`--retention-days`); None
+    /// keeps them all.
+    pub retention: Option<Duration>,
 }
+
+impl ServerConfig {
+    /// A configuration with the defaults for what is not given: no config file, agents
+    /// syncing every 2 s, a reconcile pass at least every second, the database in
+    /// `data_dir`, 7 days of history.
+    pub fn new(data_dir: PathBuf, admin_token: String, agent_bin: PathBuf) -> Self {
+        ServerConfig {
+            data_dir,
+            admin_token,
+            agent_bin,
+            config_file: None,
+            heartbeat_interval: Duration::from_secs(2),
+            reconcile_interval: Duration::from_secs(1),
+            database: None,
+            retention: Some(DEFAULT_RETENTION),
+        }
+    }
+
+    /// The SQLite file the store opens.
+    pub fn database_path(&self) -> PathBuf {
+        self.database
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("fleetform.db"))
+    }
+}
+
+/// History kept without `--retention-days`: a week.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The `--config` file.
 #[derive(Debug, Default, Deserialize)]
@@ -185,6 +220,7 @@ impl LocationConfig {
     }
 
     /// The `aws` settings of this table, checked.
+    #[cfg(feature = "aws")]
     pub fn aws_settings(&self, cluster: &str) -> Result<AwsSettings> {
         let required = |key: &str, value: &Option<String>| -> Result<String> {
             match value.as_deref().map(str::trim) {
@@ -324,6 +360,7 @@ impl LocationConfig {
 }
 
 /// What an `aws` location is built from.
+#[cfg(feature = "aws")]
 #[derive(Debug, Clone)]
 pub struct AwsSettings {
     pub ec2: Ec2Settings,
@@ -386,6 +423,13 @@ pub async fn locations(config: &ServerConfig, sim: &SimWorld) -> Result<Location
             )),
             "sim" => Arc::new(sim.driver(&location.name, location.sim_settings()?)),
             "bare_metal" => Arc::new(BareMetalDriver::default()),
+            #[cfg(not(feature = "aws"))]
+            "aws" => {
+                return Err(location.error(
+                    "driver \"aws\" is not in this build of fleetformd (built without the cargo feature `aws`)",
+                ))
+            }
+            #[cfg(feature = "aws")]
             "aws" => {
                 let settings = location.aws_settings(cluster)?;
                 Arc::new(AwsDriver::new(
@@ -459,6 +503,7 @@ mod tests {
         .is_err());
     }
 
+    #[cfg(feature = "aws")]
     #[test]
     fn aws_settings_parse_and_are_checked() {
         let location = parse(
@@ -511,6 +556,7 @@ mod tests {
         assert_eq!(on_sim.foreign_keys(), vec!["ami"]);
     }
 
+    #[cfg(feature = "aws")]
     #[test]
     fn the_example_config_is_valid() {
         let file: ConfigFile =

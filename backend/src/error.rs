@@ -33,7 +33,10 @@ pub enum Error {
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("store: {0}")]
-    Store(#[from] sqlx::Error),
+    Store(#[from] rusqlite::Error),
+    /// The store's write queue is full: the client should come back shortly.
+    #[error("fleetformd is overloaded; retry in {retry_after_secs} s")]
+    Overloaded { retry_after_secs: u64 },
     #[error("machine driver: {0}")]
     Driver(String),
     /// The cloud has no capacity for this machine model now; the next model is tried.
@@ -96,6 +99,7 @@ impl Error {
             Error::Conflict { code, field, .. } => (StatusCode::CONFLICT, code, field.clone()),
             Error::NoCapacity { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity", None),
             Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            Error::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded", None),
             Error::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None)
             }
@@ -128,7 +132,8 @@ impl IntoResponse for Error {
         let mut response = (status, axum::Json(body)).into_response();
         if let Error::NoCapacity {
             retry_after_secs, ..
-        } = self
+        }
+        | Error::Overloaded { retry_after_secs } = self
         {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

@@ -8,11 +8,13 @@
 
 pub mod api;
 pub mod autoscale;
+pub mod changes;
 pub mod config;
 pub mod crash_loop;
 pub mod error;
 pub mod machines;
 pub mod placement;
+pub mod retention;
 pub mod server;
 pub mod simulator;
 pub mod store;

@@ -19,6 +19,10 @@ struct Options {
     /// `sqlite://PATH` (default: `fleetform.db` in the data directory).
     #[arg(long, env = "FLEETFORMD_DATABASE")]
     database: Option<String>,
+    /// Days ended sessions and exited processes are kept before they are pruned (0 keeps
+    /// them all).
+    #[arg(long, env = "FLEETFORMD_RETENTION_DAYS", default_value_t = 7)]
+    retention_days: u32,
     /// Where the database and local machines live (default: `$XDG_DATA_HOME/fleetform`,
     /// else `~/.local/share/fleetform`).
     #[arg(long, env = "FLEETFORMD_DATA_DIR")]
@@ -64,24 +68,32 @@ fn development_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let options = Options::parse();
-    let mut data_dir = options.data_dir.unwrap_or_else(default_data_dir);
-    if let Some(database) = &options.database {
-        let path = database.strip_prefix("sqlite://").with_context(|| {
-            format!("--database {database:?}: only sqlite://PATH is supported in this release")
-        })?;
-        // The database file's directory is the data directory unless one was given.
-        if std::env::var_os("FLEETFORMD_DATA_DIR").is_none() {
-            if let Some(parent) = PathBuf::from(path).parent() {
-                data_dir = parent.to_path_buf();
+    let data_dir = options.data_dir.unwrap_or_else(default_data_dir);
+    // The database is where `--database` says; the data directory (local machines, the
+    // development token) is where `--data-dir` says. Neither moves the other.
+    let database = match &options.database {
+        None => None,
+        Some(database) => {
+            let path = database.strip_prefix("sqlite://").with_context(|| {
+                format!("--database {database:?}: only sqlite://PATH is supported in this release")
+            })?;
+            anyhow::ensure!(
+                !path.is_empty(),
+                "--database {database:?}: the path is empty"
+            );
+            let path = PathBuf::from(path);
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("create {}", parent.display()))?;
             }
+            Some(path)
         }
-    }
+    };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("create data directory {}", data_dir.display()))?;
     let (admin_token, development) = match options.token {
@@ -105,12 +117,12 @@ async fn main() -> anyhow::Result<()> {
         println!("development admin token: {admin_token}");
     }
     let config = ServerConfig {
-        data_dir,
-        admin_token,
-        agent_bin,
         config_file: options.config,
         heartbeat_interval: Duration::from_millis(options.heartbeat_ms.max(100)),
-        reconcile_interval: Duration::from_secs(1),
+        database,
+        retention: (options.retention_days > 0)
+            .then(|| Duration::from_secs(u64::from(options.retention_days) * 24 * 3600)),
+        ..ServerConfig::new(data_dir, admin_token, agent_bin)
     };
     let shutdown = async {
         let mut terminate =

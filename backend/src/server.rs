@@ -6,10 +6,12 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
+use crate::changes::Changes;
 use crate::config::{self, ServerConfig};
 use crate::machines::sim::SimWorld;
 use crate::store::sqlite::SqliteStore;
-use crate::zones::{Changes, Demand, Reconciler, Shortages};
+use crate::store::Store;
+use crate::zones::{Demand, Reconciler, Shortages};
 use crate::{Error, Result};
 
 /// Serves fleetformd on `listener` until `shutdown` resolves.
@@ -20,11 +22,11 @@ pub async fn run(
 ) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::Internal(format!("create {}: {e}", config.data_dir.display())))?;
-    let store = Arc::new(SqliteStore::open(&config.data_dir.join("fleetform.db")).await?);
-    let changes = Changes::default();
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open_with(&config.database_path(), Changes::default()).await?);
     let demand = Arc::new(Demand::default());
     // Simulated machines report to the store in-process, as agents would over HTTP.
-    let sim = SimWorld::new(store.clone(), changes.clone(), demand.clone());
+    let sim = SimWorld::new(store.clone(), demand.clone());
     let locations = Arc::new(config::locations(&config, &sim).await?);
     let address = listener
         .local_addr()
@@ -38,16 +40,14 @@ pub async fn run(
     let state = AppState {
         store: store.clone(),
         locations: locations.clone(),
-        changes: changes.clone(),
         admin_token: config.admin_token.clone().into(),
         heartbeat_interval: config.heartbeat_interval,
         demand: demand.clone(),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reconciler = Reconciler {
-        store,
+        store: store.clone(),
         locations,
-        changes,
         server_url,
         interval: config.reconcile_interval,
         demand,
@@ -59,6 +59,16 @@ pub async fn run(
     let reconciler = tokio::spawn(reconciler.run(async move {
         let _ = reconciler_stop.wait_for(|stop| *stop).await;
     }));
+    let retention = config.retention.map(|retention| {
+        let mut retention_stop = stop_rx.clone();
+        tokio::spawn(crate::retention::run(
+            store.clone(),
+            retention,
+            async move {
+                let _ = retention_stop.wait_for(|stop| *stop).await;
+            },
+        ))
+    });
     let mut sim_stop = stop_rx.clone();
     let sim = tokio::spawn(sim.run(async move {
         let _ = sim_stop.wait_for(|stop| *stop).await;
@@ -72,5 +82,8 @@ pub async fn run(
         .await;
     let _ = reconciler.await;
     let _ = sim.await;
+    if let Some(retention) = retention {
+        let _ = retention.await;
+    }
     served.map_err(|e| Error::Internal(format!("serve: {e}")))
 }

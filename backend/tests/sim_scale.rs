@@ -49,6 +49,8 @@ impl Server {
             config_file: Some(config_file),
             heartbeat_interval: Duration::from_secs(2),
             reconcile_interval: Duration::from_secs(1),
+            database: None,
+            retention: None,
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(fleetformd::server::run(config, listener, async move {

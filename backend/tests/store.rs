@@ -109,6 +109,22 @@ async fn world(store: &dyn Store, mode: SessionMode, machines: usize, per_machin
     }
 }
 
+/// Every machine of a fleet, one page.
+fn every_machine() -> fleetformd::store::MachineFilter {
+    fleetformd::store::MachineFilter {
+        limit: 10_000,
+        ..Default::default()
+    }
+}
+
+/// Every process of a fleet, history included, one page.
+fn every_process() -> fleetformd::store::ProcessFilter {
+    fleetformd::store::ProcessFilter {
+        limit: 10_000,
+        ..Default::default()
+    }
+}
+
 fn process(id: &str, state: AgentProcessState) -> ProcessReport {
     ProcessReport {
         process_id: id.into(),
@@ -120,19 +136,38 @@ fn process(id: &str, state: AgentProcessState) -> ProcessReport {
     }
 }
 
-fn args<'a>(world: &'a World, session: &str, key: Option<&str>) -> PlaceArgs<'a> {
+fn args(world: &World, session: &str, key: Option<&str>) -> PlaceArgs {
     PlaceArgs {
-        fleet: &world.fleet,
-        zone: &world.zone,
+        fleet: world.fleet.id.clone(),
+        zone: world.zone.spec.name.clone(),
         session_id: session.into(),
         max_players: None,
         properties: BTreeMap::new(),
         idempotency_key: key.map(str::to_string),
         latencies_ms: BTreeMap::new(),
         max_latency_ms: None,
-        strategy: PlacementStrategy::Pack,
         now_ms: 2,
     }
+}
+
+/// Whether a placement found no capacity.
+fn no_capacity(outcome: &PlaceOutcome) -> bool {
+    matches!(outcome, PlaceOutcome::NoCapacity { .. })
+}
+
+/// Moves the world's fleet to a new build `build_id` (created here).
+async fn move_to_build(store: &dyn Store, world: &World, build_id: &str) -> Fleet {
+    store
+        .insert_build(&Build {
+            id: build_id.into(),
+            ..support::build()
+        })
+        .await
+        .unwrap();
+    let mut fleet = store.get_fleet(&world.fleet.id).await.unwrap().unwrap();
+    fleet.build_id = build_id.into();
+    store.update_fleet(&fleet).await.unwrap();
+    fleet
 }
 
 async fn suite_concurrent_placements_never_share_a_simple_process(store: Arc<dyn Store>) {
@@ -179,10 +214,9 @@ async fn suite_parallel_mode_fills_a_process_before_the_next(store: Arc<dyn Stor
         per_process.values().copied().collect::<Vec<_>>(),
         vec![4, 4]
     );
-    assert_eq!(
-        store.place_session(args(&world, "s9", None)).await.unwrap(),
-        PlaceOutcome::NoCapacity
-    );
+    assert!(no_capacity(
+        &store.place_session(args(&world, "s9", None)).await.unwrap()
+    ));
     // Ending one frees its slot.
     store.end_session("s0", 3).await.unwrap();
     assert!(matches!(
@@ -201,16 +235,9 @@ async fn suite_only_the_current_build_takes_new_sessions(store: Arc<dyn Store>) 
         panic!("placement on the first build")
     };
     // The fleet moves to bld-2: the bld-1 process keeps its session and takes no other.
-    let mut updated = world.fleet.clone();
-    updated.build_id = "bld-2".into();
-    let on = |session: &str| PlaceArgs {
-        fleet: &updated,
-        ..args(&world, session, None)
-    };
-    assert_eq!(
-        store.place_session(on("s2")).await.unwrap(),
-        PlaceOutcome::NoCapacity
-    );
+    move_to_build(store.as_ref(), &world, "bld-2").await;
+    let on = |session: &str| args(&world, session, None);
+    assert!(no_capacity(&store.place_session(on("s2")).await.unwrap()));
     let report = SyncRequest {
         agent_pid: 100,
         address: "127.0.0.1".into(),
@@ -248,8 +275,8 @@ async fn suite_a_process_past_its_restart_age_takes_no_new_session(store: Arc<dy
         * 1000;
     let mut fleet = world.fleet.clone();
     fleet.process_restart_hours = 1;
+    store.update_fleet(&fleet).await.unwrap();
     let at = |session: &str, now_ms: i64| PlaceArgs {
-        fleet: &fleet,
         now_ms,
         ..args(&world, session, None)
     };
@@ -260,13 +287,12 @@ async fn suite_a_process_past_its_restart_age_takes_no_new_session(store: Arc<dy
             .unwrap(),
         PlaceOutcome::Placed(_)
     ));
-    assert_eq!(
-        store
+    assert!(no_capacity(
+        &store
             .place_session(at("old", started + 3_600_001))
             .await
-            .unwrap(),
-        PlaceOutcome::NoCapacity
-    );
+            .unwrap()
+    ));
 }
 
 async fn suite_idempotency_key_returns_the_first_answer(store: Arc<dyn Store>) {
@@ -401,18 +427,35 @@ async fn suite_removing_a_zone_leaves_no_rows(store: Arc<dyn Store>) {
         store.delete_fleet(&world.fleet.id).await.is_err(),
         "zones first"
     );
-    store.remove_zone(&world.zone.id).await.unwrap();
+    assert!(
+        !store.remove_zone(&world.zone.id).await.unwrap(),
+        "only a zone being deleted"
+    );
+    store
+        .begin_zone_deletion(&world.zone.id, true)
+        .await
+        .unwrap();
+    assert!(
+        !store.remove_zone(&world.zone.id).await.unwrap(),
+        "only once its machines ended"
+    );
+    for machine in &world.machines {
+        store.machine_gone(&machine.id, "deleted", 3).await.unwrap();
+    }
+    assert!(store.remove_zone(&world.zone.id).await.unwrap());
     store.delete_fleet(&world.fleet.id).await.unwrap();
     assert!(store.get_zone(&world.zone.id).await.unwrap().is_none());
     assert!(store
-        .fleet_machines(&world.fleet.id)
+        .fleet_machines(&world.fleet.id, &every_machine())
         .await
         .unwrap()
+        .items
         .is_empty());
     assert!(store
-        .fleet_processes(&world.fleet.id)
+        .fleet_processes(&world.fleet.id, &every_process())
         .await
         .unwrap()
+        .items
         .is_empty());
     assert!(store.get_session("s").await.unwrap().is_none());
 }
@@ -438,10 +481,13 @@ async fn suite_zone_deletion_is_atomic_with_the_session_check(store: Arc<dyn Sto
         .begin_zone_deletion(&world.zone.id, true)
         .await
         .unwrap();
-    assert_eq!(
-        store.place_session(args(&world, "t", None)).await.unwrap(),
-        PlaceOutcome::NoCapacity
-    );
+    assert!(matches!(
+        store.place_session(args(&world, "t", None)).await,
+        Err(fleetformd::Error::Conflict {
+            code: "zone_deleting",
+            ..
+        })
+    ));
     assert!(store.update_zone(&world.zone).await.is_err());
 }
 
@@ -557,7 +603,11 @@ async fn suite_termination_is_recorded_once(store: Arc<dyn Store>) {
         .unwrap()
         .terminating_since_ms
         .is_some());
-    let listed = store.fleet_machines(&world.fleet.id).await.unwrap();
+    let listed = store
+        .fleet_machines(&world.fleet.id, &every_machine())
+        .await
+        .unwrap()
+        .items;
     assert_eq!(listed.len(), 2, "TERMINATED machines are still listed");
 }
 
@@ -654,7 +704,7 @@ async fn suite_a_revoke_loses_the_sessions_at_once(store: Arc<dyn Store>) {
     // A terminating machine takes no new session.
     assert!(matches!(
         store.place_session(args(&world, "c", None)).await.unwrap(),
-        PlaceOutcome::NoCapacity
+        PlaceOutcome::NoCapacity { .. }
     ));
     assert_eq!(
         store.revoke_machine("mch-none", "x", at(6)).await.unwrap(),
@@ -671,6 +721,7 @@ async fn suite_events_round_trip_newest_first(store: Arc<dyn Store>) {
         .list_events(&EventFilter::default())
         .await
         .unwrap()
+        .items
         .is_empty());
     let first = event(
         EventLevel::Info,
@@ -696,7 +747,11 @@ async fn suite_events_round_trip_newest_first(store: Arc<dyn Store>) {
     assert_ne!(first.id, second.id);
     store.insert_event(&first).await.unwrap();
     store.insert_event(&second).await.unwrap();
-    let all = store.list_events(&EventFilter::default()).await.unwrap();
+    let all = store
+        .list_events(&EventFilter::default())
+        .await
+        .unwrap()
+        .items;
     assert_eq!(all, vec![second.clone(), first.clone()]);
     // The same id twice is refused.
     assert!(store.insert_event(&first).await.is_err());
@@ -748,6 +803,7 @@ async fn suite_events_filter(store: Arc<dyn Store>) {
                 .list_events(&filter)
                 .await
                 .unwrap()
+                .items
                 .into_iter()
                 .map(|e| e.code)
                 .collect::<Vec<_>>()
@@ -804,7 +860,12 @@ async fn suite_events_outlive_their_zone(store: Arc<dyn Store>) {
         )
         .await
         .unwrap();
-    store.remove_zone(&world.zone.id).await.unwrap();
+    store
+        .begin_zone_deletion(&world.zone.id, true)
+        .await
+        .unwrap();
+    store.machine_gone(machine, "gone", 3).await.unwrap();
+    assert!(store.remove_zone(&world.zone.id).await.unwrap());
     store.delete_fleet(&world.fleet.id).await.unwrap();
     let left = store
         .list_events(&EventFilter {
@@ -813,7 +874,7 @@ async fn suite_events_outlive_their_zone(store: Arc<dyn Store>) {
         })
         .await
         .unwrap();
-    assert_eq!(left.len(), 1);
+    assert_eq!(left.items.len(), 1);
 }
 
 /// Unix ms of `2026-01-01T00:00:00Z` plus `secs` seconds.
@@ -889,7 +950,11 @@ async fn suite_crashes_are_recorded_with_their_report(store: Arc<dyn Store>) {
         .apply_agent_report(machine, &report, at(7))
         .await
         .unwrap();
-    let crashes = store.list_crashes(&CrashFilter::default()).await.unwrap();
+    let crashes = store
+        .list_crashes(&CrashFilter::default())
+        .await
+        .unwrap()
+        .items;
     let ids: Vec<&str> = crashes.iter().map(|c| c.process_id.as_str()).collect();
     assert_eq!(ids, ["proc-0-early", "proc-0-0"], "newest first");
     let recorded = &crashes[1];
@@ -918,7 +983,11 @@ async fn suite_crashes_are_recorded_with_their_report(store: Arc<dyn Store>) {
     );
     assert_eq!(crashes[0].exit_code, Some(3));
     // The crashed process is CRASHED, the other machine's still live.
-    let processes = store.fleet_processes(&world.fleet.id).await.unwrap();
+    let processes = store
+        .fleet_processes(&world.fleet.id, &every_process())
+        .await
+        .unwrap()
+        .items;
     let state = |id: &str| processes.iter().find(|p| p.id == id).map(|p| p.state);
     assert_eq!(
         state("proc-0-0"),
@@ -938,7 +1007,11 @@ async fn suite_crashes_are_recorded_with_their_report(store: Arc<dyn Store>) {
         .apply_agent_report(&world.machines[1], &exits_report(vec![old_agent]), at(8))
         .await
         .unwrap();
-    let newest = &store.list_crashes(&CrashFilter::default()).await.unwrap()[0];
+    let newest = &store
+        .list_crashes(&CrashFilter::default())
+        .await
+        .unwrap()
+        .items[0];
     assert_eq!(newest.process_id, "proc-1-1");
     assert_eq!(newest.at_ms, at(8));
     assert_eq!(
@@ -978,6 +1051,7 @@ async fn suite_crash_filters(store: Arc<dyn Store>) {
                 .list_crashes(&filter)
                 .await
                 .unwrap()
+                .items
                 .into_iter()
                 .map(|c| c.process_id)
                 .collect::<Vec<_>>()
@@ -1052,6 +1126,7 @@ async fn fleet_events(store: &dyn Store, fleet_id: &str, code: &str) -> Vec<Even
         })
         .await
         .unwrap()
+        .items
         .into_iter()
         .filter(|event| event.code == code)
         .collect()
@@ -1604,7 +1679,8 @@ async fn suite_deleting_a_pool_machine(store: Arc<dyn Store>) {
             ..EventFilter::default()
         })
         .await
-        .unwrap();
+        .unwrap()
+        .items;
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_eq!(events[0].code, "BARE_METAL_REMOVED");
     assert_eq!(events[0].at_ms, at(4));
@@ -1809,10 +1885,9 @@ async fn suite_a_reboot_loses_the_sessions_and_restarts_the_processes(store: Arc
         };
         assert_eq!(session.machine_id, other, "{name}");
     }
-    assert_eq!(
-        store.place_session(args(&world, "g", None)).await.unwrap(),
-        PlaceOutcome::NoCapacity
-    );
+    assert!(no_capacity(
+        &store.place_session(args(&world, "g", None)).await.unwrap()
+    ));
     // Its agent replaces the process: the fresh one takes sessions.
     let machine = store.get_machine(&rebooted).await.unwrap().unwrap();
     let replaced = SyncRequest {

@@ -132,7 +132,7 @@ impl Fleetformd {
             .arg("1000")
             .env(
                 "RUST_LOG",
-                std::env::var("FLEETFORM_TEST_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()),
+                std::env::var("FLEETFORM_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -537,17 +537,16 @@ impl Terraform {
 
 /// Reads one integer from the server's SQLite file (read-only), e.g. a row count.
 pub async fn count_rows(server: &Fleetformd, sql: &str, bind: &str) -> Result<i64> {
-    use sqlx::ConnectOptions;
-    let mut connection = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(server.data_dir().join("fleetform.db"))
-        .read_only(true)
-        .connect()
-        .await?;
-    let count: i64 = sqlx::query_scalar(sql)
-        .bind(bind)
-        .fetch_one(&mut connection)
-        .await?;
-    Ok(count)
+    let path = server.data_dir().join("fleetform.db");
+    let (sql, bind) = (sql.to_string(), bind.to_string());
+    tokio::task::spawn_blocking(move || -> Result<i64> {
+        let connection = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        Ok(connection.query_row(&sql, [bind], |row| row.get(0))?)
+    })
+    .await?
 }
 
 /// The quickstart example with its build directory, for tests that apply it.

@@ -10,7 +10,7 @@ use fleetform_api::*;
 
 use super::extract::{Id, JsonBody, QueryMap};
 use super::AppState;
-use crate::store::{MachineRecord, ProcessRecord, ProcessState};
+use crate::store::{MachineFilter, MachineRecord, ProcessFilter, ProcessRecord, ProcessState};
 use crate::time::{new_id, now_ms, rfc3339};
 use crate::{Error, Result};
 
@@ -192,7 +192,6 @@ pub async fn update_fleet(
     fleet.storage_gb = spec.storage_gb;
     fleet.force_destroy = spec.force_destroy;
     state.store.update_fleet(&fleet).await?;
-    state.changes.bump();
     // Read back: the update may have lifted a crash-loop verdict.
     let fleet = load_fleet(&state, &fleet.id).await?;
     Ok(Json(with_status(&state, fleet).await?))
@@ -240,58 +239,77 @@ pub fn process_status(process: &ProcessRecord, mode: SessionMode) -> ProcessStat
     }
 }
 
-/// `GET /v1/fleets/{id}/machines?id=&address=&status=&build=&data_center=&zone=`: the
-/// fleet's machines, every filter given must match.
+/// The `limit` of a list query: 1 to 10,000, 1,000 when not given.
+pub(super) fn list_limit(value: &str) -> Result<u32> {
+    value
+        .parse::<u32>()
+        .ok()
+        .filter(|limit| (1..=10_000).contains(limit))
+        .ok_or_else(|| Error::invalid("limit", "must be an integer from 1 to 10000"))
+}
+
+/// `GET /v1/fleets/{id}/machines?id=&address=&status=&build=&data_center=&zone=&limit=&cursor=`:
+/// the fleet's machines in id order, every filter given must match, a page at a time.
 pub async fn fleet_machines(
     State(state): State<AppState>,
     Id(id): Id,
     QueryMap(query): QueryMap,
 ) -> Result<Json<MachineList>> {
     let fleet = load_fleet(&state, &id).await?;
-    let mut status = None;
-    let mut wanted: Vec<(String, String)> = Vec::new();
+    let mut shown: Option<MachineStatus> = None;
+    let mut filter = MachineFilter {
+        limit: 1000,
+        ..MachineFilter::default()
+    };
     for (key, value) in query {
         match key.as_str() {
             "status" => {
-                status = Some(
+                shown = Some(
                     value
                         .parse::<MachineStatus>()
                         .map_err(|message| Error::invalid("status", message))?,
                 )
             }
-            "id" | "address" | "build" | "data_center" | "zone" => wanted.push((key, value)),
+            "id" => filter.id = Some(value),
+            "address" => filter.address = Some(value),
+            "build" => filter.build_id = Some(value),
+            "data_center" => filter.data_center = Some(value),
+            "zone" => filter.zone_id = Some(value),
+            "limit" => filter.limit = list_limit(&value)?,
+            "cursor" => filter.cursor = Some(value),
             other => {
                 return Err(Error::BadRequest {
                     message: format!(
-                        "unknown filter {other:?}; filters: id, address, status, build, data_center, zone"
+                        "unknown filter {other:?}; filters: id, address, status, build, data_center, zone, limit, cursor"
                     ),
                     field: Some(other.to_string()),
                 })
             }
         }
     }
-    let machines = state.store.fleet_machines(&fleet.id).await?;
-    let processes = state.store.fleet_processes(&fleet.id).await?;
-    let waiting = waiting_update(&fleet.build_id, &processes);
+    // WAITING_UPDATE is shown, not stored: it is an ACTIVE machine still running an old
+    // build's process.
+    filter.status = shown.map(|status| match status {
+        MachineStatus::WaitingUpdate => MachineStatus::Active,
+        other => other,
+    });
+    let page = state.store.fleet_machines(&fleet.id, &filter).await?;
+    let waiting = state
+        .store
+        .machines_on_other_builds(&fleet.id, &fleet.build_id)
+        .await?;
     Ok(Json(MachineList {
-        machines: machines
+        machines: page
+            .items
             .into_iter()
             .map(|mut m| {
                 m.status = shown_status(&m, &waiting);
                 m
             })
-            .filter(|m| status.is_none_or(|status| m.status == status))
-            .filter(|m| {
-                wanted.iter().all(|(key, value)| match key.as_str() {
-                    "id" => &m.id == value,
-                    "address" => m.address.as_deref() == Some(value.as_str()),
-                    "build" => &m.build_id == value,
-                    "data_center" => &m.data_center == value,
-                    _ => &m.zone_id == value,
-                })
-            })
+            .filter(|m| shown.is_none_or(|status| m.status == status))
             .map(machine_view)
             .collect(),
+        next_cursor: page.next_cursor,
     }))
 }
 
@@ -311,9 +329,9 @@ pub fn waiting_update<'a>(
 
 /// The status a machine shows: `WAITING_UPDATE` while an `ACTIVE` machine waits for its
 /// old build's processes to finish (see [`waiting_update`]), else its stored status.
-pub fn shown_status(
+pub fn shown_status<S: std::borrow::Borrow<str> + Ord>(
     machine: &MachineRecord,
-    waiting: &std::collections::BTreeSet<&str>,
+    waiting: &std::collections::BTreeSet<S>,
 ) -> MachineStatus {
     if machine.status == MachineStatus::Active && waiting.contains(machine.id.as_str()) {
         MachineStatus::WaitingUpdate
@@ -389,21 +407,48 @@ async fn operation_done(
             .machine(&machine.id),
         )
         .await?;
-    state.changes.bump();
     Ok(Json(MachineOperation {
         machine: machine_view(machine),
         sessions_lost,
     }))
 }
 
+/// `GET /v1/fleets/{id}/processes?live=&machine=&limit=&cursor=`: the fleet's processes
+/// in id order (`live=true`: only those running now, not history), a page at a time.
 pub async fn fleet_processes(
     State(state): State<AppState>,
     Id(id): Id,
+    QueryMap(query): QueryMap,
 ) -> Result<Json<ProcessList>> {
     let fleet = load_fleet(&state, &id).await?;
-    let processes = state.store.fleet_processes(&fleet.id).await?;
+    let mut filter = ProcessFilter {
+        limit: 1000,
+        ..ProcessFilter::default()
+    };
+    for (key, value) in query {
+        match key.as_str() {
+            "live" => {
+                filter.live_only = value
+                    .parse::<bool>()
+                    .map_err(|_| Error::invalid("live", "must be true or false"))?
+            }
+            "machine" => filter.machine_id = Some(value),
+            "limit" => filter.limit = list_limit(&value)?,
+            "cursor" => filter.cursor = Some(value),
+            other => {
+                return Err(Error::BadRequest {
+                    message: format!(
+                        "unknown filter {other:?}; filters: live, machine, limit, cursor"
+                    ),
+                    field: Some(other.to_string()),
+                })
+            }
+        }
+    }
+    let page = state.store.fleet_processes(&fleet.id, &filter).await?;
     Ok(Json(ProcessList {
-        processes: processes
+        processes: page
+            .items
             .into_iter()
             .map(|p| Process {
                 status: process_status(&p, fleet.session_mode),
@@ -417,6 +462,7 @@ pub async fn fleet_processes(
                 started_at: rfc3339(p.started_at_ms),
             })
             .collect(),
+        next_cursor: page.next_cursor,
     }))
 }
 
@@ -475,7 +521,6 @@ pub async fn create_zone(
         created_at: rfc3339(now_ms()),
     };
     state.store.insert_zone(&zone).await?;
-    state.changes.bump();
     Ok((StatusCode::CREATED, Json(zone)))
 }
 
@@ -519,7 +564,6 @@ pub async fn update_zone(
     check_zone_refs(&state, &spec).await?;
     zone.spec = spec.into();
     state.store.update_zone(&zone).await?;
-    state.changes.bump();
     Ok(Json(zone))
 }
 
@@ -531,7 +575,6 @@ pub async fn delete_zone(State(state): State<AppState>, Id(id): Id) -> Result<St
         .await?
         .is_some_and(|fleet| fleet.force_destroy);
     state.store.begin_zone_deletion(&zone.id, force).await?;
-    state.changes.bump();
     Ok(StatusCode::ACCEPTED)
 }
 

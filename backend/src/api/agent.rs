@@ -10,7 +10,7 @@ use fleetform_api::MachineStatus;
 
 use super::extract::JsonBody;
 use super::{bearer, AppState};
-use crate::machines::desired::{desired_state, pool_state};
+use crate::machines::desired::{pool_state, revision};
 use crate::store::MachineRecord;
 use crate::time::now_ms;
 use crate::zones::token_hash;
@@ -69,9 +69,6 @@ pub async fn sync(
             state
                 .demand
                 .record_ends(&machine.zone_id, now_ms(), outcome.sessions_ended);
-            if outcome.placement_changed {
-                state.changes.bump();
-            }
         }
         Caller::Pool(pool_id) => {
             // Nothing of a previous assignment is applied: that machine has ended, and
@@ -81,19 +78,34 @@ pub async fn sync(
     }
     let wait = Duration::from_millis(u64::from(report.wait_ms)).min(MAX_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
-    let mut changes = state.changes.subscribe();
+    let changes = state.store.changes().clone();
     loop {
-        changes.borrow_and_update();
+        // Watched before the read, so a change in between wakes the wait below. Only this
+        // machine's changes (and its fleet's) wake it.
+        let mut watch = match &current {
+            Caller::Machine(machine) => changes.watch_machine(&machine.id, Some(&machine.fleet_id)),
+            Caller::Pool(pool_id) => changes.watch_machine(pool_id, None),
+        };
         let response = match &current {
             Caller::Machine(machine) => {
-                desired_state(state.store.as_ref(), &machine.id, state.heartbeat_interval).await?
+                let (record, desired) = state
+                    .store
+                    .desired_state(&machine.id, now_ms())
+                    .await?
+                    .ok_or(Error::Unauthorized)?;
+                SyncResponse {
+                    revision: revision(&desired)?,
+                    machine_id: record.id,
+                    heartbeat_interval_ms: state.heartbeat_interval.as_millis() as u32,
+                    desired,
+                }
             }
             Caller::Pool(pool_id) => pool_state(pool_id, state.heartbeat_interval)?,
         };
         if report.known_revision.as_deref() != Some(response.revision.as_str()) {
             return Ok(Json(response));
         }
-        if tokio::time::timeout_at(deadline, changes.changed())
+        if tokio::time::timeout_at(deadline, watch.changed())
             .await
             .is_err()
         {

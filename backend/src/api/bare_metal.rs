@@ -74,7 +74,6 @@ pub async fn create(
     };
     state.store.insert_bare_metal(&machine, &hash).await?;
     // A zone may be waiting for a machine at this location.
-    state.changes.bump();
     Ok((StatusCode::CREATED, Json(machine)))
 }
 
@@ -122,14 +121,12 @@ pub async fn update(
     machine.memory_gb = spec.memory_gb;
     machine.labels = spec.labels;
     state.store.update_bare_metal(&machine).await?;
-    state.changes.bump();
     Ok(Json(load(&state, &id).await?))
 }
 
 pub async fn delete(State(state): State<AppState>, Id(id): Id) -> Result<StatusCode> {
     if state.store.delete_bare_metal(&id, now_ms()).await? {
         // Its agent hears 401 at its next sync; its zone takes another machine if it can.
-        state.changes.bump();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Error::not_found("bare-metal machine", id))

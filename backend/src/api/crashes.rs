@@ -45,7 +45,8 @@ pub async fn fleet_crashes(
 async fn respond(state: &AppState, filter: &CrashFilter) -> Result<Json<CrashList>> {
     let crashes = state.store.list_crashes(filter).await?;
     Ok(Json(CrashList {
-        crashes: crashes.into_iter().map(crash_view).collect(),
+        crashes: crashes.items.into_iter().map(crash_view).collect(),
+        next_cursor: crashes.next_cursor,
     }))
 }
 
@@ -70,11 +71,12 @@ fn parse_filter(query: HashMap<String, String>, with_fleet: bool) -> Result<Cras
                         )
                     })?
             }
+            "cursor" => filter.cursor = Some(value),
             other => {
                 let known = if with_fleet {
-                    "fleet, zone, machine, build, limit"
+                    "fleet, zone, machine, build, limit, cursor"
                 } else {
-                    "zone, machine, build, limit"
+                    "zone, machine, build, limit, cursor"
                 };
                 return Err(Error::BadRequest {
                     message: format!("unknown filter {other:?}; filters: {known}"),

@@ -45,7 +45,8 @@ pub async fn fleet_events(
 async fn respond(state: &AppState, filter: &EventFilter) -> Result<Json<EventList>> {
     let events = state.store.list_events(filter).await?;
     Ok(Json(EventList {
-        events: events.into_iter().map(event_view).collect(),
+        events: events.items.into_iter().map(event_view).collect(),
+        next_cursor: events.next_cursor,
     }))
 }
 
@@ -84,11 +85,12 @@ fn parse_filter(query: HashMap<String, String>, with_fleet: bool) -> Result<Even
                         )
                     })?
             }
+            "cursor" => filter.cursor = Some(value),
             other => {
                 let known = if with_fleet {
-                    "fleet, zone, machine, level, producer, text, limit"
+                    "fleet, zone, machine, level, producer, text, limit, cursor"
                 } else {
-                    "zone, machine, level, producer, text, limit"
+                    "zone, machine, level, producer, text, limit, cursor"
                 };
                 return Err(Error::BadRequest {
                     message: format!("unknown filter {other:?}; filters: {known}"),

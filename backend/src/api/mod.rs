@@ -22,7 +22,7 @@ use axum::{Json, Router};
 
 use crate::machines::Locations;
 use crate::store::Store;
-use crate::zones::{Changes, Demand};
+use crate::zones::Demand;
 use crate::Error;
 
 /// What every handler shares.
@@ -30,7 +30,6 @@ use crate::Error;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub locations: Arc<Locations>,
-    pub changes: Changes,
     pub admin_token: Arc<str>,
     pub heartbeat_interval: Duration,
     /// Placement requests per zone (shared with the reconciler's forecast).
@@ -130,7 +129,7 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, Error> {
-    state.store.list_zones().await?;
+    state.store.get_build("readyz-probe").await?;
     Ok(Json(serde_json::json!({ "status": "ready" })))
 }
 

@@ -26,81 +26,62 @@ pub async fn place(
     if let Some(error) = validate_placement(&request).into_iter().next() {
         return Err(error.into());
     }
-    let fleet = load_fleet(&state, &fleet).await?;
-    let zone = state
-        .store
-        .find_zone(&fleet.id, &request.zone)
-        .await?
-        .ok_or_else(|| {
-            Error::invalid(
-                "zone",
-                format!("fleet {} has no zone {:?}", fleet.name, request.zone),
-            )
-        })?;
-    if zone.deleting {
-        return Err(Error::conflict(
-            "zone_deleting",
-            format!("zone {} is being deleted", zone.zone.spec.name),
-        ));
-    }
-    state.demand.record(&zone.zone.id, now_ms());
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs(u64::from(request.wait_seconds.unwrap_or(0)));
-    let mut changes = state.changes.subscribe();
     let session_id = new_id("sess");
+    // Watched once the first attempt names the zone; then an attempt follows each time
+    // the zone gains capacity, until the deadline.
+    let mut capacity: Option<tokio::sync::watch::Receiver<u64>> = None;
+    let mut counted = false;
     loop {
-        // Read the generation before looking, so a change during the attempt wakes us.
-        changes.borrow_and_update();
         let outcome = state
             .store
             .place_session(PlaceArgs {
-                fleet: &fleet,
-                zone: &zone.zone,
+                fleet: fleet.clone(),
+                zone: request.zone.clone(),
                 session_id: session_id.clone(),
                 max_players: request.max_players,
                 properties: request.properties.clone().unwrap_or_default(),
                 idempotency_key: request.idempotency_key.clone(),
                 latencies_ms: request.player_latencies_ms.clone().unwrap_or_default(),
                 max_latency_ms: request.max_latency_ms,
-                strategy: zone.zone.spec.placement_strategy,
                 now_ms: now_ms(),
             })
             .await?;
-        match outcome {
-            PlaceOutcome::Placed(session) => {
-                // Wake the agent's long-poll: its process has a session now.
-                state.changes.bump();
-                return Ok((StatusCode::CREATED, Json(session)));
+        if !counted {
+            // Demand for the forecast: every request, placed or not, counted once.
+            state.demand.record(outcome.zone_id(), now_ms());
+            counted = true;
+        }
+        let zone_id = match outcome {
+            PlaceOutcome::Placed(session) | PlaceOutcome::Repeated(session) => {
+                return Ok((StatusCode::CREATED, Json(session)))
             }
-            PlaceOutcome::Repeated(session) => return Ok((StatusCode::CREATED, Json(session))),
-            PlaceOutcome::NoCapacity => {
-                if woke_from_cooldown(&state, &zone.zone.id).await? {
-                    // The reconciler brings the zone back to its initial capacity now.
-                    state.changes.bump();
-                }
-                let timed_out = tokio::time::timeout_at(deadline, changes.changed()).await;
-                if timed_out.is_err() || tokio::time::Instant::now() >= deadline {
-                    return Err(Error::NoCapacity {
-                        zone: zone.zone.spec.name.clone(),
-                        retry_after_secs: RETRY_AFTER_SECS,
-                    });
+            PlaceOutcome::NoCapacity { zone_id } => zone_id,
+        };
+        let no_capacity = || Error::NoCapacity {
+            zone: request.zone.clone(),
+            retry_after_secs: RETRY_AFTER_SECS,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(no_capacity());
+        }
+        match &mut capacity {
+            None => {
+                // Watch first, then try again at once: capacity that came between the
+                // attempt and the watch is not missed.
+                capacity = Some(state.store.changes().watch_capacity(&zone_id));
+            }
+            Some(watch) => {
+                if tokio::time::timeout_at(deadline, watch.changed())
+                    .await
+                    .is_err()
+                {
+                    return Err(no_capacity());
                 }
             }
         }
     }
-}
-
-/// A placement that finds a zone in cooldown wakes it: its idle clock restarts, so the
-/// plan stops cooling and brings back `initial_server_processes`.
-async fn woke_from_cooldown(state: &AppState, zone_id: &str) -> Result<bool> {
-    let Some(record) = state.store.get_zone(zone_id).await? else {
-        return Ok(false);
-    };
-    if record.zone.status != fleetform_api::ResourceStatus::AvailableCooldown {
-        return Ok(false);
-    }
-    state.store.touch_zone(zone_id, now_ms()).await?;
-    Ok(true)
 }
 
 pub async fn get(State(state): State<AppState>, Id(id): Id) -> Result<Json<Session>> {
@@ -113,21 +94,17 @@ pub async fn get(State(state): State<AppState>, Id(id): Id) -> Result<Json<Sessi
 }
 
 pub async fn end(State(state): State<AppState>, Id(id): Id) -> Result<Json<Session>> {
-    let was_active = state
-        .store
-        .get_session(&id)
-        .await?
-        .is_some_and(|session| session.status == SessionStatus::Active);
-    let session = state
+    let outcome = state
         .store
         .end_session(&id, now_ms())
         .await?
         .ok_or_else(|| Error::not_found("session", &id))?;
-    if was_active {
-        state.demand.record_ends(&session.zone_id, now_ms(), 1);
+    if outcome.ended_now {
+        state
+            .demand
+            .record_ends(&outcome.session.zone_id, now_ms(), 1);
     }
-    state.changes.bump();
-    Ok(Json(session))
+    Ok(Json(outcome.session))
 }
 
 pub async fn list(
@@ -150,6 +127,7 @@ pub async fn list(
                     Error::invalid("status", message)
                 })?)
             }
+            "cursor" => filter.cursor = Some(value),
             "limit" => {
                 filter.limit = value
                     .parse::<u32>()
@@ -160,13 +138,16 @@ pub async fn list(
             other => {
                 return Err(Error::BadRequest {
                     message: format!(
-                        "unknown filter {other:?}; filters: fleet, zone, data_center, machine, build, status, limit"
+                        "unknown filter {other:?}; filters: fleet, zone, data_center, machine, build, status, limit, cursor"
                     ),
                     field: Some(other.to_string()),
                 })
             }
         }
     }
-    let sessions = state.store.list_sessions(&filter).await?;
-    Ok(Json(SessionList { sessions }))
+    let page = state.store.list_sessions(&filter).await?;
+    Ok(Json(SessionList {
+        sessions: page.items,
+        next_cursor: page.next_cursor,
+    }))
 }

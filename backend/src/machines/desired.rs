@@ -1,11 +1,10 @@
 //! A machine's desired state: what `POST /v1/agent/sync` answers an agent, and what a
 //! simulated machine ([`super::sim`]) follows.
 //!
-//! [`desired_machine`] is the rule, pure over what the store holds; [`load_desired`] reads
-//! one machine's inputs and applies it; [`desired_state`] adds the revision a sync answers
-//! with. The sim driver registers a machine with [`load_desired`] and then reads whole zones
-//! at once, calling [`desired_machine`] per machine, so simulated machines follow exactly
-//! the state real agents receive.
+//! [`desired_machine`] is the rule, pure over what the store holds; the store applies it to
+//! its picture of a machine ([`Store::desired_state`](crate::store::Store::desired_state)),
+//! for the agent route and the sim driver alike, so simulated machines follow exactly the
+//! state real agents receive. [`revision`] is what a sync answers with to say "unchanged".
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,7 +13,7 @@ use fleetform_api::agent::{AssignedSession, DesiredMachine, LaunchSpec, SyncResp
 use fleetform_api::{Build, Fleet, MachineStatus, Session};
 use sha2::{Digest, Sha256};
 
-use crate::store::{restart_cutoff_ms, MachineRecord, ProcessRecord, Store};
+use crate::store::{restart_cutoff_ms, MachineRecord, ProcessRecord};
 use crate::{Error, Result};
 
 /// What `machine` should run at `now_ms`, given its fleet and that fleet's build (None
@@ -118,51 +117,6 @@ pub fn revision(desired: &DesiredMachine) -> Result<String> {
         .take(12)
         .map(|b| format!("{b:02x}"))
         .collect())
-}
-
-/// What `machine` should run, read from `store` (one machine's worth of indexed reads).
-pub async fn load_desired(store: &dyn Store, machine: &MachineRecord) -> Result<DesiredMachine> {
-    let fleet = store.get_fleet(&machine.fleet_id).await?;
-    let shutdown = matches!(
-        machine.status,
-        MachineStatus::Terminating | MachineStatus::Terminated | MachineStatus::Unhealthy
-    );
-    Ok(match fleet {
-        Some(fleet) if !shutdown => {
-            let build = store.get_build(&fleet.build_id).await?;
-            let processes = store.machine_processes(&machine.id).await?;
-            let sessions = store.machine_active_sessions(&machine.id).await?;
-            desired_machine(
-                machine,
-                Some(&fleet),
-                build.as_ref(),
-                &processes,
-                &sessions,
-                crate::time::now_ms(),
-            )
-        }
-        _ => desired_machine(machine, None, None, [], [], crate::time::now_ms()),
-    })
-}
-
-/// What `machine_id` should run now, with its revision, as a sync answers it. A machine the
-/// store no longer knows is `Unauthorized` (its agent stops).
-pub async fn desired_state(
-    store: &dyn Store,
-    machine_id: &str,
-    heartbeat_interval: Duration,
-) -> Result<SyncResponse> {
-    let machine = store
-        .get_machine(machine_id)
-        .await?
-        .ok_or(Error::Unauthorized)?;
-    let desired = load_desired(store, &machine).await?;
-    Ok(SyncResponse {
-        revision: revision(&desired)?,
-        machine_id: machine.id,
-        heartbeat_interval_ms: heartbeat_interval.as_millis() as u32,
-        desired,
-    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! [`desired`] is what a machine should run: the answer of a sync, which simulated
 //! machines follow too.
 
+#[cfg(feature = "aws")]
 pub mod aws;
 pub mod bare_metal;
 pub mod desired;

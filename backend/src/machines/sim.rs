@@ -15,15 +15,13 @@
 //!
 //! Scale: one task ([`SimWorld::run`]) drives every machine of every `sim` location from a
 //! heap of deadlines (boot done, process ready, session over, shutdown done, heartbeat), not
-//! a task per machine. A booted machine registers like an agent's first sync: it reads its
-//! own desired state, starts its processes and reports them. After that, desired states are
-//! read in bulk, a zone at a time, when the change counter moved (at most every
-//! [`MIN_REFRESH_GAP`], or four times as long as the last read took, so reading never takes
-//! more than a fifth of the loop's time), and a machine reports only when something
-//! changed, plus a slow heartbeat (`heartbeat_seconds`, 60 s by default: agents sync every
-//! few seconds, but each report is a transaction of the store's single writer). Reports go
-//! one transaction per machine (the store has no batched report yet), applied by a few
-//! tasks beside the loop, so a report queued behind placements holds up no timer.
+//! a task per machine. A machine learns its desired state the way an agent's long-poll does:
+//! the store tells the world which machines changed ([`crate::changes`]), and the world
+//! reads just those machines' desired states from the store's picture
+//! ([`Store::desired_states`], no query), coalesced over [`REFRESH_GAP`]; every machine is
+//! read again every [`RESYNC_INTERVAL`] anyway (level-triggered). A machine reports only
+//! when something changed, plus a slow heartbeat (`heartbeat_seconds`, 60 s by default).
+//! Reports run beside the loop, many at once: the store's writer commits them together.
 //!
 //! Liveness: a simulated machine is alive from `launch` until `shutdown_seconds` after
 //! `terminate`. Machines live in this process's memory only: after a restart of fleetformd
@@ -41,35 +39,28 @@ use fleetform_api::agent::{
     AgentProcessState, DesiredMachine, ProcessExit, ProcessReport, SyncRequest,
 };
 use fleetform_api::{MachineStatus, SessionMode};
-use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::desired::{desired_machine, load_desired};
 use super::{LaunchRequest, Liveness, MachineDriver};
-use crate::store::{MachineRecord, ProcessRecord, ReportOutcome, Store};
+use crate::changes::Notice;
+use crate::store::{MachineRecord, ReportOutcome, Store};
 use crate::time::{new_id, now_ms, rfc3339};
-use crate::zones::{Changes, Demand};
+use crate::zones::Demand;
 use crate::{Error, Result};
 
-/// Shortest time between two bulk reads of desired states.
-pub const MIN_REFRESH_GAP: Duration = Duration::from_millis(100);
-/// Between two bulk reads, at least this many times as long as the last one took: reading
-/// a 60,000-process zone takes the simulator at most a fifth of its time.
-const REFRESH_COST_FACTOR: u32 = 4;
-/// Longest time between two bulk reads, changes or not (or twenty times as long as the last
-/// read took): the loop stays level-triggered even if a wake-up was missed.
+/// How long changed machines gather before their desired states are read together.
+pub const REFRESH_GAP: Duration = Duration::from_millis(20);
+/// Every machine's desired state is read again this often, changes or not: the loop stays
+/// level-triggered even if a wake-up was missed.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
-const RESYNC_COST_FACTOR: u32 = 20;
-/// Most registrations one round of the loop reads, so timers keep their turn while
-/// thousands of machines boot at once.
-const MAX_REGISTRATIONS_PER_ROUND: usize = 256;
-/// Reports in flight at once. The store writes through one connection, so more would only
-/// queue (and take turns from placements); a few keep it busy.
-const REPORT_CONCURRENCY: usize = 4;
-/// Registrations whose reads are in flight at once (reads have a pool of their own).
-const REGISTER_CONCURRENCY: usize = 8;
+/// Machines whose desired states one read takes (so one read holds the store's writer
+/// only briefly).
+const READ_CHUNK: usize = 512;
+/// Reports in flight at once: the store's writer commits all that are queued in one
+/// transaction, so many in flight means few commits.
+const REPORT_CONCURRENCY: usize = 64;
 /// Fake game ports: `PORT_BASE..PORT_BASE + PORT_SPAN`, round robin on each machine.
 const PORT_BASE: u16 = 7000;
 const PORT_SPAN: u16 = 1000;
@@ -529,7 +520,6 @@ impl WorldState {
 #[derive(Debug)]
 struct Shared {
     store: Arc<dyn Store>,
-    changes: Changes,
     /// Sessions ended per zone, for the forecast (as the agent route records them).
     demand: Arc<Demand>,
     state: Mutex<WorldState>,
@@ -547,13 +537,12 @@ pub struct SimWorld {
 }
 
 impl SimWorld {
-    /// A world whose machines report to `store` and signal `changes` and `demand` like
-    /// agents syncing through the API do.
-    pub fn new(store: Arc<dyn Store>, changes: Changes, demand: Arc<Demand>) -> Self {
+    /// A world whose machines report to `store` and `demand` like agents syncing through
+    /// the API do.
+    pub fn new(store: Arc<dyn Store>, demand: Arc<Demand>) -> Self {
         SimWorld {
             shared: Arc::new(Shared {
                 store,
-                changes,
                 demand,
                 state: Mutex::new(WorldState::default()),
                 wake: Notify::new(),
@@ -588,42 +577,49 @@ impl SimWorld {
     /// Drives every simulated machine until `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut changes = self.shared.changes.subscribe();
-        let mut stale = true;
-        let mut last_refresh: Option<Instant> = None;
-        let mut refresh_cost = Duration::ZERO;
-        // Reports run beside the loop: one waiting for the store's single writer (behind
-        // placements, say) must not stop the clock of every other machine.
+        let listener = self.shared.store.changes().listen();
+        // Machines whose desired state may have changed, read at `refresh_at`.
+        let mut changed: HashSet<String> = HashSet::new();
+        let mut refresh_at: Option<Instant> = None;
+        let mut next_resync = Instant::now() + RESYNC_INTERVAL;
+        // Reports run beside the loop: one waiting for the store (behind placements, say)
+        // must not stop the clock of every other machine.
         let mut reports: JoinSet<(MachineRecord, SyncRequest, Result<ReportOutcome>)> =
             JoinSet::new();
-        let mut placement_changed = false;
         loop {
             let now = Instant::now();
             self.state().advance(now, now_ms());
-            let more = self.register_round().await;
-            let gap = MIN_REFRESH_GAP.max(refresh_cost * REFRESH_COST_FACTOR);
-            let resync_gap = RESYNC_INTERVAL.max(refresh_cost * RESYNC_COST_FACTOR);
-            let due = last_refresh.is_none_or(|at| now >= at + gap);
-            let resync = last_refresh.is_none_or(|at| now >= at + resync_gap);
-            if (stale && due) || resync {
-                // Mark the counter seen before reading, so a change during the read is
-                // read next time.
-                changes.borrow_and_update();
-                let started = Instant::now();
-                stale = match self.refresh(started).await {
-                    Ok(()) => false,
-                    Err(error) => {
-                        tracing::warn!(%error, "sim: reading desired states failed; retrying");
-                        true
-                    }
+            let notices = listener.take();
+            if !notices.is_empty() {
+                let ours = self.ours(&notices);
+                if !ours.is_empty() && refresh_at.is_none() {
+                    refresh_at = Some(now + REFRESH_GAP);
+                }
+                changed.extend(ours);
+            }
+            // Booted machines register like an agent's first sync: they read their desired
+            // state, start their processes and report.
+            let booted: Vec<String> = self.state().booted.drain(..).collect();
+            if !booted.is_empty() {
+                self.refresh(booted, true).await;
+            }
+            if refresh_at.is_some_and(|at| now >= at) {
+                refresh_at = None;
+                let ids: Vec<String> = changed.drain().collect();
+                self.refresh(ids, false).await;
+            }
+            if now >= next_resync {
+                next_resync = now + RESYNC_INTERVAL;
+                let ids: Vec<String> = {
+                    let state = self.state();
+                    state
+                        .machines
+                        .iter()
+                        .filter(|(_, m)| m.desired.is_some())
+                        .map(|(id, _)| id.clone())
+                        .collect()
                 };
-                refresh_cost = started.elapsed();
-                last_refresh = Some(started);
-                tracing::debug!(
-                    machines = self.machine_count(),
-                    took_ms = refresh_cost.as_millis() as u64,
-                    "sim: desired states read"
-                );
+                self.refresh(ids, false).await;
             }
             let free = REPORT_CONCURRENCY.saturating_sub(reports.len());
             for (record, report) in self.take_reports(free) {
@@ -633,20 +629,16 @@ impl SimWorld {
                     (record, report, result)
                 });
             }
-            if std::mem::take(&mut placement_changed) {
-                // Once per round, however many reports finished: waiters re-read anyway.
-                self.shared.changes.bump();
-            }
 
-            let last = last_refresh.unwrap_or(now);
-            let mut wake_at = last + resync_gap;
+            let mut wake_at = next_resync;
             if let Some(deadline) = self.state().next_deadline() {
                 wake_at = wake_at.min(deadline);
             }
-            if stale {
-                wake_at = wake_at.min(last + gap);
+            if let Some(at) = refresh_at {
+                wake_at = wake_at.min(at);
             }
-            if more {
+            let more_reports = !self.state().dirty.is_empty() && reports.len() < REPORT_CONCURRENCY;
+            if more_reports || !self.state().booted.is_empty() {
                 wake_at = Instant::now();
             }
             tokio::select! {
@@ -656,9 +648,7 @@ impl SimWorld {
                     let mut done = Some(done);
                     while let Some(finished) = done {
                         match finished {
-                            Ok((record, report, result)) => {
-                                placement_changed |= self.report_done(&record, report, result);
-                            }
+                            Ok((record, report, result)) => self.report_done(&record, report, result),
                             Err(error) => tracing::warn!(%error, "sim: report task failed"),
                         }
                         done = reports.try_join_next();
@@ -666,177 +656,88 @@ impl SimWorld {
                 }
                 _ = tokio::time::sleep_until(wake_at) => {}
                 _ = self.shared.wake.notified() => {}
-                _ = changes.changed(), if !stale => stale = true,
+                _ = listener.notified() => {}
             }
         }
     }
 
-    /// Registers up to [`MAX_REGISTRATIONS_PER_ROUND`] booted machines: like an agent's first
-    /// sync, each reads its own desired state, starts its processes, and is queued for the
-    /// report that registers it. True when more wait.
-    async fn register_round(&self) -> bool {
-        let batch: Vec<String> = {
-            let mut state = self.state();
-            let count = state.booted.len().min(MAX_REGISTRATIONS_PER_ROUND);
-            state.booted.drain(..count).collect()
-        };
-        if batch.is_empty() {
-            return false;
+    /// The simulated machines a batch of notices is about.
+    fn ours(&self, notices: &HashSet<Notice>) -> Vec<String> {
+        let state = self.state();
+        let mut ids = Vec::new();
+        for notice in notices {
+            match notice {
+                Notice::Machine { machine_id, .. } if state.machines.contains_key(machine_id) => {
+                    ids.push(machine_id.clone());
+                }
+                Notice::Fleet { fleet_id } => ids.extend(
+                    state
+                        .machines
+                        .iter()
+                        .filter(|(_, m)| m.record.as_ref().is_some_and(|r| &r.fleet_id == fleet_id))
+                        .map(|(id, _)| id.clone()),
+                ),
+                _ => {}
+            }
         }
-        let store = self.shared.store.as_ref();
-        let loaded: Vec<_> = futures::stream::iter(batch)
-            .map(|id| async move {
-                let result = match store.get_machine(&id).await {
-                    Ok(Some(record)) if record.status != MachineStatus::Terminated => {
-                        load_desired(store, &record)
-                            .await
-                            .map(|desired| Some((record, desired)))
-                    }
-                    Ok(_) => Ok(None),
-                    Err(error) => Err(error),
-                };
-                (id, result)
-            })
-            .buffer_unordered(REGISTER_CONCURRENCY)
-            .collect()
-            .await;
-        let now = Instant::now();
-        let now_ms = now_ms();
-        let mut state = self.state();
-        for (id, result) in loaded {
-            match result {
-                Ok(Some((record, desired))) => {
-                    let Some(machine) = state.machines.get_mut(&id) else {
-                        continue;
-                    };
-                    machine.record.get_or_insert(record);
-                    if machine.desired.is_none() {
-                        machine.follow(&desired, now, now_ms);
-                        machine.desired = Some(desired);
-                        state.mark_dirty(&id);
-                        state.reschedule(&id);
-                    }
-                }
-                Ok(None) => {
-                    // The store does not know it (any more): like an agent refused with a
-                    // 401, it stops.
-                    tracing::info!(machine = %id, "sim: machine unknown to the store; it stops");
-                    state.remove(&id);
-                }
+        ids
+    }
+
+    /// Reads the desired states of `ids` (a chunk at a time) and makes the machines follow
+    /// them. `registering`: these machines just booted (each reports once it knows what to
+    /// run); a booted machine the store does not know stops, like an agent refused with a
+    /// 401.
+    async fn refresh(&self, ids: Vec<String>, registering: bool) {
+        for chunk in ids.chunks(READ_CHUNK) {
+            let read = self.shared.store.desired_states(chunk, now_ms()).await;
+            let desired = match read {
+                Ok(desired) => desired,
                 Err(error) => {
-                    tracing::warn!(machine = %id, %error, "sim: registration failed; retrying");
-                    state.booted.push_back(id);
+                    tracing::warn!(%error, "sim: reading desired states failed; retrying");
+                    if registering {
+                        self.state().booted.extend(chunk.iter().cloned());
+                    }
+                    continue;
                 }
-            }
-        }
-        !state.booted.is_empty()
-    }
-
-    /// Reads the desired state of every registered simulated machine, a zone at a time, and
-    /// makes the machines follow it.
-    async fn refresh(&self, now: Instant) -> Result<()> {
-        let store = &self.shared.store;
-        let known_zones: BTreeSet<String> = {
-            let state = self.state();
-            if state.machines.is_empty() {
-                return Ok(());
-            }
-            state
-                .machines
-                .values()
-                .filter_map(|m| m.record.as_ref().map(|r| r.zone_id.clone()))
-                .collect()
-        };
-        let locations = self
-            .shared
-            .locations
-            .lock()
-            .expect("sim locations poisoned")
-            .clone();
-        for record in store.list_zones().await? {
-            let zone = &record.zone;
-            let on_sim = zone
-                .spec
-                .data_centers
-                .iter()
-                .any(|dc| locations.contains(&dc.location));
-            if !on_sim && !known_zones.contains(&zone.id) {
-                continue;
-            }
-            let observed = store.zone_observation(&zone.id).await?;
-            let ours: Vec<&MachineRecord> = {
-                let state = self.state();
-                observed
-                    .machines
-                    .iter()
-                    .filter(|m| state.machines.contains_key(&m.id))
-                    .collect()
             };
-            if ours.is_empty() {
-                continue;
-            }
-            let fleet = store.get_fleet(&zone.spec.fleet_id).await?;
-            let build = match &fleet {
-                Some(fleet) => store.get_build(&fleet.build_id).await?,
-                None => None,
-            };
-            let sessions = store.zone_active_sessions(&zone.id).await?;
-            let mut processes: HashMap<&str, Vec<&ProcessRecord>> = HashMap::new();
-            for process in &observed.processes {
-                processes
-                    .entry(process.machine_id.as_str())
-                    .or_default()
-                    .push(process);
-            }
-            let mut sessions_of: HashMap<&str, Vec<_>> = HashMap::new();
-            for session in &sessions {
-                sessions_of
-                    .entry(session.machine_id.as_str())
-                    .or_default()
-                    .push(session);
-            }
-            let desired: Vec<(&MachineRecord, DesiredMachine)> = ours
-                .into_iter()
-                .map(|machine| {
-                    let desired = desired_machine(
-                        machine,
-                        fleet.as_ref(),
-                        build.as_ref(),
-                        processes
-                            .get(machine.id.as_str())
-                            .into_iter()
-                            .flatten()
-                            .copied(),
-                        sessions_of
-                            .get(machine.id.as_str())
-                            .into_iter()
-                            .flatten()
-                            .copied(),
-                        now_ms(),
-                    );
-                    (machine, desired)
-                })
-                .collect();
+            let now = Instant::now();
             let now_ms = now_ms();
             let mut state = self.state();
+            let mut known: HashSet<&str> = HashSet::new();
             for (record, desired) in desired {
-                let Some(machine) = state.machines.get_mut(&record.id) else {
+                let id = record.id.clone();
+                let Some(machine) = state.machines.get_mut(&id) else {
                     continue;
                 };
-                // Booting and registering machines get theirs from `register_round`.
-                if machine.desired.is_none() || machine.desired.as_ref() == Some(&desired) {
+                if record.status == MachineStatus::Terminated {
+                    continue;
+                }
+                if let Some(found) = chunk.iter().find(|c| **c == id) {
+                    known.insert(found.as_str());
+                }
+                if machine.phase != Phase::Up {
+                    // Still booting: it reads its state once it is up.
+                    continue;
+                }
+                let first = machine.desired.is_none();
+                machine.record = Some(record);
+                if !first && machine.desired.as_ref() == Some(&desired) {
                     continue;
                 }
                 let changed = machine.follow(&desired, now, now_ms);
                 machine.desired = Some(desired);
-                if changed {
-                    state.mark_dirty(&record.id);
+                if changed || first {
+                    state.mark_dirty(&id);
                 }
-                state.reschedule(&record.id);
+                state.reschedule(&id);
+            }
+            if registering {
+                for id in chunk.iter().filter(|id| !known.contains(id.as_str())) {
+                    tracing::info!(machine = %id, "sim: machine unknown to the store; it stops");
+                    state.remove(id);
+                }
             }
         }
-
-        Ok(())
     }
 
     /// Takes up to `limit` queued reports, at most one in flight per machine (a report
@@ -873,13 +774,13 @@ impl SimWorld {
         batch
     }
 
-    /// Records how a report went. True when it changed what placement can use.
+    /// Records how a report went.
     fn report_done(
         &self,
         record: &MachineRecord,
         report: SyncRequest,
         result: Result<ReportOutcome>,
-    ) -> bool {
+    ) {
         let id = record.id.as_str();
         let mut state = self.state();
         if let Some(machine) = state.machines.get_mut(id) {
@@ -895,12 +796,10 @@ impl SimWorld {
                 self.shared
                     .demand
                     .record_ends(&record.zone_id, now_ms(), outcome.sessions_ended);
-                outcome.placement_changed
             }
             Err(Error::Unauthorized) => {
                 // The store ended the machine: like an agent on a 401, it stops.
                 state.remove(id);
-                false
             }
             Err(error) => {
                 tracing::warn!(machine = %id, %error, "sim: report failed; retrying");
@@ -913,7 +812,6 @@ impl SimWorld {
                     machine.ended_sessions = ended;
                 }
                 state.mark_dirty(id);
-                false
             }
         }
     }

@@ -1,8 +1,10 @@
 //! Placement choice: which ready process takes a new session.
 //!
-//! Architecture invariant: [`choose`] is a pure function over the candidates the store
-//! loaded inside the placement transaction; it does no I/O and reads no clock, so the same
-//! code runs in fleetformd, in tests and in the simulator.
+//! Architecture invariant: [`choose`] is a pure function over candidates; it does no I/O
+//! and reads no clock, so the same code runs in fleetformd (through the free-slot
+//! [`index`] the store's writer keeps per zone), in tests and in the simulator.
+
+pub mod index;
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;

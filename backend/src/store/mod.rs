@@ -1,10 +1,13 @@
 //! Storage behind a trait: handlers and the reconciler see [`Store`] over domain types; the
-//! SQLite implementation lives in [`sqlite`] with its own `migrations/`.
+//! SQLite implementation lives in [`sqlite`] with its own `migrations/`, and [`hot`] is the
+//! picture of live state its writer keeps in memory.
 //!
 //! Architecture invariant: every operation that must not be half-applied (a placement, an
 //! agent report, a zone's removal) is one method here and one transaction in the
-//! implementation, so a kill -9 at any moment leaves either all of it or none.
+//! implementation, so a kill -9 at any moment leaves either all of it or none; and every
+//! method that writes returns only once its transaction is durable.
 
+pub mod hot;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -12,12 +15,15 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use fleetform_api::agent::{AgentProcessState, SyncRequest};
 use fleetform_api::{
-    BareMetalMachine, Build, EventLevel, EventProducer, Fleet, MachineStatus, PlacementStrategy,
-    ResourceStatus, Session, SessionMode, SessionStatus, Zone,
+    BareMetalMachine, Build, EventLevel, EventProducer, Fleet, MachineStatus, ResourceStatus,
+    Session, SessionMode, SessionStatus, Zone,
 };
 
+use crate::changes::Changes;
 use crate::placement::Candidate;
 use crate::Result;
+
+pub use hot::{ObservedMachine, ZoneSummary};
 
 /// A zone and whether it is being deleted.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,11 +154,15 @@ pub struct ZoneObservation {
     pub processes: Vec<ProcessRecord>,
 }
 
-/// A placement as the store performs it, in one transaction.
+/// A placement as the store performs it, in one transaction. The fleet and zone are named
+/// as the request names them: the store resolves them in the same step that places, so a
+/// change of the fleet's build that committed before is always seen.
 #[derive(Debug, Clone)]
-pub struct PlaceArgs<'a> {
-    pub fleet: &'a Fleet,
-    pub zone: &'a Zone,
+pub struct PlaceArgs {
+    /// The fleet's id or name.
+    pub fleet: String,
+    /// The zone's name or id.
+    pub zone: String,
     pub session_id: String,
     pub max_players: Option<u32>,
     pub properties: BTreeMap<String, String>,
@@ -160,7 +170,6 @@ pub struct PlaceArgs<'a> {
     /// Data-center name → player latency.
     pub latencies_ms: BTreeMap<String, u32>,
     pub max_latency_ms: Option<u32>,
-    pub strategy: PlacementStrategy,
     pub now_ms: i64,
 }
 
@@ -170,7 +179,52 @@ pub enum PlaceOutcome {
     Placed(Session),
     /// The idempotency key was used before: the first answer.
     Repeated(Session),
-    NoCapacity,
+    /// No process may take it now. A zone in cooldown has been woken (its idle clock
+    /// restarted, in the same transaction).
+    NoCapacity {
+        zone_id: String,
+    },
+}
+
+impl PlaceOutcome {
+    /// The zone the placement was for.
+    pub fn zone_id(&self) -> &str {
+        match self {
+            PlaceOutcome::Placed(session) | PlaceOutcome::Repeated(session) => &session.zone_id,
+            PlaceOutcome::NoCapacity { zone_id } => zone_id,
+        }
+    }
+}
+
+/// What ending a session did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndOutcome {
+    /// The session as it is now.
+    pub session: Session,
+    /// This call ended it (false: it had already ended).
+    pub ended_now: bool,
+}
+
+/// One page of a list, in the list's order, and where the next one starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as the next request's cursor; None: this was the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// What one round of history pruning removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub sessions: u64,
+    pub processes: u64,
+    pub machines: u64,
+}
+
+impl Pruned {
+    pub fn total(&self) -> u64 {
+        self.sessions + self.processes + self.machines
+    }
 }
 
 /// What applying an agent report did.
@@ -192,6 +246,8 @@ pub struct SessionFilter {
     pub build_id: Option<String>,
     pub status: Option<SessionStatus>,
     pub limit: u32,
+    /// Only sessions after this cursor (a page's `next_cursor`).
+    pub cursor: Option<String>,
 }
 
 /// Something that happened to a fleet, a zone or a machine, as the store keeps it.
@@ -270,6 +326,8 @@ pub struct EventFilter {
     pub text: Option<String>,
     /// The most events returned (the newest ones).
     pub limit: u32,
+    /// Only events older than this cursor (a page's `next_cursor`).
+    pub cursor: Option<String>,
 }
 
 impl EventFilter {
@@ -289,6 +347,7 @@ impl Default for EventFilter {
             producer: None,
             text: None,
             limit: Self::DEFAULT_LIMIT,
+            cursor: None,
         }
     }
 }
@@ -325,6 +384,8 @@ pub struct CrashFilter {
     pub build_id: Option<String>,
     /// The most crashes returned (the newest ones).
     pub limit: u32,
+    /// Only crashes older than this cursor (a page's `next_cursor`).
+    pub cursor: Option<String>,
 }
 
 impl CrashFilter {
@@ -342,13 +403,42 @@ impl Default for CrashFilter {
             machine_id: None,
             build_id: None,
             limit: Self::DEFAULT_LIMIT,
+            cursor: None,
         }
     }
+}
+
+/// Filters of a fleet's machine list (`GET /v1/fleets/{id}/machines`); every one set
+/// must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MachineFilter {
+    pub id: Option<String>,
+    pub address: Option<String>,
+    pub build_id: Option<String>,
+    pub data_center: Option<String>,
+    pub zone_id: Option<String>,
+    /// The stored status.
+    pub status: Option<MachineStatus>,
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+/// Filters of a fleet's process list (`GET /v1/fleets/{id}/processes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessFilter {
+    /// Only live processes (`STARTING`, `READY`, `STOPPING`), not history.
+    pub live_only: bool,
+    pub machine_id: Option<String>,
+    pub limit: u32,
+    pub cursor: Option<String>,
 }
 
 /// Persistent state of fleetformd.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// The hub this store tells, after each commit, what it changed.
+    fn changes(&self) -> &Changes;
+
     // -- builds
     async fn insert_build(&self, build: &Build) -> Result<()>;
     async fn get_build(&self, id: &str) -> Result<Option<Build>>;
@@ -381,11 +471,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// session unless `force` (the fleet's `force_destroy`).
     async fn begin_zone_deletion(&self, id: &str, force: bool) -> Result<()>;
     async fn list_zones(&self) -> Result<Vec<ZoneRecord>>;
+    /// Sets a zone's status (never undoes `DELETING`).
     async fn set_zone_status(&self, id: &str, status: ResourceStatus) -> Result<()>;
-    /// Removes a zone and every row of its machines, processes and sessions.
-    async fn remove_zone(&self, id: &str) -> Result<()>;
+    /// Removes a zone being deleted whose machines have all ended, and every row of its
+    /// machines, processes and sessions. False when it is not (yet) removable.
+    async fn remove_zone(&self, id: &str) -> Result<bool>;
+    /// Every live machine of a zone and their live processes, read from the database.
     async fn zone_observation(&self, zone_id: &str) -> Result<ZoneObservation>;
-    /// Active sessions per process of a zone.
+    /// What the reconciler observes of a zone (from the writer's picture: no query once
+    /// the zone is loaded). None when the zone does not exist.
+    async fn zone_summary(&self, zone_id: &str) -> Result<Option<ZoneSummary>>;
+    /// Active sessions of a zone.
     async fn zone_active_sessions(&self, zone_id: &str) -> Result<Vec<Session>>;
 
     // -- machines
@@ -437,9 +533,39 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// build remains, with its `BUILD_UPDATE_COMPLETED` event, in one transaction. True
     /// when it ended one.
     async fn finish_build_update(&self, fleet_id: &str, now_ms: i64) -> Result<bool>;
-    async fn fleet_machines(&self, fleet_id: &str) -> Result<Vec<MachineRecord>>;
-    async fn fleet_processes(&self, fleet_id: &str) -> Result<Vec<ProcessRecord>>;
+    /// A fleet's machines, ended ones included, in id order, a page at a time.
+    async fn fleet_machines(
+        &self,
+        fleet_id: &str,
+        filter: &MachineFilter,
+    ) -> Result<Page<MachineRecord>>;
+    /// Machines of a fleet that run a live process of another build than `build_id`.
+    async fn machines_on_other_builds(
+        &self,
+        fleet_id: &str,
+        build_id: &str,
+    ) -> Result<std::collections::BTreeSet<String>>;
+    /// A fleet's processes, in id order, a page at a time.
+    async fn fleet_processes(
+        &self,
+        fleet_id: &str,
+        filter: &ProcessFilter,
+    ) -> Result<Page<ProcessRecord>>;
+    /// A machine's live processes.
     async fn machine_processes(&self, machine_id: &str) -> Result<Vec<ProcessRecord>>;
+    /// What a machine should run now, with its row (from the writer's picture). None when
+    /// the store does not know it.
+    async fn desired_state(
+        &self,
+        machine_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<(MachineRecord, fleetform_api::agent::DesiredMachine)>>;
+    /// [`Store::desired_state`] of several machines at once (unknown ones left out).
+    async fn desired_states(
+        &self,
+        machine_ids: &[String],
+        now_ms: i64,
+    ) -> Result<Vec<(MachineRecord, fleetform_api::agent::DesiredMachine)>>;
 
     // -- bare-metal pool
     /// Registers a pool machine; `token_hash` finds it when its agent syncs.
@@ -488,22 +614,33 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn machine_active_sessions(&self, machine_id: &str) -> Result<Vec<Session>>;
 
     // -- sessions
-    async fn place_session(&self, args: PlaceArgs<'_>) -> Result<PlaceOutcome>;
+    /// Places a session (or answers a repeated idempotency key), resolving the fleet and
+    /// zone as named. Unknown fleet: `NotFound`; unknown zone: `Invalid` on `zone`; a zone
+    /// being deleted: a conflict.
+    async fn place_session(&self, args: PlaceArgs) -> Result<PlaceOutcome>;
     async fn get_session(&self, id: &str) -> Result<Option<Session>>;
     /// Ends an active session (idempotent on an ended one). None when unknown.
-    async fn end_session(&self, id: &str, now_ms: i64) -> Result<Option<Session>>;
-    async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<Session>>;
+    async fn end_session(&self, id: &str, now_ms: i64) -> Result<Option<EndOutcome>>;
+    /// Sessions matching `filter`, oldest first, a page at a time.
+    async fn list_sessions(&self, filter: &SessionFilter) -> Result<Page<Session>>;
 
     // -- events
     async fn insert_event(&self, event: &EventRecord) -> Result<()>;
     /// Events matching `filter`, newest first (in insertion order, not by `at_ms`), at
-    /// most `filter.limit`.
-    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<EventRecord>>;
+    /// most `filter.limit`, and the cursor of the next (older) page.
+    async fn list_events(&self, filter: &EventFilter) -> Result<Page<EventRecord>>;
 
     // -- crashes
     /// Crashes matching `filter`, newest first (in the order they were recorded), at most
-    /// `filter.limit`.
-    async fn list_crashes(&self, filter: &CrashFilter) -> Result<Vec<CrashRecord>>;
+    /// `filter.limit`, and the cursor of the next (older) page.
+    async fn list_crashes(&self, filter: &CrashFilter) -> Result<Page<CrashRecord>>;
+
+    // -- retention
+    /// Removes up to `batch` rows of history that ended before `before_ms`: ended and lost
+    /// sessions, exited and crashed processes (none with an active session), and ended
+    /// machines with nothing left. Live rows are never touched. Call again while it
+    /// removes something.
+    async fn prune_history(&self, before_ms: i64, batch: u32) -> Result<Pruned>;
 }
 
 /// Candidates a placement may choose among, as the store loaded them.

@@ -1,0 +1,221 @@
+//! Placing and ending sessions: the hot path.
+//!
+//! A placement runs on the writer, inside the batch's transaction: the fleet and zone come
+//! from the picture (so a build change committed before is always seen), the process from
+//! the zone's free-slot index, and then two statements: the guarded `UPDATE` that takes
+//! the slot and the `INSERT` of the session. The guard restates every rule of
+//! [`ProcessRecord::takes_sessions`](crate::store::ProcessRecord::takes_sessions) and of
+//! the zone and fleet in SQL, so it holds however stale the picture is: when it refuses,
+//! the picture of that machine is reloaded and the next best process is tried.
+
+use fleetform_api::{ResourceStatus, Session, SessionStatus};
+use rusqlite::params;
+
+use super::load;
+use super::rows::{self, SESSION_COLUMNS};
+use super::writer::Ctx;
+use crate::changes::Notice;
+use crate::store::{EndOutcome, PlaceArgs, PlaceOutcome};
+use crate::time::rfc3339;
+use crate::{Error, Result};
+
+/// How many processes one placement tries when guards refuse (each refusal reloads that
+/// machine, so a second refusal of the same one is not expected).
+const MAX_TRIES: usize = 8;
+
+/// Takes one slot of a process for a new session. Guard: the process is `READY`, not
+/// marked for restart, of its fleet's current build, younger than the fleet's
+/// `process_restart_hours`, below its slot count (and unused, in simple mode), on an
+/// `ACTIVE` machine of a zone that is not being deleted: all read in this statement.
+const TAKE_SLOT: &str = "UPDATE processes
+    SET active_sessions = active_sessions + 1, sessions_started = sessions_started + 1
+    WHERE id = ?1 AND agent_state = 'READY' AND NOT restart_requested
+      AND EXISTS (
+        SELECT 1 FROM fleets f
+        WHERE f.id = ?2 AND f.id = processes.fleet_id AND f.build_id = processes.build_id
+          AND (f.process_restart_hours = 0 OR processes.started_at >= ?3 - f.process_restart_hours * 3600000)
+          AND processes.active_sessions <
+              CASE WHEN f.session_mode = 'simple' OR f.sessions_per_process < 1 THEN 1 ELSE f.sessions_per_process END
+          AND (f.session_mode <> 'simple' OR processes.sessions_started = 0))
+      AND EXISTS (SELECT 1 FROM machines m WHERE m.id = processes.machine_id AND m.status = 'ACTIVE')
+      AND EXISTS (SELECT 1 FROM zones z WHERE z.id = processes.zone_id AND NOT z.deleting)";
+
+const INSERT_SESSION: &str = "INSERT INTO sessions (id, fleet_id, zone_id, zone_name, data_center,
+        machine_id, process_id, build_id, address, port, status, max_players, properties,
+        idempotency_key, created_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'ACTIVE', ?11, ?12, ?13, ?14)";
+
+/// The zone a placement names, loaded into the picture.
+fn zone_of(ctx: &mut Ctx<'_>, fleet_id: &str, fleet_name: &str, zone: &str) -> Result<String> {
+    if let Some(id) = ctx.hot.zone_id_of(fleet_id, zone) {
+        return Ok(id);
+    }
+    let id: Option<String> = rows::first(
+        ctx.conn,
+        "SELECT id FROM zones WHERE fleet_id = ?1 AND (id = ?2 OR name = ?2) ORDER BY id = ?2 DESC LIMIT 1",
+        params![fleet_id, zone],
+        |row| Ok(row.get(0)?),
+    )?;
+    let not_found = || Error::invalid("zone", format!("fleet {fleet_name} has no zone {zone:?}"));
+    let id = id.ok_or_else(not_found)?;
+    if !load::zone(ctx, &id)? {
+        return Err(not_found());
+    }
+    Ok(id)
+}
+
+/// See [`Store::place_session`](crate::store::Store::place_session).
+pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
+    let fleet =
+        load::fleet(ctx, &args.fleet)?.ok_or_else(|| Error::not_found("fleet", &args.fleet))?;
+    let zone_id = zone_of(ctx, &fleet.id, &fleet.name, &args.zone)?;
+    {
+        let zone = &ctx.hot.zones[&zone_id];
+        if zone.record.deleting {
+            return Err(Error::conflict(
+                "zone_deleting",
+                format!("zone {} is being deleted", zone.record.zone.spec.name),
+            ));
+        }
+    }
+    if let Some(key) = &args.idempotency_key {
+        let earlier = rows::first(
+            ctx.conn,
+            &format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE fleet_id = ?1 AND idempotency_key = ?2"
+            ),
+            params![fleet.id, key],
+            rows::session,
+        )?;
+        if let Some(session) = earlier {
+            return Ok(PlaceOutcome::Repeated(session));
+        }
+    }
+    let properties =
+        serde_json::to_string(&args.properties).map_err(|e| Error::Internal(e.to_string()))?;
+    for _ in 0..MAX_TRIES {
+        let zone = ctx.hot.zones.get_mut(&zone_id).expect("loaded above");
+        let Some(candidate) = zone.choose(&args.latencies_ms, args.max_latency_ms, args.now_ms)
+        else {
+            break;
+        };
+        let zone_name = zone.record.zone.spec.name.clone();
+        let machine = &zone.machines[&candidate.machine_id];
+        let process = &machine.processes[&candidate.process_id];
+        let session = Session {
+            id: args.session_id.clone(),
+            fleet_id: fleet.id.clone(),
+            zone: zone_name,
+            zone_id: zone_id.clone(),
+            data_center: candidate.data_center.clone(),
+            machine_id: candidate.machine_id.clone(),
+            process_id: candidate.process_id.clone(),
+            build_id: process.record.build_id.clone(),
+            address: machine.record.address.clone().unwrap_or_default(),
+            port: process.record.port,
+            status: SessionStatus::Active,
+            max_players: args.max_players,
+            properties: args.properties.clone(),
+            created_at: rfc3339(args.now_ms),
+            ended_at: None,
+            reason: None,
+        };
+        let taken = rows::run(
+            ctx.conn,
+            TAKE_SLOT,
+            params![candidate.process_id, fleet.id, args.now_ms],
+        )?;
+        if taken == 0 {
+            // The picture was wrong about this process: read its machine again.
+            tracing::debug!(process = %candidate.process_id, "placement guard refused a process; reloading its machine");
+            load::machine(ctx, &candidate.machine_id)?;
+            if let Some(zone) = ctx.hot.zones.get_mut(&zone_id) {
+                zone.refuse(&candidate.process_id);
+            }
+            continue;
+        }
+        rows::run(
+            ctx.conn,
+            INSERT_SESSION,
+            params![
+                session.id,
+                session.fleet_id,
+                session.zone_id,
+                session.zone,
+                session.data_center,
+                session.machine_id,
+                session.process_id,
+                session.build_id,
+                session.address,
+                i64::from(session.port),
+                args.max_players.map(i64::from),
+                properties,
+                args.idempotency_key,
+                args.now_ms
+            ],
+        )
+        .map_err(|e| super::sql::fix_error(e, "session", "id"))?;
+        ctx.machine_changed(&session.machine_id, &zone_id);
+        ctx.hot
+            .zones
+            .get_mut(&zone_id)
+            .expect("loaded above")
+            .placed(session.clone());
+        return Ok(PlaceOutcome::Placed(session));
+    }
+    // No capacity. A zone in cooldown wakes: its idle clock restarts, so the plan brings
+    // back its initial processes.
+    let zone = ctx.hot.zones.get_mut(&zone_id).expect("loaded above");
+    if zone.record.zone.status == ResourceStatus::AvailableCooldown {
+        rows::run(
+            ctx.conn,
+            "UPDATE zones SET idle_since = MAX(COALESCE(idle_since, 0), ?1) WHERE id = ?2",
+            params![args.now_ms, zone_id],
+        )?;
+        let zone = ctx.hot.zones.get_mut(&zone_id).expect("loaded above");
+        zone.record.idle_since_ms = zone.record.idle_since_ms.max(args.now_ms);
+        ctx.notice(Notice::Zone {
+            zone_id: zone_id.clone(),
+        });
+    }
+    Ok(PlaceOutcome::NoCapacity { zone_id })
+}
+
+/// See [`Store::end_session`](crate::store::Store::end_session). Guards: only an `ACTIVE`
+/// session ends, and a slot count never goes below zero.
+pub fn end(ctx: &mut Ctx<'_>, session_id: &str, now_ms: i64) -> Result<Option<EndOutcome>> {
+    let ended = rows::first(
+        ctx.conn,
+        &format!(
+            "UPDATE sessions SET status = 'ENDED', ended_at = ?1 WHERE id = ?2 AND status = 'ACTIVE'
+             RETURNING {SESSION_COLUMNS}"
+        ),
+        params![now_ms, session_id],
+        rows::session,
+    )?;
+    let Some(session) = ended else {
+        let session = rows::first(
+            ctx.conn,
+            &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
+            params![session_id],
+            rows::session,
+        )?;
+        return Ok(session.map(|session| EndOutcome {
+            session,
+            ended_now: false,
+        }));
+    };
+    rows::run(
+        ctx.conn,
+        "UPDATE processes SET active_sessions = active_sessions - 1 WHERE id = ?1 AND active_sessions > 0",
+        params![session.process_id],
+    )?;
+    ctx.machine_changed(&session.machine_id, &session.zone_id);
+    if let Some(zone) = ctx.hot.zones.get_mut(&session.zone_id) {
+        zone.ended(&session.machine_id, &session.process_id, &session.id);
+    }
+    Ok(Some(EndOutcome {
+        session,
+        ended_now: true,
+    }))
+}

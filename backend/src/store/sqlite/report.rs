@@ -1,0 +1,218 @@
+//! Applying an agent's report: heartbeat, ended sessions, exits and crashes, process
+//! states, in one job (one savepoint of the batch's transaction).
+
+use std::collections::{BTreeSet, HashMap};
+
+use fleetform_api::agent::{AgentProcessState, SyncRequest};
+use fleetform_api::MachineStatus;
+use rusqlite::params;
+
+use super::load;
+use super::rows::{self, parse, LIVE_STATES};
+use super::sql;
+use super::writer::Ctx;
+use crate::store::{MachineRecord, ReportOutcome};
+use crate::{Error, Result};
+
+/// See [`Store::apply_agent_report`](crate::store::Store::apply_agent_report).
+pub fn apply(
+    ctx: &mut Ctx<'_>,
+    machine: &MachineRecord,
+    report: &SyncRequest,
+    now_ms: i64,
+) -> Result<ReportOutcome> {
+    let conn = ctx.conn;
+    let (status, _last_seq): (String, i64) = rows::first(
+        conn,
+        "SELECT status, last_report_seq FROM machines WHERE id = ?1",
+        params![machine.id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?
+    .ok_or(Error::Unauthorized)?;
+    let status: MachineStatus = parse(&status, "machine status")?;
+    if matches!(status, MachineStatus::Terminated | MachineStatus::Unhealthy) {
+        return Err(Error::Unauthorized);
+    }
+    let seq = i64::try_from(report.report_seq).unwrap_or(i64::MAX);
+    // Guard: the machine is live and the report newer than the last one applied (a late,
+    // older report — a cancelled long-poll — must not undo a newer one).
+    let applied = rows::run(
+        conn,
+        "UPDATE machines SET last_heartbeat_at = ?1,
+            address = CASE WHEN bare_metal_id IS NULL THEN ?2 ELSE address END, agent_error = ?3,
+            last_report_seq = MAX(last_report_seq, ?4),
+            status = CASE WHEN status IN ('PENDING', 'LAUNCHING') THEN 'ACTIVE' ELSE status END
+         WHERE id = ?5 AND status NOT IN ('TERMINATED', 'UNHEALTHY') AND (?4 = 0 OR last_report_seq < ?4)",
+        params![now_ms, report.address, report.error, seq, machine.id],
+    )?;
+    if applied == 0 {
+        // It still proves the machine alive, nothing more.
+        rows::run(
+            conn,
+            "UPDATE machines SET last_heartbeat_at = ?1 WHERE id = ?2 AND status NOT IN ('TERMINATED', 'UNHEALTHY')",
+            params![now_ms, machine.id],
+        )?;
+        if let Some(zone) = ctx.hot.zone_of_machine(&machine.id) {
+            if let Some(hot) = zone.machines.get_mut(&machine.id) {
+                hot.record.last_heartbeat_ms = Some(now_ms);
+            }
+        }
+        return Ok(ReportOutcome::default());
+    }
+    let mut sessions_ended = 0u32;
+    let mut placement_changed = matches!(status, MachineStatus::Pending | MachineStatus::Launching);
+
+    // Sessions the game servers ended, before exits: a process that ends its session and
+    // then exits (simple mode) has not lost it.
+    for session in &report.ended_sessions {
+        if sql::session_ended(conn, session, Some(&machine.id), now_ms)?.is_some() {
+            placement_changed = true;
+            sessions_ended += 1;
+        }
+    }
+    // Whether the fleet's crash-loop verdict may change: a new crash, or a process that
+    // became READY.
+    let mut new_crash = false;
+    let mut became_ready = false;
+    for exit in &report.exited {
+        let crashed = exit.is_crash();
+        let reason = match (exit.exit_code, exit.signal) {
+            (_, Some(signal)) => format!("process {} killed by signal {signal}", exit.process_id),
+            (Some(code), _) => format!("process {} exited with status {code}", exit.process_id),
+            _ => format!("process {} exited", exit.process_id),
+        };
+        let known: Option<(String, String, i64)> = rows::first(
+            conn,
+            "SELECT machine_id, build_id, started_at FROM processes WHERE id = ?1",
+            params![exit.process_id],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )?;
+        // Another machine's process is not this agent's to report.
+        if known
+            .as_ref()
+            .is_some_and(|(owner, ..)| owner != &machine.id)
+        {
+            continue;
+        }
+        let process = known.map(|(_, build, started)| (build, started));
+        // A crash is recorded even for a process that died before any report listed it
+        // alive (a crash at start usually does).
+        if crashed && sql::crash_recorded(conn, machine, exit, process.as_ref(), now_ms)? {
+            new_crash = true;
+        }
+        if process.is_none() {
+            continue;
+        }
+        if sql::process_ended(
+            conn,
+            &exit.process_id,
+            crashed,
+            exit.exit_code,
+            exit.signal,
+            &reason,
+            now_ms,
+        )? {
+            placement_changed = true;
+        }
+    }
+
+    let known: HashMap<String, String> = rows::all(
+        conn,
+        &format!(
+            "SELECT id, agent_state FROM processes WHERE machine_id = ?1 AND agent_state IN {LIVE_STATES}"
+        ),
+        params![machine.id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?
+    .into_iter()
+    .collect();
+    let reported: BTreeSet<&str> = report
+        .processes
+        .iter()
+        .map(|p| p.process_id.as_str())
+        .collect();
+    for process in &report.processes {
+        let state = process.state.as_str();
+        match known.get(&process.process_id) {
+            Some(previous) if previous == state => {}
+            Some(_) => {
+                // Guard: only a live process of this machine changes state.
+                let changed = rows::run(
+                    conn,
+                    &format!(
+                        "UPDATE processes SET agent_state = ?1, pid = ?2, port = ?3,
+                            ready_at = CASE WHEN ?1 = 'READY' THEN COALESCE(ready_at, ?4) ELSE ready_at END
+                         WHERE id = ?5 AND machine_id = ?6 AND agent_state IN {LIVE_STATES}"
+                    ),
+                    params![
+                        state,
+                        i64::from(process.pid),
+                        i64::from(process.port),
+                        now_ms,
+                        process.process_id,
+                        machine.id
+                    ],
+                )?;
+                if changed > 0 {
+                    placement_changed = true;
+                    became_ready |= process.state == AgentProcessState::Ready;
+                }
+            }
+            None => {
+                // Guard: ON CONFLICT DO NOTHING, so a report about a process that already
+                // ended (a late, retried report) does not bring it back to life.
+                let started = crate::time::parse_rfc3339(&process.started_at).unwrap_or(now_ms);
+                let ready_at = (process.state == AgentProcessState::Ready).then_some(now_ms);
+                let inserted = rows::run(
+                    conn,
+                    "INSERT INTO processes (id, machine_id, zone_id, fleet_id, build_id, port, pid, agent_state, started_at, ready_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (id) DO NOTHING",
+                    params![
+                        process.process_id,
+                        machine.id,
+                        machine.zone_id,
+                        machine.fleet_id,
+                        process.build_id,
+                        i64::from(process.port),
+                        i64::from(process.pid),
+                        state,
+                        started,
+                        ready_at
+                    ],
+                )?;
+                if inserted > 0 {
+                    became_ready |= ready_at.is_some();
+                    placement_changed = true;
+                }
+            }
+        }
+    }
+    // A process the store thinks is live but the agent no longer runs has ended without
+    // the agent telling us how (e.g. the agent restarted).
+    for process in known.keys().filter(|id| !reported.contains(id.as_str())) {
+        let reason = format!("process {process} is no longer running on its machine");
+        if sql::process_ended(conn, process, false, None, None, &reason, now_ms)? {
+            placement_changed = true;
+        }
+    }
+    if new_crash || became_ready {
+        sql::crash_loop_assessed(conn, &machine.fleet_id, new_crash, now_ms)?;
+    }
+    if placement_changed {
+        load::machine(ctx, &machine.id)?;
+        ctx.machine_changed(&machine.id, &machine.zone_id);
+    } else if let Some(zone) = ctx.hot.zone_of_machine(&machine.id) {
+        // A heartbeat: only the row's report fields moved.
+        if let Some(hot) = zone.machines.get_mut(&machine.id) {
+            hot.record.last_heartbeat_ms = Some(now_ms);
+            hot.record.agent_error = report.error.clone();
+            if hot.record.bare_metal_id.is_none() {
+                hot.record.address = Some(report.address.clone());
+            }
+        }
+    }
+    Ok(ReportOutcome {
+        placement_changed,
+        sessions_ended,
+    })
+}
