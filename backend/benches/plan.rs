@@ -3,8 +3,9 @@
 //!
 //! The zone has four VM data centers (two priorities) of 2,500 machines × 6 processes. Each
 //! scenario builds the [`Observed`] directly and times [`autoscale::plan`] alone: no store,
-//! no clock. `observe/zone_summary` times the reconciler's observation: the store writer's
-//! picture of the zone summed up per machine, the other CPU part of a pass.
+//! no clock. `observe/zone_summary_*` time the reconciler's observation: the store writer's
+//! picture of the zone summed up per machine (afresh, and when nothing changed), the other
+//! CPU part of a pass.
 
 use std::collections::{BTreeSet, HashMap};
 use std::hint::black_box;
@@ -263,7 +264,20 @@ fn bench_observe(c: &mut Criterion) {
     let zone = hot_zone(observation(30_000));
     let mut group = c.benchmark_group("observe");
     group.sample_size(10);
-    group.bench_function("zone_summary", |b| b.iter(|| black_box(&zone).summary()));
+    // Every machine observed afresh (the first observation, or all of them changed).
+    group.bench_function("zone_summary_cold", |b| {
+        b.iter_batched(
+            || zone.clone(),
+            |mut zone| black_box(zone.summary()),
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    // Nothing changed since the last observation: each machine's is reused.
+    let mut warm = zone.clone();
+    warm.summary();
+    group.bench_function("zone_summary_unchanged", |b| {
+        b.iter(|| black_box(warm.summary()))
+    });
     group.finish();
 }
 

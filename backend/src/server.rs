@@ -69,10 +69,21 @@ pub async fn run(
             },
         ))
     });
+    // Simulated machines stand for agents on other hosts: their loop runs on a thread of
+    // its own, so simulating thousands of them never holds up a request of the API.
     let mut sim_stop = stop_rx.clone();
-    let sim = tokio::spawn(sim.run(async move {
-        let _ = sim_stop.wait_for(|stop| *stop).await;
-    }));
+    let sim = std::thread::Builder::new()
+        .name("sim-world".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("the sim world's runtime");
+            runtime.block_on(sim.run(async move {
+                let _ = sim_stop.wait_for(|stop| *stop).await;
+            }));
+        })
+        .map_err(|e| Error::Internal(format!("start the sim world: {e}")))?;
     let app = api::router(state);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -81,7 +92,7 @@ pub async fn run(
         })
         .await;
     let _ = reconciler.await;
-    let _ = sim.await;
+    let _ = tokio::task::spawn_blocking(move || sim.join()).await;
     if let Some(retention) = retention {
         let _ = retention.await;
     }

@@ -21,6 +21,42 @@ async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     (dir, Arc::new(store))
 }
 
+/// Writes to the database behind the store's back, as another writer would (a replica,
+/// an operator's tool): what the store's in-memory picture does not know. The guard
+/// tests use it to show that every decision the picture makes is checked again by its
+/// statement.
+#[derive(Clone)]
+struct Tamper {
+    exec: Arc<dyn Fn(&str) + Send + Sync>,
+    value: Arc<dyn Fn(&str) -> i64 + Send + Sync>,
+}
+
+impl Tamper {
+    /// Runs statements.
+    fn run(&self, sql: &str) {
+        (self.exec)(sql)
+    }
+
+    /// One integer, read straight from the database.
+    fn value(&self, sql: &str) -> i64 {
+        (self.value)(sql)
+    }
+}
+
+fn sqlite_tamper(path: std::path::PathBuf) -> Tamper {
+    let open = move || {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        conn
+    };
+    let read = open.clone();
+    Tamper {
+        exec: Arc::new(move |sql: &str| open().execute_batch(sql).unwrap()),
+        value: Arc::new(move |sql: &str| read().query_row(sql, [], |row| row.get(0)).unwrap()),
+    }
+}
+
 struct World {
     fleet: Fleet,
     zone: Zone,
@@ -1971,6 +2007,396 @@ async fn suite_a_reboot_needs_a_machine_in_service(store: Arc<dyn Store>) {
     );
 }
 
+// -- guards: each statement that acts on a decision checks it again itself ---------------
+//
+// The store decides from its in-memory picture; these tests change the database behind
+// its back first, so the picture is wrong, and show that the statement's own guard holds.
+// Each fails if its guard is removed from the SQL (the case names it).
+
+/// A world of `machines` machines with one process each, in the store's picture: a probe
+/// placement looked at the zone (and took `proc-0-0`, ended at once).
+async fn pictured_world(store: &dyn Store, mode: SessionMode, machines: usize) -> World {
+    let world = world(store, mode, machines, 1).await;
+    let PlaceOutcome::Placed(probe) = store
+        .place_session(args(&world, "probe", None))
+        .await
+        .unwrap()
+    else {
+        panic!("the probe placement")
+    };
+    assert_eq!(probe.process_id, "proc-0-0");
+    store.end_session(&probe.id, 3).await.unwrap();
+    world
+}
+
+/// Placements until one finds no capacity; the processes they landed on.
+async fn place_until_full(store: &dyn Store, world: &World) -> Vec<String> {
+    let mut landed = Vec::new();
+    for i in 0..20 {
+        match store
+            .place_session(args(world, &format!("s{i}"), None))
+            .await
+            .unwrap()
+        {
+            PlaceOutcome::Placed(session) => landed.push(session.process_id),
+            _ => return landed,
+        }
+    }
+    panic!("never full: {landed:?}")
+}
+
+/// Placement: `TAKE_SLOT` restates each rule of a process that may take a session, so a
+/// process the picture still offers is refused once one is false in the database.
+async fn suite_guard_placement_rechecks_each_process(store: Arc<dyn Store>, tamper: Tamper) {
+    // Simple mode: proc-0-0 hosted the probe; each other process breaks one rule.
+    let world = pictured_world(store.as_ref(), SessionMode::Simple, 6).await;
+    tamper.run("UPDATE processes SET agent_state = 'EXITED' WHERE id = 'proc-1-0';     -- agent_state = 'READY'
+         UPDATE processes SET sessions_started = 1 WHERE id = 'proc-2-0';       -- sessions_started = 0
+         UPDATE processes SET restart_requested = TRUE WHERE id = 'proc-3-0';   -- NOT restart_requested
+         UPDATE processes SET active_sessions = 1 WHERE id = 'proc-4-0';        -- active_sessions < slots
+         UPDATE machines SET status = 'TERMINATING' WHERE id = 'mch-5';         -- an ACTIVE machine",
+    );
+    assert_eq!(
+        place_until_full(store.as_ref(), &world).await,
+        Vec::<String>::new(),
+        "a guard let a session onto a process that may take none"
+    );
+}
+
+/// Placement: the slots of a parallel-mode process are counted in the statement.
+async fn suite_guard_placement_rechecks_the_slots(store: Arc<dyn Store>, tamper: Tamper) {
+    let world = pictured_world(store.as_ref(), SessionMode::Parallel, 1).await;
+    // Three more sessions placed by another writer: one slot of four is left.
+    tamper.run("UPDATE processes SET active_sessions = 3 WHERE id = 'proc-0-0'");
+    assert_eq!(place_until_full(store.as_ref(), &world).await, ["proc-0-0"]);
+}
+
+/// Placement: the fleet's current build is read in the statement.
+async fn suite_guard_placement_rechecks_the_build(store: Arc<dyn Store>, tamper: Tamper) {
+    let world = pictured_world(store.as_ref(), SessionMode::Parallel, 2).await;
+    tamper.run(
+        "INSERT INTO builds (id, name, operating_system, source, created_at)
+            VALUES ('bld-x', 'x', 'linux', 'file:///x', 0);
+         UPDATE fleets SET build_id = 'bld-x' WHERE id = 'flt-1'",
+    );
+    assert_eq!(
+        place_until_full(store.as_ref(), &world).await,
+        Vec::<String>::new()
+    );
+}
+
+/// Placement: a zone being deleted is checked in the statement.
+async fn suite_guard_placement_rechecks_the_zone(store: Arc<dyn Store>, tamper: Tamper) {
+    let world = pictured_world(store.as_ref(), SessionMode::Parallel, 2).await;
+    tamper.run("UPDATE zones SET deleting = TRUE WHERE id = 'zone-1'");
+    assert_eq!(
+        place_until_full(store.as_ref(), &world).await,
+        Vec::<String>::new()
+    );
+}
+
+/// Ending a session: only an ACTIVE one ends, and a slot count never goes below zero,
+/// whatever the picture thinks.
+async fn suite_guard_an_end_rechecks_the_session(store: Arc<dyn Store>, tamper: Tamper) {
+    let world = world(store.as_ref(), SessionMode::Parallel, 1, 1).await;
+    let PlaceOutcome::Placed(session) = store.place_session(args(&world, "s", None)).await.unwrap()
+    else {
+        panic!("placement")
+    };
+    // Another writer ended it (and freed its slot) already.
+    tamper.run(
+        "UPDATE sessions SET status = 'ENDED', ended_at = 5 WHERE id = 's';
+         UPDATE processes SET active_sessions = 0 WHERE id = 'proc-0-0'",
+    );
+    let outcome = store.end_session(&session.id, 6).await.unwrap().unwrap();
+    assert!(!outcome.ended_now, "status = 'ACTIVE' guard: {outcome:?}");
+    assert_eq!(
+        outcome.session.ended_at.as_deref(),
+        Some("1970-01-01T00:00:00.005Z")
+    );
+    let processes = store
+        .machine_processes(&world.machines[0].id)
+        .await
+        .unwrap();
+    assert_eq!(processes[0].active_sessions, 0, "status = 'ACTIVE' guard");
+    // A count already at zero (another writer freed the slot) stays at zero.
+    let PlaceOutcome::Placed(second) = store.place_session(args(&world, "t", None)).await.unwrap()
+    else {
+        panic!("placement")
+    };
+    tamper.run("UPDATE processes SET active_sessions = 0 WHERE id = 'proc-0-0'");
+    assert!(
+        store
+            .end_session(&second.id, 7)
+            .await
+            .unwrap()
+            .unwrap()
+            .ended_now
+    );
+    assert_eq!(
+        tamper.value("SELECT active_sessions FROM processes WHERE id = 'proc-0-0'"),
+        0,
+        "active_sessions > 0 guard"
+    );
+}
+
+/// An agent ends only its own machine's sessions (`machine_id = ?` in the statement).
+async fn suite_guard_an_agent_ends_only_its_own_sessions(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 2, 1).await;
+    let PlaceOutcome::Placed(session) = store.place_session(args(&world, "s", None)).await.unwrap()
+    else {
+        panic!("placement")
+    };
+    let other = world
+        .machines
+        .iter()
+        .find(|m| m.id != session.machine_id)
+        .unwrap();
+    let report = SyncRequest {
+        agent_pid: 7,
+        address: "127.0.0.1".into(),
+        report_seq: 9,
+        processes: vec![process(
+            &format!("proc-{}-0", &other.id["mch-".len()..]),
+            AgentProcessState::Ready,
+        )],
+        ended_sessions: vec![session.id.clone()],
+        ..SyncRequest::default()
+    };
+    let outcome = store.apply_agent_report(other, &report, 5).await.unwrap();
+    assert_eq!(outcome.sessions_ended, 0);
+    assert_eq!(
+        store
+            .get_session(&session.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        SessionStatus::Active
+    );
+}
+
+/// A report never brings back a process that ended behind the picture's back (`INSERT …
+/// ON CONFLICT DO NOTHING`, state changes only `WHERE agent_state IN (live)`).
+async fn suite_guard_a_report_revives_no_ended_process(store: Arc<dyn Store>, tamper: Tamper) {
+    let world = world(store.as_ref(), SessionMode::Simple, 1, 1).await;
+    tamper.run("UPDATE processes SET agent_state = 'EXITED', ended_at = 4 WHERE id = 'proc-0-0'");
+    let report = SyncRequest {
+        agent_pid: 100,
+        address: "127.0.0.1".into(),
+        report_seq: 5,
+        processes: vec![process("proc-0-0", AgentProcessState::Ready)],
+        ..SyncRequest::default()
+    };
+    store
+        .apply_agent_report(&world.machines[0], &report, 5)
+        .await
+        .unwrap();
+    let processes = store
+        .fleet_processes(&world.fleet.id, &every_process())
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(processes.len(), 1);
+    assert_eq!(processes[0].state, fleetformd::store::ProcessState::Exited);
+    assert!(no_capacity(
+        &store.place_session(args(&world, "s", None)).await.unwrap()
+    ));
+}
+
+/// A zone being deleted stays `DELETING` (`NOT deleting` in the status statement).
+async fn suite_guard_a_deleting_zone_keeps_its_status(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 1, 1).await;
+    store
+        .begin_zone_deletion(&world.zone.id, true)
+        .await
+        .unwrap();
+    store
+        .set_zone_status(&world.zone.id, ResourceStatus::Available)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_zone(&world.zone.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .zone
+            .status,
+        ResourceStatus::Deleting
+    );
+}
+
+/// A build in use is not deleted (`NOT EXISTS (fleets …)` in the delete): a conflict
+/// naming its fleets, not a foreign-key failure.
+async fn suite_guard_a_build_in_use_stays(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 1, 1).await;
+    let refused = store.delete_build("bld-1").await.unwrap_err();
+    assert!(
+        matches!(&refused, fleetformd::Error::Conflict { code: "build_in_use", message, .. } if message.contains(&world.fleet.name)),
+        "{refused:?}"
+    );
+    assert!(store.get_build("bld-1").await.unwrap().is_some());
+}
+
+/// A build update ends only once no live process of another build remains, checked in
+/// the statement that ends it.
+async fn suite_guard_a_build_update_ends_when_the_old_build_is_gone(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 1, 1).await;
+    move_to_build(store.as_ref(), &world, "bld-2").await;
+    assert!(
+        !store.finish_build_update(&world.fleet.id, 5).await.unwrap(),
+        "proc-0-0 still runs bld-1"
+    );
+    let report = SyncRequest {
+        agent_pid: 100,
+        address: "127.0.0.1".into(),
+        report_seq: 6,
+        processes: vec![ProcessReport {
+            build_id: "bld-2".into(),
+            ..process("proc-0-new", AgentProcessState::Ready)
+        }],
+        exited: vec![exit("proc-0-0", Some(0), None, 0, 5)],
+        ..SyncRequest::default()
+    };
+    store
+        .apply_agent_report(&world.machines[0], &report, 6)
+        .await
+        .unwrap();
+    assert!(store.finish_build_update(&world.fleet.id, 7).await.unwrap());
+    assert!(
+        !store.finish_build_update(&world.fleet.id, 8).await.unwrap(),
+        "once"
+    );
+}
+
+// -- retention and paging ---------------------------------------------------------------
+
+/// History older than the cutoff goes; live rows and newer history stay.
+async fn suite_pruning_removes_only_old_history(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 2, 1).await;
+    let PlaceOutcome::Placed(old) = store
+        .place_session(args(&world, "old", None))
+        .await
+        .unwrap()
+    else {
+        panic!("placement")
+    };
+    store.end_session(&old.id, at(1)).await.unwrap();
+    let PlaceOutcome::Placed(live) = store
+        .place_session(args(&world, "live", None))
+        .await
+        .unwrap()
+    else {
+        panic!("placement")
+    };
+    // The spent process of the old session exits; its machine ends later.
+    let spent = world
+        .machines
+        .iter()
+        .find(|m| m.id == old.machine_id)
+        .unwrap();
+    let report = SyncRequest {
+        agent_pid: 100,
+        address: "127.0.0.1".into(),
+        report_seq: 7,
+        exited: vec![exit(&old.process_id, Some(0), None, 0, 1)],
+        ..SyncRequest::default()
+    };
+    store
+        .apply_agent_report(spent, &report, at(2))
+        .await
+        .unwrap();
+    store
+        .machine_gone(&spent.id, "scaled in", at(3))
+        .await
+        .unwrap();
+
+    let pruned = store.prune_history(at(2) + 1, 100).await.unwrap();
+    assert_eq!(
+        (pruned.sessions, pruned.processes, pruned.machines),
+        (1, 1, 0),
+        "{pruned:?}"
+    );
+    assert!(store.get_session(&old.id).await.unwrap().is_none());
+    assert_eq!(
+        store.get_session(&live.id).await.unwrap().unwrap().status,
+        SessionStatus::Active,
+        "a live session stays"
+    );
+    assert!(
+        store.get_machine(&spent.id).await.unwrap().is_some(),
+        "ended after the cutoff"
+    );
+    let pruned = store.prune_history(at(4), 100).await.unwrap();
+    assert_eq!(
+        pruned.machines, 1,
+        "an ended machine with nothing left goes: {pruned:?}"
+    );
+    assert!(store.get_machine(&spent.id).await.unwrap().is_none());
+    assert_eq!(store.prune_history(at(4), 100).await.unwrap().total(), 0);
+    assert!(store.get_machine(&live.machine_id).await.unwrap().is_some());
+}
+
+/// Lists page with a cursor: every item once, in order, and the last page says so.
+async fn suite_lists_page_with_a_cursor(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Parallel, 1, 2).await;
+    for i in 0..7 {
+        store
+            .place_session(args(&world, &format!("sess-{i:02}"), None))
+            .await
+            .unwrap();
+        store
+            .insert_event(&event(
+                EventLevel::Info,
+                EventProducer::Zone,
+                "ZONE_X",
+                &format!("e{i}"),
+            ))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_sessions(&fleetformd::store::SessionFilter {
+                limit: 3,
+                cursor: cursor.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.into_iter().map(|s| s.id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..7).map(|i| format!("sess-{i:02}")).collect();
+    assert_eq!(seen, want);
+    let mut messages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_events(&EventFilter {
+                limit: 2,
+                cursor: cursor.clone(),
+                ..EventFilter::default()
+            })
+            .await
+            .unwrap();
+        messages.extend(page.items.into_iter().map(|e| e.message));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..7).rev().map(|i| format!("e{i}")).collect();
+    assert_eq!(messages, want, "newest first");
+}
+
 macro_rules! sqlite_suite {
     ($($name:ident),+ $(,)?) => {
         $(
@@ -1983,8 +2409,34 @@ macro_rules! sqlite_suite {
     };
 }
 
+macro_rules! sqlite_guard_suite {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let (dir, store) = sqlite().await;
+                super::$name(store, sqlite_tamper(dir.path().join("test.db"))).await;
+            }
+        )+
+    };
+}
+
 mod sqlite {
+    sqlite_guard_suite!(
+        suite_guard_placement_rechecks_each_process,
+        suite_guard_placement_rechecks_the_slots,
+        suite_guard_placement_rechecks_the_build,
+        suite_guard_placement_rechecks_the_zone,
+        suite_guard_an_end_rechecks_the_session,
+        suite_guard_a_report_revives_no_ended_process,
+    );
     sqlite_suite!(
+        suite_guard_an_agent_ends_only_its_own_sessions,
+        suite_guard_a_deleting_zone_keeps_its_status,
+        suite_guard_a_build_in_use_stays,
+        suite_guard_a_build_update_ends_when_the_old_build_is_gone,
+        suite_pruning_removes_only_old_history,
+        suite_lists_page_with_a_cursor,
         suite_concurrent_placements_never_share_a_simple_process,
         suite_parallel_mode_fills_a_process_before_the_next,
         suite_only_the_current_build_takes_new_sessions,
@@ -2014,5 +2466,5 @@ mod sqlite {
         suite_a_reboot_loses_the_sessions_and_restarts_the_processes,
         suite_a_reboot_needs_a_machine_in_service,
     );
-    use super::sqlite;
+    use super::{sqlite, sqlite_tamper};
 }

@@ -37,7 +37,7 @@ use fleetform_api::{
 };
 
 /// Most machines one pass launches; more makes the plan partial and the zone is requeued.
-pub const MAX_LAUNCHES_PER_PASS: usize = 50;
+pub const MAX_LAUNCHES_PER_PASS: usize = 1_000;
 
 /// What of the fleet the policy needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

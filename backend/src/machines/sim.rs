@@ -50,14 +50,17 @@ use crate::time::{new_id, now_ms, rfc3339};
 use crate::zones::Demand;
 use crate::{Error, Result};
 
-/// How long changed machines gather before their desired states are read together.
-pub const REFRESH_GAP: Duration = Duration::from_millis(20);
+/// How long changed machines gather before their desired states are read together. A
+/// machine of a busy parallel-mode zone changes with every placement and every end; its
+/// desired state lists all its sessions, so reading it at every change would cost the
+/// store's writer more than the changes themselves.
+pub const REFRESH_GAP: Duration = Duration::from_millis(100);
 /// Every machine's desired state is read again this often, changes or not: the loop stays
 /// level-triggered even if a wake-up was missed.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
 /// Machines whose desired states one read takes (so one read holds the store's writer
-/// only briefly).
-const READ_CHUNK: usize = 512;
+/// only briefly: writes go between two chunks).
+const READ_CHUNK: usize = 64;
 /// Reports in flight at once: the store's writer commits all that are queued in one
 /// transaction, so many in flight means few commits.
 const REPORT_CONCURRENCY: usize = 64;
@@ -897,8 +900,14 @@ impl MachineDriver for SimDriver {
         Ok(())
     }
 
-    async fn liveness(&self, machine_id: &str, _driver_ref: Option<&str>) -> Result<Liveness> {
-        Ok(if self.world.state().machines.contains_key(machine_id) {
+    async fn liveness(&self, machine_id: &str, driver_ref: Option<&str>) -> Result<Liveness> {
+        Ok(self
+            .liveness_known(machine_id, driver_ref)
+            .expect("the sim always knows"))
+    }
+
+    fn liveness_known(&self, machine_id: &str, _driver_ref: Option<&str>) -> Option<Liveness> {
+        Some(if self.world.state().machines.contains_key(machine_id) {
             Liveness::Alive
         } else {
             Liveness::Gone

@@ -7,7 +7,8 @@
 //! the verdicts: one machine's slow or failing driver call delays or skips that machine
 //! only.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleetform_api::{EventLevel, MachineStatus};
@@ -15,7 +16,7 @@ use futures::future::BoxFuture;
 
 use super::{in_parallel, machine_event, Reconciler, LAUNCH_OUTCOME_MS, MISSED_HEARTBEATS};
 use crate::machines::{Liveness, Location};
-use crate::store::MachineRecord;
+use crate::store::{MachineRecord, ObservedMachine};
 use crate::Result;
 
 /// Driver calls (liveness, find, terminate) one zone's pass has in flight at once.
@@ -99,17 +100,50 @@ impl Reconciler {
     }
 
     /// Checks every machine of a zone and ends those that are gone; the ids of those that
-    /// ended. A failing check is logged and skipped (it is retried next pass).
+    /// ended. A machine whose driver knows its liveness at once is judged right here; the
+    /// others (and every machine with something to do) take a driver call, at most
+    /// [`CHECK_CONCURRENCY`] at a time. A failing check is logged and skipped (it is
+    /// retried next pass).
     pub async fn check_machines(
         &self,
-        machines: &[MachineRecord],
+        machines: &[Arc<ObservedMachine>],
         now_ms: i64,
     ) -> BTreeSet<String> {
-        let checks: Vec<BoxFuture<'_, Option<String>>> = machines
-            .iter()
-            .map(|machine| -> BoxFuture<'_, Option<String>> {
+        let mut timings: HashMap<&str, Timings> = HashMap::new();
+        let mut calls: Vec<(&MachineRecord, Option<Verdict>)> = Vec::new();
+        for machine in machines {
+            let record = &machine.record;
+            let Some(location) = self.locations.get(&record.location) else {
+                calls.push((record, None));
+                continue;
+            };
+            if record.driver_ref.is_none() {
+                if launch_unsettled(record, now_ms) {
+                    calls.push((record, None));
+                }
+                continue;
+            }
+            match location
+                .driver
+                .liveness_known(&record.id, record.driver_ref.as_deref())
+            {
+                Some(liveness) => {
+                    let timings = *timings
+                        .entry(location.name.as_str())
+                        .or_insert_with(|| self.timings(location));
+                    let verdict = verdict(record, liveness, &timings, now_ms);
+                    if verdict != Verdict::Healthy {
+                        calls.push((record, Some(verdict)));
+                    }
+                }
+                None => calls.push((record, None)),
+            }
+        }
+        let checks: Vec<BoxFuture<'_, Option<String>>> = calls
+            .into_iter()
+            .map(|(machine, known)| -> BoxFuture<'_, Option<String>> {
                 Box::pin(async move {
-                    match self.check_machine(machine, now_ms).await {
+                    match self.check_machine(machine, known, now_ms).await {
                         Ok(ended) => ended.then(|| machine.id.clone()),
                         Err(error) => {
                             tracing::warn!(machine = %machine.id, %error, "machine check failed; retried next pass");
@@ -126,8 +160,14 @@ impl Reconciler {
             .collect()
     }
 
-    /// Checks one machine; true when it ended here.
-    async fn check_machine(&self, machine: &MachineRecord, now_ms: i64) -> Result<bool> {
+    /// Checks one machine (`known`: its verdict, when already judged); true when it ended
+    /// here.
+    async fn check_machine(
+        &self,
+        machine: &MachineRecord,
+        known: Option<Verdict>,
+        now_ms: i64,
+    ) -> Result<bool> {
         let Some(location) = self.locations.get(&machine.location) else {
             let reason = format!("location {:?} is no longer offered", machine.location);
             self.store
@@ -171,16 +211,17 @@ impl Reconciler {
                 }
             }
         }
-        let liveness = location
-            .driver
-            .liveness(&machine.id, driver_ref.as_deref())
-            .await?;
-        let (level, code, reason) = match verdict(
-            machine,
-            liveness,
-            &self.timings(location),
-            now_ms,
-        ) {
+        let judged = match known {
+            Some(verdict) => verdict,
+            None => {
+                let liveness = location
+                    .driver
+                    .liveness(&machine.id, driver_ref.as_deref())
+                    .await?;
+                verdict(machine, liveness, &self.timings(location), now_ms)
+            }
+        };
+        let (level, code, reason) = match judged {
             Verdict::Healthy => return Ok(false),
             Verdict::Terminated => {
                 self.store
@@ -275,7 +316,15 @@ mod tests {
         use Liveness::{Alive, Gone};
         use MachineStatus::{Active, Launching, Terminating};
         // (case, status, created at, last heartbeat, liveness, now, verdict)
-        type Case = (&'static str, MachineStatus, i64, Option<i64>, Liveness, i64, Verdict);
+        type Case = (
+            &'static str,
+            MachineStatus,
+            i64,
+            Option<i64>,
+            Liveness,
+            i64,
+            Verdict,
+        );
         #[rustfmt::skip]
         let cases: Vec<Case> = vec![
             ("heard from lately", Active, 0, Some(10_000), Alive, 15_000, Verdict::Healthy),

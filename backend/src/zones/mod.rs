@@ -197,6 +197,9 @@ impl Reconciler {
                                 zone = %record.zone.id,
                                 machines = outcome.machines,
                                 took_ms = took.as_secs_f64() * 1000.0,
+                                observe_ms = outcome.observe_ms,
+                                check_ms = outcome.check_ms,
+                                plan_ms = outcome.plan_ms,
                                 partial = outcome.partial,
                                 "zone reconciled"
                             );

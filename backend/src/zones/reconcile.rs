@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use fleetform_api::{
-    EventLevel, EventProducer, MachineStatus, ResourceStatus, UpdateMode, ZoneSpecView,
+    EventLevel, EventProducer, MachineStatus, MachineType, ResourceStatus, UpdateMode, ZoneSpecView,
 };
 use futures::future::BoxFuture;
 
@@ -25,13 +25,21 @@ use crate::{Error, Result};
 /// Launches one zone's pass has in flight at once.
 pub const LAUNCH_CONCURRENCY: usize = 32;
 
+/// How far a busy zone's idle clock may lag: cooldowns are minutes, so a pass need not
+/// write it more than once a second.
+const IDLE_CLOCK_STEP_MS: i64 = 1_000;
+
 /// What a zone's pass did, for its scheduling.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PassOutcome {
     /// Machines observed.
     pub machines: usize,
     /// The plan was cut short (a launch cap): run the zone again at once.
     pub partial: bool,
+    /// Milliseconds spent reading the zone's summary, checking its machines, planning.
+    pub observe_ms: f64,
+    pub check_ms: f64,
+    pub plan_ms: f64,
 }
 
 impl Reconciler {
@@ -39,16 +47,18 @@ impl Reconciler {
     pub async fn reconcile_zone(&self, record: &ZoneRecord) -> Result<PassOutcome> {
         let zone = &record.zone;
         let now = now_ms();
+        let started = std::time::Instant::now();
         let Some(mut summary) = self.store.zone_summary(&zone.id).await? else {
             return Ok(PassOutcome::default());
         };
+        let observe_ms = started.elapsed().as_secs_f64() * 1000.0;
         let observed_machines = summary.machines.len();
 
         // Observe: a machine whose driver says it is gone, or that never registered, is
         // gone for the store too (its sessions LOST), and the plan will replace it.
-        let records: Vec<MachineRecord> =
-            summary.machines.iter().map(|m| m.record.clone()).collect();
-        let ended = self.check_machines(&records, now).await;
+        let checking = std::time::Instant::now();
+        let ended = self.check_machines(&summary.machines, now).await;
+        let check_ms = checking.elapsed().as_secs_f64() * 1000.0;
         if !ended.is_empty() {
             summary.machines.retain(|m| !ended.contains(&m.record.id));
         }
@@ -58,6 +68,9 @@ impl Reconciler {
             return Ok(PassOutcome {
                 machines: observed_machines,
                 partial: false,
+                observe_ms,
+                check_ms,
+                plan_ms: 0.0,
             });
         }
 
@@ -95,26 +108,38 @@ impl Reconciler {
             session_mode: fleet.session_mode,
             sessions_per_process: fleet.sessions_per_process,
         };
+        let mut machines = views(&summary);
         // Bare metal first: free pool machines are taken before the plan, which counts
         // them as capacity, so no VM is bought for what the pool covers.
-        let mut took = false;
-        for (data_center, count) in &autoscale::pool_plan(&zone.spec, &views(&summary)).take {
-            took |= self
-                .take_from_pool(zone, &fleet.build_id, data_center, *count, now)
-                .await?
-                > 0;
-        }
-        if took {
-            summary = self.refreshed(&zone.id, summary).await?;
+        let bare_metal = zone
+            .spec
+            .data_centers
+            .iter()
+            .any(|dc| dc.machine_type == MachineType::BareMetal);
+        if bare_metal {
+            let mut took = false;
+            for (data_center, count) in &autoscale::pool_plan(&zone.spec, &machines).take {
+                took |= self
+                    .take_from_pool(zone, &fleet.build_id, data_center, *count, now)
+                    .await?
+                    > 0;
+            }
+            if took {
+                summary = self.refreshed(&zone.id, summary).await?;
+                machines = views(&summary);
+            }
         }
         let mut idle_since_ms = record.idle_since_ms;
         if summary.active_sessions() > 0 {
-            // The idle period (for cooldown) starts when the last session ends.
-            self.store.touch_zone(&zone.id, now).await?;
+            // The idle period (for cooldown) starts when the last session ends; the clock
+            // need not move more than once a second.
+            if now - record.idle_since_ms >= IDLE_CLOCK_STEP_MS {
+                self.store.touch_zone(&zone.id, now).await?;
+            }
             idle_since_ms = now;
         }
         let inputs = Observed {
-            machines: views(&summary),
+            machines,
             idle_since_ms,
             unavailable_models: self.shortages.unavailable(&zone.id, now),
             predicted_arrivals: self.demand.forecast(
@@ -124,7 +149,9 @@ impl Reconciler {
                 PROCESS_START_ESTIMATE,
             ),
         };
+        let planning = std::time::Instant::now();
         let plan = autoscale::plan(&zone.spec, shape, &inputs, now);
+        let plan_ms = planning.elapsed().as_secs_f64() * 1000.0;
 
         // Act.
         for short in &plan.short {
@@ -178,7 +205,11 @@ impl Reconciler {
         }).collect();
         in_parallel(launches, LAUNCH_CONCURRENCY).await;
 
-        let give_back = autoscale::pool_plan(&zone.spec, &inputs.machines).give_back;
+        let give_back = if bare_metal {
+            autoscale::pool_plan(&zone.spec, &inputs.machines).give_back
+        } else {
+            Vec::new()
+        };
         let leaving: Vec<BoxFuture<'_, ()>> = plan
             .terminate
             .iter()
@@ -254,6 +285,9 @@ impl Reconciler {
         Ok(PassOutcome {
             machines: observed_machines,
             partial: plan.partial,
+            observe_ms,
+            check_ms,
+            plan_ms,
         })
     }
 

@@ -7,6 +7,13 @@
 //! [`ProcessRecord::takes_sessions`](crate::store::ProcessRecord::takes_sessions) and of
 //! the zone and fleet in SQL, so it holds however stale the picture is: when it refuses,
 //! the picture of that machine is reloaded and the next best process is tried.
+//!
+//! Both run without a savepoint of their own ([`Writer::write_plain`]): each statement is
+//! atomic, and every error they return comes before their first change, but for a failed
+//! `INSERT` of a session after its slot was taken (a duplicate session id), which fails
+//! the batch rather than commit half a placement.
+//!
+//! [`Writer::write_plain`]: super::writer::Writer::write_plain
 
 use fleetform_api::{ResourceStatus, Session, SessionStatus};
 use rusqlite::params;
@@ -101,7 +108,7 @@ pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
         };
         let zone_name = zone.record.zone.spec.name.clone();
         let machine = &zone.machines[&candidate.machine_id];
-        let process = &machine.processes[&candidate.process_id];
+        let process = &machine.processes()[&candidate.process_id];
         let session = Session {
             id: args.session_id.clone(),
             fleet_id: fleet.id.clone(),
@@ -111,7 +118,7 @@ pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
             machine_id: candidate.machine_id.clone(),
             process_id: candidate.process_id.clone(),
             build_id: process.record.build_id.clone(),
-            address: machine.record.address.clone().unwrap_or_default(),
+            address: machine.record().address.clone().unwrap_or_default(),
             port: process.record.port,
             status: SessionStatus::Active,
             max_players: args.max_players,

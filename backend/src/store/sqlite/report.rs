@@ -11,7 +11,7 @@ use super::load;
 use super::rows::{self, parse, LIVE_STATES};
 use super::sql;
 use super::writer::Ctx;
-use crate::store::{MachineRecord, ReportOutcome};
+use crate::store::{MachineRecord, ProcessRecord, ProcessState, ReportOutcome};
 use crate::{Error, Result};
 
 /// See [`Store::apply_agent_report`](crate::store::Store::apply_agent_report).
@@ -54,20 +54,26 @@ pub fn apply(
         )?;
         if let Some(zone) = ctx.hot.zone_of_machine(&machine.id) {
             if let Some(hot) = zone.machines.get_mut(&machine.id) {
-                hot.record.last_heartbeat_ms = Some(now_ms);
+                hot.record_mut().last_heartbeat_ms = Some(now_ms);
             }
         }
         return Ok(ReportOutcome::default());
     }
     let mut sessions_ended = 0u32;
     let mut placement_changed = matches!(status, MachineStatus::Pending | MachineStatus::Launching);
+    // What the SQL changed, for the picture once it all succeeded.
+    let mut edits: Vec<Edit> = Vec::new();
 
     // Sessions the game servers ended, before exits: a process that ends its session and
     // then exits (simple mode) has not lost it.
     for session in &report.ended_sessions {
-        if sql::session_ended(conn, session, Some(&machine.id), now_ms)?.is_some() {
+        if let Some(ended) = sql::session_ended(conn, session, Some(&machine.id), now_ms)? {
             placement_changed = true;
             sessions_ended += 1;
+            edits.push(Edit::Ended {
+                process_id: ended.process_id,
+                session_id: session.clone(),
+            });
         }
     }
     // Whether the fleet's crash-loop verdict may change: a new crash, or a process that
@@ -113,6 +119,7 @@ pub fn apply(
             now_ms,
         )? {
             placement_changed = true;
+            edits.push(Edit::Removed(exit.process_id.clone()));
         }
     }
 
@@ -156,6 +163,12 @@ pub fn apply(
                 if changed > 0 {
                     placement_changed = true;
                     became_ready |= process.state == AgentProcessState::Ready;
+                    edits.push(Edit::State {
+                        process_id: process.process_id.clone(),
+                        state: process.state,
+                        pid: process.pid,
+                        port: process.port,
+                    });
                 }
             }
             None => {
@@ -183,6 +196,20 @@ pub fn apply(
                 if inserted > 0 {
                     became_ready |= ready_at.is_some();
                     placement_changed = true;
+                    edits.push(Edit::Added(ProcessRecord {
+                        id: process.process_id.clone(),
+                        machine_id: machine.id.clone(),
+                        zone_id: machine.zone_id.clone(),
+                        fleet_id: machine.fleet_id.clone(),
+                        build_id: process.build_id.clone(),
+                        port: process.port,
+                        pid: Some(process.pid),
+                        state: ProcessState::Live(process.state),
+                        active_sessions: 0,
+                        sessions_started: 0,
+                        started_at_ms: started,
+                        restart_requested: false,
+                    }));
                 }
             }
         }
@@ -193,26 +220,79 @@ pub fn apply(
         let reason = format!("process {process} is no longer running on its machine");
         if sql::process_ended(conn, process, false, None, None, &reason, now_ms)? {
             placement_changed = true;
+            edits.push(Edit::Removed(process.clone()));
         }
     }
     if new_crash || became_ready {
         sql::crash_loop_assessed(conn, &machine.fleet_id, new_crash, now_ms)?;
     }
-    if placement_changed {
-        load::machine(ctx, &machine.id)?;
-        ctx.machine_changed(&machine.id, &machine.zone_id);
-    } else if let Some(zone) = ctx.hot.zone_of_machine(&machine.id) {
-        // A heartbeat: only the row's report fields moved.
-        if let Some(hot) = zone.machines.get_mut(&machine.id) {
-            hot.record.last_heartbeat_ms = Some(now_ms);
-            hot.record.agent_error = report.error.clone();
-            if hot.record.bare_metal_id.is_none() {
-                hot.record.address = Some(report.address.clone());
+    // The picture follows what the SQL did. A change to a process it did not know means
+    // it had drifted: the machine is read again.
+    let mut doubt = false;
+    if let Some(zone) = ctx.hot.zone_of_machine(&machine.id) {
+        zone.update_record(&machine.id, |record| {
+            record.last_heartbeat_ms = Some(now_ms);
+            record.agent_error = report.error.clone();
+            if record.bare_metal_id.is_none() {
+                record.address = Some(report.address.clone());
+            }
+            if matches!(
+                record.status,
+                MachineStatus::Pending | MachineStatus::Launching
+            ) {
+                record.status = MachineStatus::Active;
+            }
+        });
+        for edit in edits {
+            match edit {
+                Edit::Ended {
+                    process_id,
+                    session_id,
+                } => zone.ended(&machine.id, &process_id, &session_id),
+                Edit::Removed(process_id) => zone.remove_process(&machine.id, &process_id),
+                Edit::Added(process) => zone.put_process(&machine.id, process),
+                Edit::State {
+                    process_id,
+                    state,
+                    pid,
+                    port,
+                } => match zone.process(&machine.id, &process_id) {
+                    Some(known) => {
+                        let mut process = known.record.clone();
+                        process.state = ProcessState::Live(state);
+                        process.pid = Some(pid);
+                        process.port = port;
+                        zone.put_process(&machine.id, process);
+                    }
+                    None => doubt = true,
+                },
             }
         }
+    }
+    if doubt {
+        load::machine(ctx, &machine.id)?;
+    }
+    if placement_changed {
+        ctx.machine_changed(&machine.id, &machine.zone_id);
     }
     Ok(ReportOutcome {
         placement_changed,
         sessions_ended,
     })
+}
+
+/// A change the report made to a live process, for the picture.
+enum Edit {
+    Ended {
+        process_id: String,
+        session_id: String,
+    },
+    Removed(String),
+    Added(ProcessRecord),
+    State {
+        process_id: String,
+        state: AgentProcessState,
+        pid: u32,
+        port: u16,
+    },
 }

@@ -61,9 +61,12 @@ pub fn process_ended(
     if ended == 0 {
         return Ok(false);
     }
+    // Found through the machine's active sessions (a small index), then the process.
     rows::run(
         conn,
-        "UPDATE sessions SET status = 'LOST', reason = ?1, ended_at = ?2 WHERE process_id = ?3 AND status = 'ACTIVE'",
+        "UPDATE sessions SET status = 'LOST', reason = ?1, ended_at = ?2
+         WHERE machine_id = (SELECT machine_id FROM processes WHERE id = ?3)
+           AND process_id = ?3 AND status = 'ACTIVE'",
         params![reason, now_ms, process_id],
     )?;
     Ok(true)

@@ -5,16 +5,21 @@
 //! open transaction, the picture, the notices to send). The writer takes the first job
 //! from its bounded queue, then every job already waiting behind it (never sleeping to
 //! gather more), runs each in its own `SAVEPOINT` (a job that fails is rolled back alone
-//! and answers its error), commits once, and only then answers every job of the batch: an
-//! answer means the transaction is on disk (`synchronous = FULL`). A commit that fails
-//! fails the whole batch and drops the picture, which reloads from the database.
+//! and answers its error), and commits once. A commit that fails fails the whole batch and
+//! drops the picture, which reloads from the database.
+//!
+//! Durability is pipelined: the commit writes the batch to the write-ahead log (so a kill
+//! -9 can no longer lose it) and the writer goes on with the next batch, while the
+//! flusher thread fsyncs the log and only then answers the batch's jobs and tells its
+//! notices. An answer therefore means "on disk", as with `synchronous = FULL`, but one
+//! fsync serves every batch committed before it, and the writer never waits for the disk.
 //!
 //! Read jobs ([`Writer::read`]) run after the batch's commit, so what they read of the
-//! picture is committed. Notices go to [`Changes`] after the commit too: a woken waiter
-//! always reads what woke it.
+//! picture is committed (but perhaps not yet synced: a waiter may hear of a change a
+//! moment before its author does).
 
 use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -25,6 +30,9 @@ use crate::{Error, Result};
 
 /// Most jobs one transaction takes: a bound on how long the first of them waits.
 const MAX_BATCH: usize = 1024;
+
+/// A job that takes longer than this is logged: every write waits for it.
+const SLOW_JOB: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Jobs that may wait in the queue. A full queue is back-pressure: placements are
 /// answered `Overloaded` (a 429 with `Retry-After`) instead of queueing without bound.
@@ -71,7 +79,10 @@ struct Done {
 type Work = Box<dyn FnOnce(Option<&mut Ctx<'_>>) -> Done + Send>;
 
 enum Job {
+    /// A write in its own savepoint.
     Write(Work),
+    /// A write without a savepoint: see [`Writer::write_plain`].
+    Plain(Work),
     Read(Work),
 }
 
@@ -85,6 +96,7 @@ impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Job::Write(_) => "Job::Write",
+            Job::Plain(_) => "Job::Plain",
             Job::Read(_) => "Job::Read",
         })
     }
@@ -94,9 +106,20 @@ fn work<T: Send + 'static>(
     f: impl FnOnce(&mut Ctx<'_>) -> Result<T> + Send + 'static,
 ) -> (Work, oneshot::Receiver<Result<T>>) {
     let (sender, receiver) = oneshot::channel();
+    // Which store method this job is for: the closure's type names it.
+    let name = std::any::type_name_of_val(&f);
     let work: Work = Box::new(move |ctx| match ctx {
         Some(ctx) => {
+            let started = std::time::Instant::now();
             let result = f(ctx);
+            let took = started.elapsed();
+            if took >= SLOW_JOB {
+                tracing::warn!(
+                    job = name,
+                    took_ms = took.as_secs_f64() * 1000.0,
+                    "slow store job: it held up every other write"
+                );
+            }
             Done {
                 ok: result.is_ok(),
                 answer: Box::new(move |commit_error| {
@@ -129,12 +152,19 @@ async fn answer<T>(receiver: oneshot::Receiver<Result<T>>) -> Result<T> {
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn`; it stops when the last handle is dropped.
-    pub fn spawn(conn: Connection, changes: Changes) -> Result<Writer> {
+    /// Starts the writer thread on `conn` (which commits without syncing: the flusher
+    /// thread fsyncs `wal_path`, the database's write-ahead log, before any job is
+    /// answered); both stop when the last handle is dropped.
+    pub fn spawn(conn: Connection, wal_path: PathBuf, changes: Changes) -> Result<Writer> {
         let (queue, jobs) = mpsc::channel(QUEUE_CAPACITY);
+        let (flusher, batches) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("store-flusher".into())
+            .spawn(move || flush(wal_path, batches, changes))
+            .map_err(|e| Error::Internal(format!("start the store flusher: {e}")))?;
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(conn, jobs, changes))
+            .spawn(move || run(conn, jobs, flusher))
             .map_err(|e| Error::Internal(format!("start the store writer: {e}")))?;
         Ok(Writer { queue })
     }
@@ -152,13 +182,18 @@ impl Writer {
         answer(receiver).await
     }
 
-    /// Like [`Writer::write`], but a full queue answers [`Error::Overloaded`] at once.
-    pub async fn try_write<T: Send + 'static>(
+    /// Like [`Writer::write`] but without a savepoint of its own (the hot path: a
+    /// savepoint copies every page the job touches), and a full queue answers
+    /// [`Error::Overloaded`] at once. For jobs whose every statement is atomic on its own
+    /// and that return an error only before their first change, or after undoing it: a
+    /// job that fails after changing a row fails its whole batch (rolled back, every job
+    /// answered with the error), so nothing half-done is ever committed.
+    pub async fn write_plain<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Ctx<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (work, receiver) = work(f);
-        match self.queue.try_send(Job::Write(work)) {
+        match self.queue.try_send(Job::Plain(work)) {
             Ok(()) => answer(receiver).await,
             Err(mpsc::error::TrySendError::Full(_)) => Err(Error::Overloaded {
                 retry_after_secs: 1,
@@ -189,14 +224,18 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Runs one write job in its savepoint.
+/// Runs one write job, in its savepoint unless it is `plain`.
 fn run_write(
     conn: &Connection,
     hot: &mut Hot,
     notices: &mut Vec<Notice>,
     work: Work,
+    plain: bool,
 ) -> Result<Done> {
-    exec(conn, "SAVEPOINT job")?;
+    if !plain {
+        exec(conn, "SAVEPOINT job")?;
+    }
+    let changes_before = conn.total_changes();
     let mark = notices.len();
     let outcome = {
         let mut ctx = Ctx {
@@ -208,7 +247,9 @@ fn run_write(
     };
     let done = match outcome {
         Ok(done) if done.ok => {
-            exec(conn, "RELEASE job")?;
+            if !plain {
+                exec(conn, "RELEASE job")?;
+            }
             for zone in hot.zones.values_mut() {
                 if zone.take_capacity_gained() {
                     notices.push(Notice::Capacity {
@@ -229,13 +270,79 @@ fn run_write(
             }
         }
     };
+    notices.truncate(mark);
+    if plain {
+        if conn.total_changes() != changes_before {
+            // Nothing to roll it back to: the batch goes, and with it this job's changes.
+            return Err(Error::Internal(
+                "a store job failed after changing rows; its batch is rolled back".into(),
+            ));
+        }
+        return Ok(done);
+    }
     exec(conn, "ROLLBACK TO job")?;
     exec(conn, "RELEASE job")?;
-    notices.truncate(mark);
     Ok(done)
 }
 
-fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, changes: Changes) {
+/// A committed batch on its way to the flusher: its answers and notices wait for the
+/// fsync that makes it durable.
+struct Flush {
+    done: Vec<Done>,
+    notices: Vec<Notice>,
+    failure: Option<String>,
+    /// It committed a transaction (not only failed, or read).
+    committed: bool,
+}
+
+/// The flusher: fsyncs the write-ahead log after the writer's commits and only then
+/// answers their jobs and tells their notices. One fsync covers every batch committed
+/// before it began (the writer goes on with the next batch meanwhile), so the disk's
+/// latency is paid once per round of commits, beside the writer instead of inside it.
+fn flush(wal_path: PathBuf, batches: std::sync::mpsc::Receiver<Flush>, changes: Changes) {
+    let mut wal: Option<std::fs::File> = None;
+    while let Ok(first) = batches.recv() {
+        let mut pending = vec![first];
+        pending.extend(batches.try_iter());
+        let sync_error = if pending.iter().any(|b| b.committed && b.failure.is_none()) {
+            sync_wal(&wal_path, &mut wal).err()
+        } else {
+            None
+        };
+
+        if let Some(error) = &sync_error {
+            tracing::error!(%error, "fsync of the write-ahead log failed; its batches are answered with an error");
+        }
+        for batch in pending {
+            let failure = batch.failure.or_else(|| sync_error.clone());
+            for job in batch.done {
+                (job.answer)(failure.as_deref());
+            }
+            if failure.is_none() {
+                changes.emit(&batch.notices);
+            }
+        }
+    }
+}
+
+/// fdatasync of the WAL file (opened again if SQLite replaced it).
+fn sync_wal(path: &Path, wal: &mut Option<std::fs::File>) -> std::result::Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let current = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let stale = wal
+        .as_ref()
+        .and_then(|file| file.metadata().ok())
+        .is_none_or(|open| open.ino() != current.ino() || open.dev() != current.dev());
+    if stale {
+        *wal = Some(std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    wal.as_ref()
+        .expect("opened above")
+        .sync_data()
+        .map_err(|e| format!("fsync {}: {e}", path.display()))
+}
+
+fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, flusher: std::sync::mpsc::Sender<Flush>) {
     let mut hot = Hot::default();
     let mut notices: Vec<Notice> = Vec::new();
     while let Some(first) = jobs.blocking_recv() {
@@ -245,25 +352,30 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, changes: Changes) {
         let mut in_transaction = false;
         let mut next = Some(first);
         while let Some(job) = next.take() {
-            match job {
-                Job::Read(work) => reads.push(work),
-                Job::Write(work) => {
-                    if !in_transaction {
-                        if let Err(error) = exec(&conn, "BEGIN IMMEDIATE") {
-                            failure = Some(error.to_string());
-                            done.push(work(None));
-                            break;
-                        }
-                        in_transaction = true;
-                    }
-                    match run_write(&conn, &mut hot, &mut notices, work) {
-                        Ok(job_done) => done.push(job_done),
-                        Err(error) => {
-                            // The savepoint itself failed: the transaction is unusable.
-                            failure = Some(error.to_string());
-                            break;
-                        }
-                    }
+            let (work, plain) = match job {
+                Job::Read(work) => {
+                    reads.push(work);
+                    next = jobs.try_recv().ok();
+                    continue;
+                }
+                Job::Write(work) => (work, false),
+                Job::Plain(work) => (work, true),
+            };
+            if !in_transaction {
+                if let Err(error) = exec(&conn, "BEGIN IMMEDIATE") {
+                    failure = Some(error.to_string());
+                    done.push(work(None));
+                    break;
+                }
+                in_transaction = true;
+            }
+            match run_write(&conn, &mut hot, &mut notices, work, plain) {
+                Ok(job_done) => done.push(job_done),
+                Err(error) => {
+                    // The savepoint itself failed, or a plain job failed half-way: the
+                    // transaction goes.
+                    failure = Some(error.to_string());
+                    break;
                 }
             }
             if done.len() >= MAX_BATCH {
@@ -284,11 +396,17 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, changes: Changes) {
             hot.clear();
             notices.clear();
         }
-        for job in done {
-            (job.answer)(failure.as_deref());
+        let batch = Flush {
+            done,
+            notices: std::mem::take(&mut notices),
+            committed: in_transaction,
+            failure,
+        };
+        if let Err(std::sync::mpsc::SendError(batch)) = flusher.send(batch) {
+            for job in batch.done {
+                (job.answer)(Some("the store's flusher has stopped"));
+            }
         }
-        changes.emit(&notices);
-        notices.clear();
         for work in reads {
             let mut ctx = Ctx {
                 conn: &conn,
@@ -307,9 +425,5 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, changes: Changes) {
         }
         // Reads change nothing worth telling.
         notices.clear();
-        if failure.is_some() {
-            // Give a failing disk a moment before the next batch hits it.
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 }
