@@ -1,0 +1,86 @@
+//! The load generator's HTTP client: one keep-alive HTTP/1.1 connection per worker,
+//! straight on hyper, so the client costs the shared CPU as little as it can.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+
+/// One connection to fleetformd.
+pub struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    authorization: String,
+    host: String,
+}
+
+#[derive(Deserialize)]
+struct Placed {
+    id: String,
+}
+
+const PLACEMENT: &[u8] = br#"{"zone":"eu"}"#;
+
+impl Connection {
+    pub async fn open(address: SocketAddr, token: &str) -> anyhow::Result<Connection> {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .with_context(|| format!("connect to {address}"))?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Connection {
+            sender,
+            authorization: format!("Bearer {token}"),
+            host: address.to_string(),
+        })
+    }
+
+    async fn post(
+        &mut self,
+        path: &str,
+        body: &'static [u8],
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        self.sender.ready().await?;
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(hyper::header::HOST, &self.host)
+            .header(hyper::header::AUTHORIZATION, &self.authorization)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from_static(body)))?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    /// Places a session in zone `eu` of `fleet`: the answer's status and, on a 201, the
+    /// session's id.
+    pub async fn place(&mut self, fleet: &str) -> anyhow::Result<(StatusCode, Option<String>)> {
+        let (status, body) = self
+            .post(&format!("/v1/fleets/{fleet}/sessions"), PLACEMENT)
+            .await?;
+        let id = if status == StatusCode::CREATED {
+            Some(serde_json::from_slice::<Placed>(&body)?.id)
+        } else {
+            None
+        };
+        Ok((status, id))
+    }
+
+    /// Ends a session.
+    pub async fn end(&mut self, session: &str) -> anyhow::Result<StatusCode> {
+        let (status, _) = self
+            .post(&format!("/v1/sessions/{session}/end"), b"")
+            .await?;
+        Ok(status)
+    }
+}
