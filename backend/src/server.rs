@@ -22,8 +22,20 @@ pub async fn run(
 ) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::Internal(format!("create {}: {e}", config.data_dir.display())))?;
-    let store: Arc<dyn Store> =
+    let store =
         Arc::new(SqliteStore::open_with(&config.database_path(), Changes::default()).await?);
+    run_with_store(config, listener, store, shutdown).await
+}
+
+/// [`run`] on a store opened by the caller (tests keep a handle on it to check it).
+pub async fn run_with_store(
+    config: ServerConfig,
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| Error::Internal(format!("create {}: {e}", config.data_dir.display())))?;
     let demand = Arc::new(Demand::default());
     // Simulated machines report to the store in-process, as agents would over HTTP.
     let sim = SimWorld::new(store.clone(), demand.clone());

@@ -16,64 +16,13 @@ use std::time::{Duration, Instant};
 
 use fleetform_api::agent::{AgentProcessState, ProcessReport, SyncRequest};
 use fleetform_api::*;
-use fleetformd::config::ServerConfig;
 use fleetformd::store::sqlite::SqliteStore;
 use fleetformd::store::{MachineRecord, Store};
 use futures::StreamExt;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-const TOKEN: &str = "sim-test-token";
-
-/// A fleetformd serving on 127.0.0.1 in this process.
-struct Server {
-    client: Client,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<fleetformd::Result<()>>>,
-    _dir: tempfile::TempDir,
-}
+use support::Server;
 
 impl Server {
-    /// Starts a server whose `--config` holds `locations` (TOML `[[location]]` tables).
-    async fn start(locations: &str) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let config_file = dir.path().join("fleetformd.toml");
-        std::fs::write(&config_file, locations).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let config = ServerConfig {
-            data_dir: dir.path().join("data"),
-            admin_token: TOKEN.into(),
-            agent_bin: dir.path().join("no-agent-needed"),
-            config_file: Some(config_file),
-            heartbeat_interval: Duration::from_secs(2),
-            reconcile_interval: Duration::from_secs(1),
-            database: None,
-            retention: None,
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(fleetformd::server::run(config, listener, async move {
-            let _ = stopped.await;
-        }));
-        let client = Client::new(&format!("http://{address}"), TOKEN).unwrap();
-        Server {
-            client,
-            stop: Some(stop),
-            task: Some(task),
-            _dir: dir,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
-    }
-
     /// A build, a simple-mode fleet and a fixed zone of one data center on `location`.
     async fn zone(&self, location: &str, models: &[(&str, u32)], max_processes: u32) -> Zone {
         let build = self
