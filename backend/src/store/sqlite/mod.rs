@@ -1029,7 +1029,7 @@ impl Store for SqliteStore {
             .write(move |ctx| {
                 let machines: Vec<String> = rows::all(
                     ctx.conn,
-                    "UPDATE sessions SET status = 'LOST', reason = ?1, ended_at = ?2
+                    "UPDATE sessions SET status = 'LOST', reason = ?1, ended_at = MAX(created_at, ?2)
                      WHERE zone_id = ?3 AND status = 'ACTIVE' AND build_id <> ?4
                      RETURNING machine_id",
                     params![reason, now_ms, zone_id, build_id],

@@ -64,7 +64,7 @@ pub fn process_ended(
     // Found through the machine's active sessions (a small index), then the process.
     rows::run(
         conn,
-        "UPDATE sessions SET status = 'LOST', reason = ?1, ended_at = ?2
+        "UPDATE sessions SET status = 'LOST', reason = ?1, ended_at = MAX(created_at, ?2)
          WHERE machine_id = (SELECT machine_id FROM processes WHERE id = ?3)
            AND process_id = ?3 AND status = 'ACTIVE'",
         params![reason, now_ms, process_id],
@@ -363,7 +363,7 @@ pub fn sessions_lost(
 ) -> Result<u64> {
     Ok(rows::run(
         conn,
-        "UPDATE sessions SET status = 'LOST', reason = ?1, ended_at = ?2 WHERE machine_id = ?3 AND status = 'ACTIVE'",
+        "UPDATE sessions SET status = 'LOST', reason = ?1, ended_at = MAX(created_at, ?2) WHERE machine_id = ?3 AND status = 'ACTIVE'",
         params![reason, now_ms, machine_id],
     )? as u64)
 }
