@@ -77,6 +77,8 @@ pub struct SqliteStore {
     reader: Reader,
     changes: Changes,
     path: PathBuf,
+    /// The checkpoint thread runs while the store lives.
+    _alive: std::sync::Arc<()>,
 }
 
 fn connect(path: &Path, read_only: bool) -> Result<Connection> {
@@ -111,6 +113,48 @@ fn connect(path: &Path, read_only: bool) -> Result<Connection> {
     conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
     conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
+}
+
+/// Write-ahead log frames past which a checkpoint waits for the writer (`RESTART`) instead
+/// of running beside it, so the log cannot grow without bound (64 MiB of 4 KiB pages).
+const WAL_FORCE_FRAMES: i64 = 16_384;
+
+/// Copies the write-ahead log into the database file beside the writer (its commits never
+/// do), as fast as frames come: a `PASSIVE` checkpoint never waits for the writer nor holds
+/// it up, and once one has copied every frame, the writer's next transaction starts the log
+/// over. Should the writer outrun it, past [`WAL_FORCE_FRAMES`] one checkpoint waits for a
+/// gap between transactions and copies everything. Stops when the store is dropped.
+fn checkpoints(path: &Path, alive: std::sync::Weak<()>) -> Result<()> {
+    let conn = connect(path, false)?;
+    std::thread::Builder::new()
+        .name("store-checkpoint".into())
+        .spawn(move || {
+            let checkpoint = |mode: &str| -> rusqlite::Result<(i64, i64)> {
+                conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+                    Ok((row.get(1)?, row.get(2)?))
+                })
+            };
+            while alive.upgrade().is_some() {
+                match checkpoint("PASSIVE") {
+                    Ok((log, _)) if log > WAL_FORCE_FRAMES => {
+                        if let Err(error) = checkpoint("RESTART") {
+                            tracing::warn!(%error, "WAL checkpoint (restart) failed; retrying");
+                        }
+                    }
+                    // Caught up: the log starts over at the next write.
+                    Ok((log, copied)) if copied >= log => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Ok(_) => std::thread::sleep(Duration::from_millis(1)),
+                    Err(error) => {
+                        tracing::warn!(%error, "WAL checkpoint failed; retrying");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::Internal(format!("start the checkpoint thread: {e}")))?;
+    Ok(())
 }
 
 /// Brings the schema to the latest version. A database made by an earlier fleetformd
@@ -152,6 +196,8 @@ impl SqliteStore {
         let conn = tokio::task::spawn_blocking(move || -> Result<Connection> {
             let mut conn = connect(&opened, false)?;
             migrate(&mut conn)?;
+            // The checkpoint thread copies the log; the writer's commits never do.
+            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
             Ok(conn)
         })
         .await
@@ -159,11 +205,14 @@ impl SqliteStore {
         let wal = PathBuf::from(format!("{}-wal", path.display()));
         let writer = Writer::spawn(conn, wal, changes.clone())?;
         let reader = Reader::spawn(&path, READERS, |path| connect(path, true))?;
+        let alive = std::sync::Arc::new(());
+        checkpoints(&path, std::sync::Arc::downgrade(&alive))?;
         Ok(SqliteStore {
             writer,
             reader,
             changes,
             path,
+            _alive: alive,
         })
     }
 
