@@ -12,7 +12,10 @@ work="$root/.fleetform/quickstart"
 mkdir -p "$work/tf" "$work/build"
 
 echo "==> building"
-cargo build --workspace --bins --locked
+# Only what the quickstart runs, and fleetformd without the EC2 driver (the quickstart runs
+# local machines): aws-sdk-ec2 is most of a full build.
+cargo build --locked --bins --no-default-features \
+    -p fleetformd -p fleetform-agent -p terraform-provider-fleetform -p example-game-server
 bin="$root/target/debug"
 
 # A fleetformd left running by an earlier quickstart is stopped first (its machines keep

@@ -8,6 +8,9 @@ use clap::Parser;
 use fleetformd::config::ServerConfig;
 use rand::RngCore;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// fleetform's control plane. With no options: SQLite in the data directory, the `local`
 /// machine driver, 127.0.0.1:7400, and a development token printed at start.
 #[derive(Debug, Parser)]

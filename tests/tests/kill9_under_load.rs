@@ -88,7 +88,9 @@ async fn a_kill_9_under_load_loses_no_answered_placement() -> Result<()> {
     eventually(Duration::from_secs(60), "the zone AVAILABLE", || {
         let client = client.clone();
         let id = zone.id.clone();
-        async move { Ok((client.get_zone(&id).await?.status == ResourceStatus::Available).then_some(())) }
+        async move {
+            Ok((client.get_zone(&id).await?.status == ResourceStatus::Available).then_some(()))
+        }
     })
     .await?;
 
@@ -151,7 +153,10 @@ async fn a_kill_9_under_load_loses_no_answered_placement() -> Result<()> {
         placed.len(),
         ended.len()
     );
-    assert!(killed_at > 20, "too little load before the kill to mean anything");
+    assert!(
+        killed_at > 20,
+        "too little load before the kill to mean anything"
+    );
 
     let client = server.client();
     for session in &placed {
@@ -164,7 +169,11 @@ async fn a_kill_9_under_load_loses_no_answered_placement() -> Result<()> {
     }
     for id in &ended {
         let stored = client.get_session(id).await?;
-        assert_eq!(stored.status, SessionStatus::Ended, "an acknowledged end came undone: {stored:?}");
+        assert_eq!(
+            stored.status,
+            SessionStatus::Ended,
+            "an acknowledged end came undone: {stored:?}"
+        );
     }
     let shared = count_rows(
         &server,
