@@ -35,8 +35,8 @@ pub struct ServerConfig {
     pub reconcile_interval: Duration,
     /// The SQLite file (`--database sqlite://PATH`); default `fleetform.db` in `data_dir`.
     pub database: Option<PathBuf>,
-    /// How long ended sessions and exited processes are kept (`--retention-days`); None
-    /// keeps them all.
+    /// How long ended sessions, exited processes and ended machines are kept
+    /// (`--retention-days`); None keeps them all.
     pub retention: Option<Duration>,
 }
 

@@ -22,8 +22,8 @@ struct Options {
     /// `sqlite://PATH` (default: `fleetform.db` in the data directory).
     #[arg(long, env = "FLEETFORMD_DATABASE")]
     database: Option<String>,
-    /// Days ended sessions and exited processes are kept before they are pruned (0 keeps
-    /// them all).
+    /// Days ended sessions, exited processes and ended machines are kept before they are
+    /// pruned (0 keeps them all).
     #[arg(long, env = "FLEETFORMD_RETENTION_DAYS", default_value_t = 7)]
     retention_days: u32,
     /// Where the database and local machines live (default: `$XDG_DATA_HOME/fleetform`,

@@ -1,4 +1,5 @@
-//! The SQLite store: one file, WAL, `synchronous = FULL`, through rusqlite.
+//! The SQLite store: one file, WAL, `synchronous = NORMAL` with the writer's flusher
+//! syncing the log before any answer (so every answer is durable), through rusqlite.
 //!
 //! Writes go through one [`Writer`] thread that owns the only write connection and the
 //! [`Hot`](crate::store::hot::Hot) picture, and commits whatever is queued as one
@@ -1786,11 +1787,14 @@ impl Store for SqliteStore {
                         SELECT id FROM sessions WHERE id < ?3 AND status <> 'ACTIVE' AND ended_at < ?1 LIMIT ?2)",
                     params![before_ms, batch, boundary],
                 )? as u64;
+                // A process goes only when no session on it is active (looked up by its
+                // machine, which the partial index of active sessions is keyed on).
                 let processes = rows::run(
                     ctx.conn,
                     "DELETE FROM processes WHERE rowid IN (
                         SELECT rowid FROM processes WHERE agent_state IN ('EXITED', 'CRASHED') AND ended_at < ?1
-                          AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.process_id = processes.id AND s.status = 'ACTIVE')
+                          AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.machine_id = processes.machine_id
+                                          AND s.process_id = processes.id AND s.status = 'ACTIVE')
                         LIMIT ?2)",
                     params![before_ms, batch],
                 )? as u64;

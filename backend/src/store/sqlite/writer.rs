@@ -39,7 +39,8 @@ const SLOW_JOB: std::time::Duration = std::time::Duration::from_millis(20);
 pub const QUEUE_CAPACITY: usize = 16 * 1024;
 
 /// What a job sees: the connection (inside the batch's transaction for writes), the
-/// picture, and the notices to send once the batch commits.
+/// picture, and the notices to send once the batch commits. A job refuses (a 4xx error)
+/// before it changes the picture, never after: see [`doubtful`].
 pub struct Ctx<'a> {
     pub conn: &'a Connection,
     pub hot: &'a mut Hot,
@@ -71,7 +72,28 @@ type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
 /// A job's outcome, held until its batch commits.
 struct Done {
     ok: bool,
+    /// It failed with an error that may have come after it changed the picture (a
+    /// statement failed, not a refusal): the picture is dropped with its changes.
+    doubt: bool,
     answer: Answer,
+}
+
+/// Whether a job's error may have left the picture ahead of the database. A job refuses
+/// (not found, conflict, invalid, no capacity…) only before it changes the picture, so
+/// after a refusal the picture still matches what its savepoint rolled back to; any other
+/// error drops the picture, which reloads from the database.
+fn doubtful(error: &Error) -> bool {
+    !matches!(
+        error,
+        Error::Invalid { .. }
+            | Error::BadRequest { .. }
+            | Error::NotFound { .. }
+            | Error::Conflict { .. }
+            | Error::NoCapacity { .. }
+            | Error::Unauthorized
+            | Error::PayloadTooLarge { .. }
+            | Error::Overloaded { .. }
+    )
 }
 
 /// A job's closure: run with the context, or (`None`) answered with the batch's failure
@@ -122,6 +144,7 @@ fn work<T: Send + 'static>(
             }
             Done {
                 ok: result.is_ok(),
+                doubt: result.as_ref().err().is_some_and(doubtful),
                 answer: Box::new(move |commit_error| {
                     let _ = sender.send(match commit_error {
                         None => result,
@@ -134,6 +157,7 @@ fn work<T: Send + 'static>(
         }
         None => Done {
             ok: false,
+            doubt: false,
             answer: Box::new(move |error| {
                 let _ = sender.send(Err(Error::Internal(format!(
                     "store transaction failed: {}",
@@ -266,11 +290,15 @@ fn run_write(
             hot.clear();
             Done {
                 ok: false,
+                doubt: true,
                 answer: Box::new(|_| {}),
             }
         }
     };
     notices.truncate(mark);
+    if done.doubt {
+        hot.clear();
+    }
     if plain {
         if conn.total_changes() != changes_before {
             // Nothing to roll it back to: the batch goes, and with it this job's changes.
@@ -425,5 +453,52 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, flusher: std::sync::mpsc
         }
         // Reads change nothing worth telling.
         notices.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn writer() -> (tempfile::TempDir, Writer) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        let wal = PathBuf::from(format!("{}-wal", path.display()));
+        (dir, Writer::spawn(conn, wal, Changes::default()).unwrap())
+    }
+
+    /// Marks the picture (a machine of zone `z`), then fails with `error`.
+    async fn mark_then_fail(writer: &Writer, error: Error) -> bool {
+        let outcome = writer
+            .write(move |ctx| -> Result<()> {
+                ctx.hot.machine_zone.insert("mch-1".into(), "z".into());
+                Err(error)
+            })
+            .await;
+        assert!(outcome.is_err());
+        writer
+            .read(|ctx| Ok(ctx.hot.machine_zone.contains_key("mch-1")))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_statement_drops_the_picture() {
+        let (_dir, writer) = writer().await;
+        let error = Error::Internal("disk I/O error".into());
+        assert!(
+            !mark_then_fail(&writer, error).await,
+            "the picture kept a change its transaction rolled back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_keeps_the_picture() {
+        let (_dir, writer) = writer().await;
+        // A refusal comes before any change: the picture stays (and is not reloaded).
+        let refusal = Error::not_found("fleet", "flt-1");
+        assert!(mark_then_fail(&writer, refusal).await);
     }
 }
