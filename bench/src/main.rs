@@ -75,10 +75,13 @@ enum Ends {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ScenarioName {
     /// 100 machines × 6 processes, parallel mode, 1,000 sessions per process.
+    #[value(name = "parallel-600")]
     Parallel600,
     /// 10,000 machines × 6 processes, simple mode.
+    #[value(name = "simple-60k")]
     Simple60k,
     /// `simple-60k` with `--history` ended sessions in the store.
+    #[value(name = "simple-60k-history")]
     Simple60kHistory,
     /// All three, one after the other.
     All,

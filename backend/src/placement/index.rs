@@ -78,19 +78,44 @@ impl SlotIndex {
         }
     }
 
-    fn key(&self, slot: &Slot) -> Key {
-        let busy = match self.strategy {
+    fn busy(&self, machine_sessions: u32, process_sessions: u32) -> (u32, u32) {
+        match self.strategy {
             // The busiest machine first, and in it the busiest process.
-            PlacementStrategy::Pack => (
-                u32::MAX - slot.machine_sessions,
-                u32::MAX - slot.process_sessions,
-            ),
-            PlacementStrategy::Spread => (slot.machine_sessions, slot.process_sessions),
-        };
+            PlacementStrategy::Pack => (u32::MAX - machine_sessions, u32::MAX - process_sessions),
+            PlacementStrategy::Spread => (machine_sessions, process_sessions),
+        }
+    }
+
+    fn key(&self, slot: &Slot) -> Key {
         Key {
-            busy,
+            busy: self.busy(slot.machine_sessions, slot.process_sessions),
             process_id: slot.process_id.clone(),
         }
+    }
+
+    /// Moves a process that is in to its place for new session counts, the same as an
+    /// [`SlotIndex::upsert`] of its slot with those counts (without building one); false
+    /// when it is not in.
+    pub fn recount(
+        &mut self,
+        process_id: &str,
+        machine_sessions: u32,
+        process_sessions: u32,
+    ) -> bool {
+        let busy = self.busy(machine_sessions, process_sessions);
+        let Some(entry) = self.entries.get_mut(process_id) else {
+            return false;
+        };
+        entry.slot.machine_sessions = machine_sessions;
+        entry.slot.process_sessions = process_sessions;
+        if entry.key.busy != busy {
+            if let Some(dc) = self.data_centers.get_mut(&entry.data_center) {
+                dc.slots.remove(&entry.key);
+                entry.key.busy = busy;
+                dc.slots.insert(entry.key.clone());
+            }
+        }
+        true
     }
 
     /// Adds a process, or moves it to its new place. A process of a data center the zone
@@ -320,12 +345,14 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Upsert(u8, u8, u32, u32),
+        Recount(u8, u32, u32),
         Remove(u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             3 => (0u8..40, 0u8..5, 0u32..6, 0u32..4).prop_map(|(p, dc, m, s)| Op::Upsert(p, dc, m, s)),
+            2 => (0u8..40, 0u32..6, 0u32..4).prop_map(|(p, m, s)| Op::Recount(p, m, s)),
             1 => (0u8..40).prop_map(Op::Remove),
         ]
     }
@@ -355,6 +382,14 @@ mod tests {
                             model.insert(slot.process_id.clone(), slot.clone());
                         }
                         index.upsert(slot);
+                    }
+                    Op::Recount(p, m, s) => {
+                        let id = format!("p{p:03}");
+                        let known = model.get_mut(&id).map(|slot| {
+                            slot.machine_sessions = m;
+                            slot.process_sessions = s;
+                        });
+                        prop_assert_eq!(index.recount(&id, m, s), known.is_some());
                     }
                     Op::Remove(p) => {
                         let id = format!("p{p:03}");

@@ -254,6 +254,14 @@ impl HotZone {
         let deleting = self.record.deleting;
         for process in machine.processes.values() {
             if eligible(deleting, &machine.record, &process.record, &self.fleet) {
+                // A process already in only moves (its machine and data center are its own).
+                if self.index.recount(
+                    &process.record.id,
+                    machine_sessions,
+                    process.record.active_sessions,
+                ) {
+                    continue;
+                }
                 let added = !self.index.contains(&process.record.id);
                 self.index.upsert(Slot {
                     process_id: process.record.id.clone(),

@@ -191,27 +191,29 @@ pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
 /// See [`Store::end_session`](crate::store::Store::end_session). Guards: only an `ACTIVE`
 /// session ends, and a slot count never goes below zero.
 pub fn end(ctx: &mut Ctx<'_>, session_id: &str, now_ms: i64) -> Result<Option<EndOutcome>> {
-    let ended = rows::first(
+    // Guard: only an ACTIVE session ends. The row is read after the update (not with
+    // RETURNING, which SQLite runs as a trigger, with a statement journal whose cost grows
+    // with the batch's transaction).
+    let ended = rows::run(
         ctx.conn,
-        &format!(
-            "UPDATE sessions SET status = 'ENDED', ended_at = ?1 WHERE id = ?2 AND status = 'ACTIVE'
-             RETURNING {SESSION_COLUMNS}"
-        ),
+        "UPDATE sessions SET status = 'ENDED', ended_at = ?1 WHERE id = ?2 AND status = 'ACTIVE'",
         params![now_ms, session_id],
+    )? > 0;
+    let session = rows::first(
+        ctx.conn,
+        &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
+        params![session_id],
         rows::session,
     )?;
-    let Some(session) = ended else {
-        let session = rows::first(
-            ctx.conn,
-            &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
-            params![session_id],
-            rows::session,
-        )?;
-        return Ok(session.map(|session| EndOutcome {
+    let Some(session) = session else {
+        return Ok(None);
+    };
+    if !ended {
+        return Ok(Some(EndOutcome {
             session,
             ended_now: false,
         }));
-    };
+    }
     rows::run(
         ctx.conn,
         "UPDATE processes SET active_sessions = active_sessions - 1 WHERE id = ?1 AND active_sessions > 0",

@@ -89,12 +89,21 @@ pub fn session_ended(
     machine: Option<&str>,
     now_ms: i64,
 ) -> Result<Option<EndedSession>> {
-    let ended = rows::first(
+    // No RETURNING (SQLite runs it as a trigger, with a statement journal): the row is
+    // read after the guarded update.
+    let changed = rows::run(
         conn,
         "UPDATE sessions SET status = 'ENDED', ended_at = ?1
-         WHERE id = ?2 AND status = 'ACTIVE' AND (?3 IS NULL OR machine_id = ?3)
-         RETURNING process_id, machine_id, zone_id",
+         WHERE id = ?2 AND status = 'ACTIVE' AND (?3 IS NULL OR machine_id = ?3)",
         params![now_ms, session_id, machine],
+    )?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    let ended = rows::first(
+        conn,
+        "SELECT process_id, machine_id, zone_id FROM sessions WHERE id = ?1",
+        params![session_id],
         |row| {
             Ok(EndedSession {
                 process_id: row.get(0)?,

@@ -133,18 +133,26 @@ fn work<T: Send + 'static>(
     let work: Work = Box::new(move |ctx| match ctx {
         Some(ctx) => {
             let started = std::time::Instant::now();
+            let cpu_before = thread_cpu();
             let result = f(ctx);
             let took = started.elapsed();
             if took >= SLOW_JOB {
+                // CPU time well below the wall time: the writer was waiting for a core
+                // (the machine is short of CPU), not working.
                 tracing::warn!(
                     job = name,
                     took_ms = took.as_secs_f64() * 1000.0,
+                    cpu_ms = thread_cpu().saturating_sub(cpu_before).as_secs_f64() * 1000.0,
                     "slow store job: it held up every other write"
                 );
             }
+            let doubt = result.as_ref().err().is_some_and(doubtful);
+            if let (true, Err(error)) = (doubt, &result) {
+                tracing::warn!(job = name, %error, "a store job failed, perhaps after it changed the writer's picture: the picture is dropped and reloaded");
+            }
             Done {
                 ok: result.is_ok(),
-                doubt: result.as_ref().err().is_some_and(doubtful),
+                doubt,
                 answer: Box::new(move |commit_error| {
                     let _ = sender.send(match commit_error {
                         None => result,
@@ -167,6 +175,19 @@ fn work<T: Send + 'static>(
         },
     });
     (work, receiver)
+}
+
+/// The CPU time the calling thread has used.
+fn thread_cpu() -> std::time::Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given, which lives on this stack.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 async fn answer<T>(receiver: oneshot::Receiver<Result<T>>) -> Result<T> {
