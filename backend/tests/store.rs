@@ -401,6 +401,64 @@ async fn suite_repeated_agent_reports_are_idempotent(store: Arc<dyn Store>) {
     assert!(!live.contains(&session.process_id), "{live:?}");
 }
 
+/// A report ending more sessions than one job takes (a packed parallel-mode machine) ends
+/// every one of them, counts each once, and leaves the picture agreeing with the store.
+async fn suite_a_report_with_many_ended_sessions_ends_them_all(store: Arc<dyn Store>) {
+    let mut world = world(store.as_ref(), SessionMode::Parallel, 1, 1).await;
+    world.fleet.sessions_per_process = 2000;
+    store.update_fleet(&world.fleet).await.unwrap();
+    let count = 700; // more than two jobs' worth of ends
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let PlaceOutcome::Placed(session) = store
+            .place_session(args(&world, &format!("s{i:04}"), None))
+            .await
+            .unwrap()
+        else {
+            panic!("placement {i}")
+        };
+        ids.push(session.id);
+    }
+    let report = SyncRequest {
+        agent_pid: 100,
+        address: "127.0.0.1".into(),
+        processes: vec![process("proc-0-0", AgentProcessState::Ready)],
+        ended_sessions: ids.clone(),
+        report_seq: 1,
+        ..SyncRequest::default()
+    };
+    let machine = &world.machines[0];
+    let outcome = store.apply_agent_report(machine, &report, 5).await.unwrap();
+    assert_eq!(outcome.sessions_ended, count);
+    assert!(outcome.placement_changed);
+    for id in &ids {
+        let session = store.get_session(id).await.unwrap().unwrap();
+        assert_eq!(session.status, SessionStatus::Ended, "{id}");
+    }
+    let processes = store.machine_processes(&machine.id).await.unwrap();
+    assert_eq!(processes[0].active_sessions, 0);
+    let again = SyncRequest {
+        report_seq: 2,
+        ..report.clone()
+    };
+    let outcome = store.apply_agent_report(machine, &again, 6).await.unwrap();
+    assert_eq!(
+        outcome.sessions_ended, 0,
+        "a resent report ends nothing twice"
+    );
+    // The picture freed every slot: the next session is the process's only one.
+    let PlaceOutcome::Placed(next) = store
+        .place_session(args(&world, "next", None))
+        .await
+        .unwrap()
+    else {
+        panic!("placement after the ends")
+    };
+    assert_eq!(next.process_id, "proc-0-0");
+    let processes = store.machine_processes(&machine.id).await.unwrap();
+    assert_eq!(processes[0].active_sessions, 1);
+}
+
 async fn suite_a_process_that_dies_loses_its_session(store: Arc<dyn Store>) {
     let world = world(store.as_ref(), SessionMode::Simple, 1, 1).await;
     let PlaceOutcome::Placed(session) = store.place_session(args(&world, "s", None)).await.unwrap()
@@ -2444,6 +2502,7 @@ mod sqlite {
         suite_idempotency_key_returns_the_first_answer,
         suite_repeated_agent_reports_are_idempotent,
         suite_a_process_that_dies_loses_its_session,
+        suite_a_report_with_many_ended_sessions_ends_them_all,
         suite_idle_termination_spares_a_busy_machine,
         suite_removing_a_zone_leaves_no_rows,
         suite_zone_deletion_is_atomic_with_the_session_check,

@@ -432,25 +432,30 @@ impl HotZone {
         }
     }
 
-    /// What a machine of this zone should run now (None: not a live machine of it).
-    pub fn desired(
+    /// What a machine of this zone's desired state is made from (None: not a live
+    /// machine of it): shared pieces and a copy of its process rows, cheap to take on the
+    /// writer whatever the machine's session count, made into the state off it.
+    pub fn desired_inputs(
         &self,
         machine_id: &str,
-        build: Option<&Build>,
-        now_ms: i64,
-    ) -> Option<DesiredMachine> {
+        build: Option<Arc<Build>>,
+    ) -> Option<DesiredInputs> {
         let machine = self.machines.get(machine_id)?;
-        Some(desired_machine(
-            &machine.record,
-            Some(&self.fleet),
+        Some(DesiredInputs {
+            record: machine.record.clone(),
+            fleet: Some(self.fleet.clone()),
             build,
-            machine.processes.values().map(|p| &p.record),
-            machine
+            processes: machine
                 .processes
                 .values()
-                .flat_map(|p| p.sessions.values().map(Arc::as_ref)),
-            now_ms,
-        ))
+                .map(|p| p.record.clone())
+                .collect(),
+            sessions: machine
+                .processes
+                .values()
+                .flat_map(|p| p.sessions.values().cloned())
+                .collect(),
+        })
     }
 
     /// Live processes of the zone that are `READY`.
@@ -460,6 +465,46 @@ impl HotZone {
             .flat_map(|m| m.processes.values())
             .filter(|p| p.record.state == ProcessState::Live(AgentProcessState::Ready))
             .count()
+    }
+}
+
+/// What [`desired_machine`] makes a machine's desired state from, taken from the picture
+/// on the writer and made into the state by the caller (building it clones every active
+/// session of the machine, thousands on a busy parallel-mode machine: work that would
+/// hold up every write).
+#[derive(Debug, Clone)]
+pub struct DesiredInputs {
+    pub record: MachineRecord,
+    /// None: the machine serves no fleet (it shuts down, or idles as bare metal).
+    pub fleet: Option<Arc<Fleet>>,
+    pub build: Option<Arc<Build>>,
+    pub processes: Vec<ProcessRecord>,
+    pub sessions: Vec<Arc<Session>>,
+}
+
+impl DesiredInputs {
+    /// A machine that serves no fleet.
+    pub fn unserved(record: MachineRecord) -> Self {
+        DesiredInputs {
+            record,
+            fleet: None,
+            build: None,
+            processes: Vec::new(),
+            sessions: Vec::new(),
+        }
+    }
+
+    /// The machine's row and what it should run at `now_ms`.
+    pub fn desired(self, now_ms: i64) -> (MachineRecord, DesiredMachine) {
+        let desired = desired_machine(
+            &self.record,
+            self.fleet.as_deref(),
+            self.build.as_deref(),
+            &self.processes,
+            self.sessions.iter().map(Arc::as_ref),
+            now_ms,
+        );
+        (self.record, desired)
     }
 }
 

@@ -604,7 +604,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// or not the process was ever reported alive) and applies the crash-loop rule
     /// ([`crate::crash_loop::assess`]) to the machine's fleet, with its event. A report older
     /// than one already applied (`report_seq`) only counts as a heartbeat; a report for a
-    /// `TERMINATED` machine is refused (`Unauthorized`: the agent stops).
+    /// `TERMINATED` machine is refused (`Unauthorized`: the agent stops). A report with
+    /// many ended sessions may end all but the last few hundred first, in transactions of
+    /// their own (each end stands alone, and a retried report ends none twice).
     async fn apply_agent_report(
         &self,
         machine: &MachineRecord,

@@ -40,10 +40,9 @@ use self::reader::Reader;
 use self::rows::{LIVE_STATES, MACHINE_COLUMNS, PROCESS_COLUMNS, SESSION_COLUMNS};
 use self::sql::fix_error;
 use self::writer::{Ctx, Writer};
-use super::hot::HotMachine;
+use super::hot::{DesiredInputs, HotMachine};
 use super::*;
 use crate::changes::{Changes, Notice};
-use crate::machines::desired::desired_machine;
 use crate::{Error, Result};
 
 fn migrations() -> Migrations<'static> {
@@ -351,12 +350,9 @@ fn ended(status: MachineStatus) -> bool {
     matches!(status, MachineStatus::Terminated | MachineStatus::Unhealthy)
 }
 
-/// What a machine should run, from the picture (loading its zone if needed).
-fn desired_one(
-    ctx: &mut Ctx<'_>,
-    machine_id: &str,
-    now_ms: i64,
-) -> Result<Option<(MachineRecord, DesiredMachine)>> {
+/// What a machine's desired state is made from, from the picture (loading its zone if
+/// needed).
+fn desired_one(ctx: &mut Ctx<'_>, machine_id: &str) -> Result<Option<DesiredInputs>> {
     if !ctx.hot.machine_zone.contains_key(machine_id) {
         let record = rows::first(
             ctx.conn,
@@ -372,18 +368,13 @@ fn desired_one(
         }
         if !ctx.hot.machine_zone.contains_key(machine_id) {
             // Ended, or its zone or fleet is gone: it shuts down (bare metal idles).
-            let desired = desired_machine(&record, None, None, [], [], now_ms);
-            return Ok(Some((record, desired)));
+            return Ok(Some(DesiredInputs::unserved(record)));
         }
     }
     let zone_id = ctx.hot.machine_zone[machine_id].clone();
     let build_id = ctx.hot.zones[&zone_id].fleet.build_id.clone();
     let build = load::build(ctx, &build_id)?;
-    let zone = &ctx.hot.zones[&zone_id];
-    let record = zone.machines[machine_id].record().clone();
-    Ok(zone
-        .desired(machine_id, build.as_deref(), now_ms)
-        .map(|desired| (record, desired)))
+    Ok(ctx.hot.zones[&zone_id].desired_inputs(machine_id, build))
 }
 
 /// Tells the zones of a fleet, and its machines, that the fleet changed.
@@ -1346,9 +1337,11 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<Option<(MachineRecord, DesiredMachine)>> {
         let machine_id = machine_id.to_string();
-        self.writer
-            .read(move |ctx| desired_one(ctx, &machine_id, now_ms))
-            .await
+        let inputs = self
+            .writer
+            .read(move |ctx| desired_one(ctx, &machine_id))
+            .await?;
+        Ok(inputs.map(|inputs| inputs.desired(now_ms)))
     }
 
     async fn desired_states(
@@ -1357,15 +1350,20 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<Vec<(MachineRecord, DesiredMachine)>> {
         let machine_ids = machine_ids.to_vec();
-        self.writer
+        let inputs = self
+            .writer
             .read(move |ctx| {
                 let mut out = Vec::with_capacity(machine_ids.len());
                 for id in &machine_ids {
-                    out.extend(desired_one(ctx, id, now_ms)?);
+                    out.extend(desired_one(ctx, id)?);
                 }
                 Ok(out)
             })
-            .await
+            .await?;
+        Ok(inputs
+            .into_iter()
+            .map(|inputs| inputs.desired(now_ms))
+            .collect())
     }
 
     async fn insert_bare_metal(&self, machine: &BareMetalMachine, token_hash: &str) -> Result<()> {
@@ -1633,10 +1631,31 @@ impl Store for SqliteStore {
         report: &SyncRequest,
         now_ms: i64,
     ) -> Result<ReportOutcome> {
-        let (machine, report) = (machine.clone(), report.clone());
-        self.writer
+        let (machine, mut report) = (machine.clone(), report.clone());
+        // Thousands of ended sessions (a packed parallel-mode machine) in one job would
+        // hold up every other write for tens of milliseconds: all but the last chunk are
+        // ended in jobs of their own first, so other writes go between them.
+        let mut chunks: Vec<Vec<String>> = report
+            .ended_sessions
+            .chunks(report::ENDS_PER_JOB)
+            .map(<[String]>::to_vec)
+            .collect();
+        report.ended_sessions = chunks.pop().unwrap_or_default();
+        let mut ended = 0;
+        for chunk in chunks {
+            let machine = machine.clone();
+            ended += self
+                .writer
+                .write(move |ctx| report::end_sessions(ctx, &machine, &chunk, now_ms))
+                .await?;
+        }
+        let mut outcome = self
+            .writer
             .write(move |ctx| report::apply(ctx, &machine, &report, now_ms))
-            .await
+            .await?;
+        outcome.sessions_ended += ended;
+        outcome.placement_changed |= ended > 0;
+        Ok(outcome)
     }
 
     async fn machine_active_sessions(&self, machine_id: &str) -> Result<Vec<Session>> {

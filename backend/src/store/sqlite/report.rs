@@ -14,6 +14,46 @@ use super::writer::Ctx;
 use crate::store::{MachineRecord, ProcessRecord, ProcessState, ReportOutcome};
 use crate::{Error, Result};
 
+/// Ended sessions a report applies in one job (see [`end_sessions`]).
+pub const ENDS_PER_JOB: usize = 256;
+
+/// Sessions a machine's game servers ended, apart from the rest of its report: each ends
+/// alone (guard: [`sql::session_ended`], an `ACTIVE` session of this machine), so a
+/// report's ends can be split over several jobs. A report for an ended machine is
+/// refused, as [`apply`] refuses it. How many ended here.
+pub fn end_sessions(
+    ctx: &mut Ctx<'_>,
+    machine: &MachineRecord,
+    sessions: &[String],
+    now_ms: i64,
+) -> Result<u32> {
+    let status: Option<String> = rows::first(
+        ctx.conn,
+        "SELECT status FROM machines WHERE id = ?1",
+        params![machine.id],
+        |row| Ok(row.get(0)?),
+    )?;
+    let status: MachineStatus = parse(&status.ok_or(Error::Unauthorized)?, "machine status")?;
+    if matches!(status, MachineStatus::Terminated | MachineStatus::Unhealthy) {
+        return Err(Error::Unauthorized);
+    }
+    let mut ended = Vec::new();
+    for session in sessions {
+        if let Some(where_) = sql::session_ended(ctx.conn, session, Some(&machine.id), now_ms)? {
+            ended.push((where_.process_id, session));
+        }
+    }
+    if !ended.is_empty() {
+        if let Some(zone) = ctx.hot.zone_of_machine(&machine.id) {
+            for (process_id, session) in &ended {
+                zone.ended(&machine.id, process_id, session);
+            }
+        }
+        ctx.machine_changed(&machine.id, &machine.zone_id);
+    }
+    Ok(ended.len() as u32)
+}
+
 /// See [`Store::apply_agent_report`](crate::store::Store::apply_agent_report).
 pub fn apply(
     ctx: &mut Ctx<'_>,
