@@ -134,7 +134,15 @@ impl Reconciler {
             // The idle period (for cooldown) starts when the last session ends; the clock
             // need not move more than once a second.
             if now - record.idle_since_ms >= IDLE_CLOCK_STEP_MS {
-                self.store.touch_zone(&zone.id, now).await?;
+                // Not awaited: the pass needs nothing from it, and a write's answer waits
+                // for its batch's fsync (tens of milliseconds under load). A lost touch
+                // only makes the next pass touch again.
+                let (store, zone_id) = (self.store.clone(), zone.id.clone());
+                tokio::spawn(async move {
+                    if let Err(error) = store.touch_zone(&zone_id, now).await {
+                        tracing::warn!(zone = %zone_id, %error, "moving the zone's idle clock failed");
+                    }
+                });
             }
             idle_since_ms = now;
         }

@@ -1207,6 +1207,26 @@ impl Store for SqliteStore {
 
     async fn finish_build_update(&self, fleet_id: &str, now_ms: i64) -> Result<bool> {
         let fleet_id = fleet_id.to_string();
+        // Every zone pass asks; most of the time no update runs, and a write would wait
+        // for a batch and its fsync to say so. One that starts after this look is finished
+        // by a later pass.
+        let running = {
+            let fleet_id = fleet_id.clone();
+            self.reader
+                .read(move |conn| {
+                    Ok(rows::first(
+                        conn,
+                        "SELECT 1 FROM build_updates WHERE fleet_id = ?1",
+                        params![fleet_id],
+                        |_| Ok(()),
+                    )?
+                    .is_some())
+                })
+                .await?
+        };
+        if !running {
+            return Ok(false);
+        }
         self.writer
             .write(move |ctx| {
                 // Guard: the update ends only if no live process of another build remains,

@@ -14,12 +14,15 @@
 //! notices. An answer therefore means "on disk", as with `synchronous = FULL`, but one
 //! fsync serves every batch committed before it, and the writer never waits for the disk.
 //!
-//! Read jobs ([`Writer::read`]) run after the batch's commit, so what they read of the
-//! picture is committed (but perhaps not yet synced: a waiter may hear of a change a
-//! moment before its author does).
+//! Read jobs ([`Writer::read`]) skip the queue: they wait in a list of their own and run
+//! right after the batch in progress commits (not behind every write queued before them:
+//! a reconciler's zone summary or an agent's desired state does not wait for thousands of
+//! placements), so what they read of the picture is committed (but perhaps not yet
+//! synced: a waiter may hear of a change a moment before its author does).
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -29,7 +32,7 @@ use crate::store::hot::Hot;
 use crate::{Error, Result};
 
 /// Most jobs one transaction takes: a bound on how long the first of them waits.
-const MAX_BATCH: usize = 1024;
+const MAX_BATCH: usize = 256;
 
 /// A job that takes longer than this is logged: every write waits for it.
 const SLOW_JOB: std::time::Duration = std::time::Duration::from_millis(20);
@@ -105,13 +108,26 @@ enum Job {
     Write(Work),
     /// A write without a savepoint: see [`Writer::write_plain`].
     Plain(Work),
-    Read(Work),
+    /// Reads are waiting in [`Writer::reads`]: wakes an idle writer.
+    Reads,
 }
 
+/// Read jobs waiting for the end of the batch in progress.
+type Reads = Arc<Mutex<Vec<Work>>>;
+
 /// The handle every store method writes through.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Writer {
     queue: mpsc::Sender<Job>,
+    reads: Reads,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("queued", &(QUEUE_CAPACITY - self.queue.capacity()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Job {
@@ -119,7 +135,7 @@ impl std::fmt::Debug for Job {
         f.write_str(match self {
             Job::Write(_) => "Job::Write",
             Job::Plain(_) => "Job::Plain",
-            Job::Read(_) => "Job::Read",
+            Job::Reads => "Job::Reads",
         })
     }
 }
@@ -202,6 +218,7 @@ impl Writer {
     /// answered); both stop when the last handle is dropped.
     pub fn spawn(conn: Connection, wal_path: PathBuf, changes: Changes) -> Result<Writer> {
         let (queue, jobs) = mpsc::channel(QUEUE_CAPACITY);
+        let reads = Reads::default();
         let (flusher, batches) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("store-flusher".into())
@@ -209,9 +226,12 @@ impl Writer {
             .map_err(|e| Error::Internal(format!("start the store flusher: {e}")))?;
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(conn, jobs, flusher))
+            .spawn({
+                let reads = reads.clone();
+                move || run(conn, jobs, &reads, flusher)
+            })
             .map_err(|e| Error::Internal(format!("start the store writer: {e}")))?;
-        Ok(Writer { queue })
+        Ok(Writer { queue, reads })
     }
 
     /// Runs `f` in the next transaction; returns once it committed.
@@ -256,10 +276,12 @@ impl Writer {
         f: impl FnOnce(&mut Ctx<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (work, receiver) = work(f);
-        self.queue
-            .send(Job::Read(work))
-            .await
-            .map_err(|_| Error::Internal("the store's writer has stopped".into()))?;
+        self.reads.lock().expect("reads lock").push(work);
+        // The wake-up for an idle writer; a full queue needs none (the writer is busy,
+        // and takes the reads after its batch).
+        if let Err(mpsc::error::TrySendError::Closed(_)) = self.queue.try_send(Job::Reads) {
+            return Err(Error::Internal("the store's writer has stopped".into()));
+        }
         answer(receiver).await
     }
 }
@@ -391,19 +413,23 @@ fn sync_wal(path: &Path, wal: &mut Option<std::fs::File>) -> std::result::Result
         .map_err(|e| format!("fsync {}: {e}", path.display()))
 }
 
-fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, flusher: std::sync::mpsc::Sender<Flush>) {
+fn run(
+    conn: Connection,
+    mut jobs: mpsc::Receiver<Job>,
+    reads: &Mutex<Vec<Work>>,
+    flusher: std::sync::mpsc::Sender<Flush>,
+) {
     let mut hot = Hot::default();
     let mut notices: Vec<Notice> = Vec::new();
     while let Some(first) = jobs.blocking_recv() {
         let mut done: Vec<Done> = Vec::new();
-        let mut reads: Vec<Work> = Vec::new();
         let mut failure: Option<String> = None;
         let mut in_transaction = false;
         let mut next = Some(first);
         while let Some(job) = next.take() {
             let (work, plain) = match job {
-                Job::Read(work) => {
-                    reads.push(work);
+                Job::Reads => {
+                    // They run after this batch, whatever its size.
                     next = jobs.try_recv().ok();
                     continue;
                 }
@@ -445,18 +471,21 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, flusher: std::sync::mpsc
             hot.clear();
             notices.clear();
         }
-        let batch = Flush {
-            done,
-            notices: std::mem::take(&mut notices),
-            committed: in_transaction,
-            failure,
-        };
-        if let Err(std::sync::mpsc::SendError(batch)) = flusher.send(batch) {
-            for job in batch.done {
-                (job.answer)(Some("the store's flusher has stopped"));
+        if in_transaction || !done.is_empty() {
+            let batch = Flush {
+                done,
+                notices: std::mem::take(&mut notices),
+                committed: in_transaction,
+                failure,
+            };
+            if let Err(std::sync::mpsc::SendError(batch)) = flusher.send(batch) {
+                for job in batch.done {
+                    (job.answer)(Some("the store's flusher has stopped"));
+                }
             }
         }
-        for work in reads {
+        let waiting = std::mem::take(&mut *reads.lock().expect("reads lock"));
+        for work in waiting {
             let mut ctx = Ctx {
                 conn: &conn,
                 hot: &mut hot,
@@ -513,6 +542,58 @@ mod tests {
             !mark_then_fail(&writer, error).await,
             "the picture kept a change its transaction rolled back"
         );
+    }
+
+    /// A read waits for the batch in progress, not for every write queued before it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_skips_the_queue() {
+        let (_dir, writer) = writer().await;
+        let mark = |ctx: &mut Ctx<'_>, i: usize| {
+            ctx.hot.machine_zone.insert(format!("mch-{i}"), "z".into());
+        };
+        let first = tokio::spawn({
+            let writer = writer.clone();
+            async move {
+                writer
+                    .write(move |ctx| {
+                        // Holds the writer while the queue fills.
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                        mark(ctx, 0);
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let queued = 3 * MAX_BATCH;
+        let mut writes = Vec::new();
+        for i in 1..=queued {
+            let writer = writer.clone();
+            writes.push(tokio::spawn(async move {
+                writer
+                    .write(move |ctx| {
+                        mark(ctx, i);
+                        Ok(())
+                    })
+                    .await
+            }));
+        }
+        // Every write is queued before the read (the writer is still held).
+        while writer.queue.capacity() > QUEUE_CAPACITY - queued {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let seen = writer
+            .read(|ctx| Ok(ctx.hot.machine_zone.len()))
+            .await
+            .unwrap();
+        assert!(
+            seen <= 1 + MAX_BATCH,
+            "the read waited for {seen} writes: it queued behind them"
+        );
+        first.await.unwrap().unwrap();
+        for write in writes {
+            write.await.unwrap().unwrap();
+        }
     }
 
     #[tokio::test]
