@@ -551,20 +551,23 @@ mod tests {
         let mark = |ctx: &mut Ctx<'_>, i: usize| {
             ctx.hot.machine_zone.insert(format!("mch-{i}"), "z".into());
         };
+        // The first write holds the writer until every other job is queued.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (running, started) = oneshot::channel::<()>();
         let first = tokio::spawn({
             let writer = writer.clone();
             async move {
                 writer
                     .write(move |ctx| {
-                        // Holds the writer while the queue fills.
-                        std::thread::sleep(std::time::Duration::from_millis(300));
+                        let _ = running.send(());
+                        held.recv().expect("released");
                         mark(ctx, 0);
                         Ok(())
                     })
                     .await
             }
         });
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        started.await.unwrap();
         let queued = 3 * MAX_BATCH;
         let mut writes = Vec::new();
         for i in 1..=queued {
@@ -578,14 +581,18 @@ mod tests {
                     .await
             }));
         }
-        // Every write is queued before the read (the writer is still held).
         while writer.queue.capacity() > QUEUE_CAPACITY - queued {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        let seen = writer
-            .read(|ctx| Ok(ctx.hot.machine_zone.len()))
-            .await
-            .unwrap();
+        let read = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.read(|ctx| Ok(ctx.hot.machine_zone.len())).await }
+        });
+        while writer.reads.lock().unwrap().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        release.send(()).unwrap();
+        let seen = read.await.unwrap().unwrap();
         assert!(
             seen <= 1 + MAX_BATCH,
             "the read waited for {seen} writes: it queued behind them"
