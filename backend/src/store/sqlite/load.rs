@@ -116,12 +116,7 @@ pub fn zone(ctx: &mut Ctx<'_>, zone_id: &str) -> Result<bool> {
 /// Re-reads a machine into the picture (when its zone is loaded): after a write to it, or
 /// when a guard in SQL disagreed with the picture.
 pub fn machine(ctx: &mut Ctx<'_>, machine_id: &str) -> Result<()> {
-    let record = rows::first(
-        ctx.conn,
-        &format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = ?1"),
-        params![machine_id],
-        rows::machine,
-    )?;
+    let record = rows::machine_by_id(ctx.conn, machine_id)?;
     let Some(record) = record else {
         ctx.hot.remove_machine(machine_id);
         return Ok(());

@@ -354,12 +354,7 @@ fn ended(status: MachineStatus) -> bool {
 /// needed).
 fn desired_one(ctx: &mut Ctx<'_>, machine_id: &str) -> Result<Option<DesiredInputs>> {
     if !ctx.hot.machine_zone.contains_key(machine_id) {
-        let record = rows::first(
-            ctx.conn,
-            &format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = ?1"),
-            params![machine_id],
-            rows::machine,
-        )?;
+        let record = rows::machine_by_id(ctx.conn, machine_id)?;
         let Some(record) = record else {
             return Ok(None);
         };
@@ -959,14 +954,7 @@ impl Store for SqliteStore {
     async fn get_machine(&self, id: &str) -> Result<Option<MachineRecord>> {
         let id = id.to_string();
         self.reader
-            .read(move |conn| {
-                rows::first(
-                    conn,
-                    &format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = ?1"),
-                    params![id],
-                    rows::machine,
-                )
-            })
+            .read(move |conn| rows::machine_by_id(conn, &id))
             .await
     }
 
@@ -1567,12 +1555,7 @@ impl Store for SqliteStore {
                     return Ok(None);
                 };
                 let serving = match &pool.machine_id {
-                    Some(machine_id) => rows::first(
-                        conn,
-                        &format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = ?1"),
-                        params![machine_id],
-                        rows::machine,
-                    )?,
+                    Some(machine_id) => rows::machine_by_id(conn, machine_id)?,
                     None => None,
                 };
                 Ok(Some((pool, serving)))
@@ -1703,14 +1686,7 @@ impl Store for SqliteStore {
     async fn get_session(&self, id: &str) -> Result<Option<Session>> {
         let id = id.to_string();
         self.reader
-            .read(move |conn| {
-                rows::first(
-                    conn,
-                    &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
-                    params![id],
-                    rows::session,
-                )
-            })
+            .read(move |conn| rows::session_by_id(conn, &id))
             .await
     }
 

@@ -199,12 +199,7 @@ pub fn end(ctx: &mut Ctx<'_>, session_id: &str, now_ms: i64) -> Result<Option<En
         "UPDATE sessions SET status = 'ENDED', ended_at = ?1 WHERE id = ?2 AND status = 'ACTIVE'",
         params![now_ms, session_id],
     )? > 0;
-    let session = rows::first(
-        ctx.conn,
-        &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
-        params![session_id],
-        rows::session,
-    )?;
+    let session = rows::session_by_id(ctx.conn, session_id)?;
     let Some(session) = session else {
         return Ok(None);
     };

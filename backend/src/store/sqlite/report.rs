@@ -27,16 +27,7 @@ pub fn end_sessions(
     sessions: &[String],
     now_ms: i64,
 ) -> Result<u32> {
-    let status: Option<String> = rows::first(
-        ctx.conn,
-        "SELECT status FROM machines WHERE id = ?1",
-        params![machine.id],
-        |row| Ok(row.get(0)?),
-    )?;
-    let status: MachineStatus = parse(&status.ok_or(Error::Unauthorized)?, "machine status")?;
-    if matches!(status, MachineStatus::Terminated | MachineStatus::Unhealthy) {
-        return Err(Error::Unauthorized);
-    }
+    live_status(ctx.conn, &machine.id)?;
     let mut ended = Vec::new();
     for session in sessions {
         if let Some(where_) = sql::session_ended(ctx.conn, session, Some(&machine.id), now_ms)? {
@@ -54,6 +45,23 @@ pub fn end_sessions(
     Ok(ended.len() as u32)
 }
 
+/// A reporting machine's status; an unknown or ended one is refused (`Unauthorized`: its
+/// agent stops).
+fn live_status(conn: &rusqlite::Connection, machine_id: &str) -> Result<MachineStatus> {
+    let status: String = rows::first(
+        conn,
+        "SELECT status FROM machines WHERE id = ?1",
+        params![machine_id],
+        |row| Ok(row.get(0)?),
+    )?
+    .ok_or(Error::Unauthorized)?;
+    let status: MachineStatus = parse(&status, "machine status")?;
+    if matches!(status, MachineStatus::Terminated | MachineStatus::Unhealthy) {
+        return Err(Error::Unauthorized);
+    }
+    Ok(status)
+}
+
 /// See [`Store::apply_agent_report`](crate::store::Store::apply_agent_report).
 pub fn apply(
     ctx: &mut Ctx<'_>,
@@ -62,17 +70,7 @@ pub fn apply(
     now_ms: i64,
 ) -> Result<ReportOutcome> {
     let conn = ctx.conn;
-    let (status, _last_seq): (String, i64) = rows::first(
-        conn,
-        "SELECT status, last_report_seq FROM machines WHERE id = ?1",
-        params![machine.id],
-        |row| Ok((row.get(0)?, row.get(1)?)),
-    )?
-    .ok_or(Error::Unauthorized)?;
-    let status: MachineStatus = parse(&status, "machine status")?;
-    if matches!(status, MachineStatus::Terminated | MachineStatus::Unhealthy) {
-        return Err(Error::Unauthorized);
-    }
+    let status = live_status(conn, &machine.id)?;
     let seq = i64::try_from(report.report_seq).unwrap_or(i64::MAX);
     // Guard: the machine is live and the report newer than the last one applied (a late,
     // older report — a cancelled long-poll — must not undo a newer one).

@@ -256,6 +256,26 @@ pub fn first<T>(
     }
 }
 
+/// A machine's row by id.
+pub fn machine_by_id(conn: &rusqlite::Connection, id: &str) -> Result<Option<MachineRecord>> {
+    first(
+        conn,
+        &format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = ?1"),
+        [id],
+        machine,
+    )
+}
+
+/// A session's row by id.
+pub fn session_by_id(conn: &rusqlite::Connection, id: &str) -> Result<Option<Session>> {
+    first(
+        conn,
+        &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
+        [id],
+        session,
+    )
+}
+
 /// Runs a statement; the rows it changed.
 pub fn run(conn: &rusqlite::Connection, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
     Ok(conn.prepare_cached(sql)?.execute(params)?)
