@@ -19,15 +19,15 @@ pub const ENDS_PER_JOB: usize = 256;
 
 /// Sessions a machine's game servers ended, apart from the rest of its report: each ends
 /// alone (guard: [`sql::session_ended`], an `ACTIVE` session of this machine), so a
-/// report's ends can be split over several jobs. A report for an ended machine is
-/// refused, as [`apply`] refuses it. How many ended here.
+/// report's ends can be split over several jobs. A machine that ended has no active
+/// session left (its end lost them), so its late ends change nothing here and [`apply`]
+/// refuses the rest of its report. How many ended here.
 pub fn end_sessions(
     ctx: &mut Ctx<'_>,
     machine: &MachineRecord,
     sessions: &[String],
     now_ms: i64,
 ) -> Result<u32> {
-    live_status(ctx.conn, &machine.id)?;
     let mut ended = Vec::new();
     for session in sessions {
         if let Some(where_) = sql::session_ended(ctx.conn, session, Some(&machine.id), now_ms)? {
