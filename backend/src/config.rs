@@ -33,8 +33,8 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     /// How often the reconciler revisits every zone even when nothing woke it.
     pub reconcile_interval: Duration,
-    /// The SQLite file (`--database sqlite://PATH`); default `fleetform.db` in `data_dir`.
-    pub database: Option<PathBuf>,
+    /// `--database`; default the SQLite file `fleetform.db` in `data_dir`.
+    pub database: Option<crate::store::Database>,
     /// How long ended sessions, exited processes and ended machines are kept
     /// (`--retention-days`); None keeps them all.
     pub retention: Option<Duration>,
@@ -57,11 +57,11 @@ impl ServerConfig {
         }
     }
 
-    /// The SQLite file the store opens.
-    pub fn database_path(&self) -> PathBuf {
+    /// The database the store opens.
+    pub fn database(&self) -> crate::store::Database {
         self.database
             .clone()
-            .unwrap_or_else(|| self.data_dir.join("fleetform.db"))
+            .unwrap_or_else(|| crate::store::Database::Sqlite(self.data_dir.join("fleetform.db")))
     }
 }
 

@@ -33,7 +33,7 @@ pub enum Error {
     #[error("request body larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("store: {0}")]
-    Store(#[from] rusqlite::Error),
+    Store(#[from] crate::store::db::DbError),
     /// The store's write queue is full: the client should come back shortly.
     #[error("fleetformd is overloaded; retry in {retry_after_secs} s")]
     Overloaded { retry_after_secs: u64 },
@@ -141,6 +141,18 @@ impl IntoResponse for Error {
             );
         }
         response
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(error: rusqlite::Error) -> Self {
+        Error::Store(error.into())
+    }
+}
+
+impl From<postgres::Error> for Error {
+    fn from(error: postgres::Error) -> Self {
+        Error::Store(error.into())
     }
 }
 

@@ -19,7 +19,8 @@ struct Options {
     /// Address to listen on (`127.0.0.1:0` picks a free port).
     #[arg(long, env = "FLEETFORMD_LISTEN", default_value = "127.0.0.1:7400")]
     listen: String,
-    /// `sqlite://PATH` (default: `fleetform.db` in the data directory).
+    /// `sqlite://PATH` or `postgres://USER@HOST:PORT/DATABASE` (default: `fleetform.db` in
+    /// the data directory).
     #[arg(long, env = "FLEETFORMD_DATABASE")]
     database: Option<String>,
     /// Days ended sessions, exited processes and ended machines are kept before they are
@@ -81,20 +82,15 @@ async fn main() -> anyhow::Result<()> {
     // development token) is where `--data-dir` says. Neither moves the other.
     let database = match &options.database {
         None => None,
-        Some(database) => {
-            let path = database.strip_prefix("sqlite://").with_context(|| {
-                format!("--database {database:?}: only sqlite://PATH is supported in this release")
-            })?;
-            anyhow::ensure!(
-                !path.is_empty(),
-                "--database {database:?}: the path is empty"
-            );
-            let path = PathBuf::from(path);
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("create {}", parent.display()))?;
+        Some(text) => {
+            let database = fleetformd::store::Database::parse(text).map_err(anyhow::Error::msg)?;
+            if let fleetformd::store::Database::Sqlite(path) = &database {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("create {}", parent.display()))?;
+                }
             }
-            Some(path)
+            Some(database)
         }
     };
     std::fs::create_dir_all(&data_dir)

@@ -9,7 +9,7 @@ use crate::api::{self, AppState};
 use crate::changes::Changes;
 use crate::config::{self, ServerConfig};
 use crate::machines::sim::SimWorld;
-use crate::store::sqlite::SqliteStore;
+use crate::store::SqlStore;
 use crate::store::Store;
 use crate::zones::{Demand, Reconciler, Shortages};
 use crate::{Error, Result};
@@ -22,8 +22,7 @@ pub async fn run(
 ) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::Internal(format!("create {}: {e}", config.data_dir.display())))?;
-    let store =
-        Arc::new(SqliteStore::open_with(&config.database_path(), Changes::default()).await?);
+    let store = Arc::new(SqlStore::open_with(&config.database(), Changes::default()).await?);
     run_with_store(config, listener, store, shutdown).await
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use fleetform_api::agent::{AgentProcessState, ProcessReport, SyncRequest};
 use fleetform_api::*;
-use fleetformd::store::sqlite::SqliteStore;
+use fleetformd::store::SqlStore;
 use fleetformd::store::{MachineRecord, Store};
 use futures::StreamExt;
 
@@ -425,7 +425,7 @@ async fn sim_zone_at_scale(machines: u32, sessions: u32) {
 async fn store_registers_machines_one_transaction_each() {
     let count = env_u32("FLEETFORM_SIM_MACHINES", 1_000);
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("registrations.db"))
+    let store = SqlStore::open(&dir.path().join("registrations.db"))
         .await
         .unwrap();
     let store: &dyn Store = &store;

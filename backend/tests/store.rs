@@ -8,16 +8,14 @@ use std::sync::Arc;
 
 use fleetform_api::agent::{AgentProcessState, ProcessExit, ProcessReport, SyncRequest};
 use fleetform_api::*;
-use fleetformd::store::sqlite::SqliteStore;
+use fleetformd::store::SqlStore;
 use fleetformd::store::{
     CrashFilter, EventFilter, EventRecord, MachineRecord, PlaceArgs, PlaceOutcome, Store,
 };
 
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("test.db"))
-        .await
-        .unwrap();
+    let store = SqlStore::open(&dir.path().join("test.db")).await.unwrap();
     (dir, Arc::new(store))
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use fleetform_api::agent::{AgentProcessState, ProcessReport, SyncRequest, SyncResponse};
 use fleetform_api::*;
 use fleetformd::api::{router, AppState};
-use fleetformd::store::sqlite::SqliteStore;
+use fleetformd::store::SqlStore;
 use fleetformd::store::{MachineRecord, Store};
 use fleetformd::zones::{token_hash, Demand};
 
@@ -21,13 +21,13 @@ const TOKEN: &str = "wakeups-admin";
 
 struct Api {
     url: String,
-    store: Arc<SqliteStore>,
+    store: Arc<SqlStore>,
     _dir: tempfile::TempDir,
 }
 
 async fn serve() -> Api {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(&dir.path().join("w.db")).await.unwrap());
+    let store = Arc::new(SqlStore::open(&dir.path().join("w.db")).await.unwrap());
     let state = AppState {
         store: store.clone(),
         locations: Arc::default(),

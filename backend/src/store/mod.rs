@@ -7,7 +7,10 @@
 //! implementation, so a kill -9 at any moment leaves either all of it or none; and every
 //! method that writes returns only once its transaction is durable.
 
+pub mod db;
 pub mod hot;
+pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 
 use std::collections::BTreeMap;
@@ -24,6 +27,50 @@ use crate::placement::Candidate;
 use crate::Result;
 
 pub use hot::{ObservedMachine, ZoneSummary};
+pub use sql::SqlStore;
+
+/// Where the store keeps its data (`--database`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// `sqlite://PATH`: the database file itself.
+    Sqlite(std::path::PathBuf),
+    /// `postgres://…` (or `postgresql://…`): a libpq-style URL.
+    Postgres(String),
+}
+
+impl Database {
+    /// Reads `--database`: `sqlite://PATH` or `postgres://…`.
+    pub fn parse(text: &str) -> std::result::Result<Database, String> {
+        if let Some(path) = text.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(format!("--database {text:?}: the path is empty"));
+            }
+            return Ok(Database::Sqlite(path.into()));
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(Database::Postgres(text.to_string()));
+        }
+        Err(format!(
+            "--database {text:?}: expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE"
+        ))
+    }
+}
+
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            // Without a password, should the URL carry one.
+            Database::Postgres(url) => match (url.find("://"), url.rfind('@')) {
+                (Some(scheme), Some(at)) if url[scheme + 3..at].contains(':') => {
+                    let user_end = scheme + 3 + url[scheme + 3..at].find(':').unwrap_or(0);
+                    write!(f, "{}:***{}", &url[..user_end], &url[at..])
+                }
+                _ => f.write_str(url),
+            },
+        }
+    }
+}
 
 /// A zone and whether it is being deleted.
 #[derive(Debug, Clone, PartialEq)]

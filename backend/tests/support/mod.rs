@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fleetform_api::*;
 use fleetformd::config::ServerConfig;
-use fleetformd::store::sqlite::SqliteStore;
+use fleetformd::store::SqlStore;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -50,7 +50,7 @@ pub const TOKEN: &str = "sim-test-token";
 /// A fleetformd serving on 127.0.0.1 in this process, and a handle on its store.
 pub struct Server {
     pub client: Client,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<SqlStore>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<fleetformd::Result<()>>>,
     dir: tempfile::TempDir,
@@ -75,7 +75,11 @@ impl Server {
             retention: None,
         };
         std::fs::create_dir_all(&config.data_dir).unwrap();
-        let store = Arc::new(SqliteStore::open(&config.database_path()).await.unwrap());
+        let store = Arc::new(
+            SqlStore::open_with(&config.database(), Default::default())
+                .await
+                .unwrap(),
+        );
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(fleetformd::server::run_with_store(
             config,

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::store::db::args;
 use fleetform_api::{Build, Fleet, Session};
-use rusqlite::params;
 
 use super::rows::{self, LIVE_STATES, MACHINE_COLUMNS, PROCESS_COLUMNS, SESSION_COLUMNS};
 use super::writer::Ctx;
@@ -22,7 +22,7 @@ pub fn fleet(ctx: &mut Ctx<'_>, id_or_name: &str) -> Result<Option<Arc<Fleet>>> 
     let fleet = rows::first(
         ctx.conn,
         "SELECT * FROM fleets WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
-        params![id_or_name],
+        args![id_or_name],
         rows::fleet,
     )?;
     Ok(fleet.map(|fleet| {
@@ -40,7 +40,7 @@ pub fn build(ctx: &mut Ctx<'_>, id: &str) -> Result<Option<Arc<Build>>> {
     let build = rows::first(
         ctx.conn,
         "SELECT * FROM builds WHERE id = ?1",
-        params![id],
+        args![id],
         rows::build,
     )?
     .map(Arc::new);
@@ -58,7 +58,7 @@ pub fn zone(ctx: &mut Ctx<'_>, zone_id: &str) -> Result<bool> {
     let Some(record) = rows::first(
         ctx.conn,
         "SELECT * FROM zones WHERE id = ?1",
-        params![zone_id],
+        args![zone_id],
         rows::zone,
     )?
     else {
@@ -72,7 +72,7 @@ pub fn zone(ctx: &mut Ctx<'_>, zone_id: &str) -> Result<bool> {
         &format!(
             "SELECT {MACHINE_COLUMNS} FROM machines WHERE zone_id = ?1 AND status NOT IN ('TERMINATED', 'UNHEALTHY')"
         ),
-        params![zone_id],
+        args![zone_id],
         rows::machine,
     )?;
     let mut processes: HashMap<String, Vec<ProcessRecord>> = HashMap::new();
@@ -81,7 +81,7 @@ pub fn zone(ctx: &mut Ctx<'_>, zone_id: &str) -> Result<bool> {
         &format!(
             "SELECT {PROCESS_COLUMNS} FROM processes WHERE zone_id = ?1 AND agent_state IN {LIVE_STATES}"
         ),
-        params![zone_id],
+        args![zone_id],
         rows::process,
     )? {
         processes
@@ -93,7 +93,7 @@ pub fn zone(ctx: &mut Ctx<'_>, zone_id: &str) -> Result<bool> {
     for session in rows::all(
         ctx.conn,
         &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE zone_id = ?1 AND status = 'ACTIVE'"),
-        params![zone_id],
+        args![zone_id],
         rows::session,
     )? {
         sessions
@@ -129,7 +129,7 @@ pub fn machine(ctx: &mut Ctx<'_>, machine_id: &str) -> Result<()> {
         &format!(
             "SELECT {PROCESS_COLUMNS} FROM processes WHERE machine_id = ?1 AND agent_state IN {LIVE_STATES}"
         ),
-        params![machine_id],
+        args![machine_id],
         rows::process,
     )?;
     let sessions = rows::all(
@@ -137,7 +137,7 @@ pub fn machine(ctx: &mut Ctx<'_>, machine_id: &str) -> Result<()> {
         &format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE machine_id = ?1 AND status = 'ACTIVE'"
         ),
-        params![machine_id],
+        args![machine_id],
         rows::session,
     )?;
     ctx.hot
@@ -154,7 +154,7 @@ pub fn zone_row(ctx: &mut Ctx<'_>, zone_id: &str) -> Result<()> {
     let record = rows::first(
         ctx.conn,
         "SELECT * FROM zones WHERE id = ?1",
-        params![zone_id],
+        args![zone_id],
         rows::zone,
     )?;
     match record {

@@ -1,5 +1,8 @@
-//! The SQLite store: one file, WAL, `synchronous = NORMAL` with the writer's flusher
-//! syncing the log before any answer (so every answer is durable), through rusqlite.
+//! The store's SQL engine, one for SQLite and Postgres: the same statements (through
+//! [`Conn`](crate::store::db::Conn), which smooths the dialects' few differences) and the
+//! same writer. What differs is only connecting and migrating (`store/sqlite.rs`,
+//! `store/postgres.rs`), and durability: SQLite commits without syncing and the writer's
+//! flusher fsyncs the log before any answer; Postgres commits durably itself.
 //!
 //! Writes go through one [`Writer`] thread that owns the only write connection and the
 //! [`Hot`](crate::store::hot::Hot) picture, and commits whatever is queued as one
@@ -11,214 +14,117 @@
 //! - [`place`]: placements and session ends (the hot path);
 //! - [`report`]: agent reports;
 //! - [`load`]: filling the picture from the database;
-//! - [`sql`]: statements shared by several operations, each with its guard;
+//! - [`stmts`]: statements shared by several operations, each with its guard;
 //! - [`rows`]: rows to domain types;
-//! - this file: connecting, migrations, and every other operation.
+//! - this file: opening, and every other operation.
 
 mod load;
 mod place;
 mod reader;
 mod report;
 mod rows;
-mod sql;
+mod stmts;
 mod writer;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
+use crate::store::db::{args, Conn, Row, ToArg, Value};
 use async_trait::async_trait;
 use fleetform_api::agent::{DesiredMachine, SyncRequest};
 use fleetform_api::{
     BareMetalMachine, Build, EventLevel, EventProducer, Fleet, MachineStatus, ResourceStatus,
     Session, SessionStatus, Zone,
 };
-use rusqlite::{params, params_from_iter, Connection, OpenFlags};
-use rusqlite_migration::{Migrations, M};
 
 use self::reader::Reader;
 use self::rows::{LIVE_STATES, MACHINE_COLUMNS, PROCESS_COLUMNS, SESSION_COLUMNS};
-use self::sql::fix_error;
+use self::stmts::fix_error;
 use self::writer::{Ctx, Writer};
 use super::hot::{DesiredInputs, HotMachine};
 use super::*;
 use crate::changes::{Changes, Notice};
 use crate::{Error, Result};
 
-fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![
-        M::up(include_str!("../../../migrations/sqlite/0001_init.sql")),
-        M::up(include_str!(
-            "../../../migrations/sqlite/0002_report_seq.sql"
-        )),
-        M::up(include_str!("../../../migrations/sqlite/0003_scaling.sql")),
-        M::up(include_str!("../../../migrations/sqlite/0004_events.sql")),
-        M::up(include_str!("../../../migrations/sqlite/0005_crashes.sql")),
-        M::up(include_str!(
-            "../../../migrations/sqlite/0006_bare_metal.sql"
-        )),
-        M::up(include_str!("../../../migrations/sqlite/0007_reboot.sql")),
-        M::up(include_str!(
-            "../../../migrations/sqlite/0008_build_updates.sql"
-        )),
-        M::up(include_str!(
-            "../../../migrations/sqlite/0009_live_rows.sql"
-        )),
-    ])
-}
-
 /// Reader threads: reads are short and the machine has few cores.
 const READERS: usize = 4;
 
-/// fleetformd's store on a SQLite file.
+/// fleetformd's store, on SQLite or Postgres.
 #[derive(Debug, Clone)]
-pub struct SqliteStore {
+pub struct SqlStore {
     writer: Writer,
     reader: Reader,
     changes: Changes,
-    path: PathBuf,
-    /// The checkpoint thread runs while the store lives.
+    database: Database,
+    /// The checkpoint thread (SQLite) runs while the store lives.
     _alive: std::sync::Arc<()>,
 }
 
-fn connect(path: &Path, read_only: bool) -> Result<Connection> {
-    let flags = if read_only {
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-    };
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    if !read_only {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-    }
-    // The writer's commits do not sync: its flusher fsyncs the write-ahead log before any
-    // job is answered (see `writer`), so an acknowledged placement survives a power cut,
-    // not only a kill -9. NORMAL still syncs around checkpoints, so the log is never
-    // reused before the database file holds what it had.
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    // Savepoint and statement journals in memory: every job of a batch runs in its own
-    // savepoint, and a temporary file for each would cost a write per page it touches.
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
-    // Pages of the live rows stay in memory; reads of the file go through the page cache
-    // mapping instead of a read call each.
-    conn.pragma_update(
-        None,
-        "cache_size",
-        if read_only { -16_384 } else { -65_536 },
-    )?;
-    conn.pragma_update(None, "mmap_size", 256i64 << 20)?;
-    conn.set_prepared_statement_cache_capacity(256);
-    Ok(conn)
-}
-
-/// Write-ahead log frames past which a checkpoint waits for the writer (`RESTART`) instead
-/// of running beside it, so the log cannot grow without bound (64 MiB of 4 KiB pages).
-const WAL_FORCE_FRAMES: i64 = 16_384;
-
-/// Copies the write-ahead log into the database file beside the writer (its commits never
-/// do), as fast as frames come: a `PASSIVE` checkpoint never waits for the writer nor holds
-/// it up, and once one has copied every frame, the writer's next transaction starts the log
-/// over. Should the writer outrun it, past [`WAL_FORCE_FRAMES`] one checkpoint waits for a
-/// gap between transactions and copies everything. Stops when the store is dropped.
-fn checkpoints(path: &Path, alive: std::sync::Weak<()>) -> Result<()> {
-    let conn = connect(path, false)?;
+/// Runs blocking `f` on a thread of its own (the Postgres client must not run inside the
+/// async runtime) and waits for it.
+async fn on_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
-        .name("store-checkpoint".into())
+        .name(name.to_string())
         .spawn(move || {
-            let checkpoint = |mode: &str| -> rusqlite::Result<(i64, i64)> {
-                conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
-                    Ok((row.get(1)?, row.get(2)?))
-                })
-            };
-            while alive.upgrade().is_some() {
-                match checkpoint("PASSIVE") {
-                    Ok((log, _)) if log > WAL_FORCE_FRAMES => {
-                        if let Err(error) = checkpoint("RESTART") {
-                            tracing::warn!(%error, "WAL checkpoint (restart) failed; retrying");
-                        }
-                    }
-                    // Caught up: the log starts over at the next write.
-                    Ok((log, copied)) if copied >= log => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    Ok(_) => std::thread::sleep(Duration::from_millis(1)),
-                    Err(error) => {
-                        tracing::warn!(%error, "WAL checkpoint failed; retrying");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            }
+            let _ = sender.send(f());
         })
-        .map_err(|e| Error::Internal(format!("start the checkpoint thread: {e}")))?;
-    Ok(())
-}
-
-/// Brings the schema to the latest version. A database made by an earlier fleetformd
-/// (which tracked migrations in sqlx's `_sqlx_migrations` table) starts from the number
-/// it had applied.
-fn migrate(conn: &mut Connection) -> Result<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    let sqlx_table: Option<String> = conn
-        .query_row(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-            [],
-            |row| row.get(0),
-        )
-        .ok();
-    if version == 0 && sqlx_table.is_some() {
-        let applied: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM _sqlx_migrations WHERE success",
-            [],
-            |row| row.get(0),
-        )?;
-        conn.pragma_update(None, "user_version", applied)?;
-    }
-    migrations()
-        .to_latest(conn)
-        .map_err(|e| Error::Internal(format!("migrations: {e}")))
-}
-
-impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`, runs the migrations, and starts
-    /// the writer and readers; changes are told to a hub of its own.
-    pub async fn open(path: &Path) -> Result<Self> {
-        Self::open_with(path, Changes::default()).await
-    }
-
-    /// Like [`SqliteStore::open`], telling `changes` what each commit changed.
-    pub async fn open_with(path: &Path, changes: Changes) -> Result<Self> {
-        let path = path.to_path_buf();
-        let opened = path.clone();
-        let conn = tokio::task::spawn_blocking(move || -> Result<Connection> {
-            let mut conn = connect(&opened, false)?;
-            migrate(&mut conn)?;
-            // The checkpoint thread copies the log; the writer's commits never do.
-            conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-            Ok(conn)
-        })
+        .map_err(|e| Error::Internal(format!("start {name}: {e}")))?;
+    receiver
         .await
-        .map_err(|e| Error::Internal(format!("open the store: {e}")))??;
-        let wal = PathBuf::from(format!("{}-wal", path.display()));
-        let writer = Writer::spawn(conn, wal, changes.clone())?;
-        let reader = Reader::spawn(&path, READERS, |path| connect(path, true))?;
+        .map_err(|_| Error::Internal(format!("{name} panicked")))?
+}
+
+impl SqlStore {
+    /// Opens (creating if needed) the SQLite database at `path`; see [`SqlStore::open_with`].
+    pub async fn open(path: &Path) -> Result<Self> {
+        Self::open_with(&Database::Sqlite(path.to_path_buf()), Changes::default()).await
+    }
+
+    /// Opens `database`, runs its migrations, and starts the writer and readers, telling
+    /// `changes` what each commit changed.
+    pub async fn open_with(database: &Database, changes: Changes) -> Result<Self> {
         let alive = std::sync::Arc::new(());
-        checkpoints(&path, std::sync::Arc::downgrade(&alive))?;
-        Ok(SqliteStore {
+        let (writer, reader) = match database {
+            Database::Sqlite(path) => {
+                let opened = path.clone();
+                let (conn, wal) =
+                    on_thread("store-open", move || super::sqlite::open_writer(&opened)).await?;
+                let writer = Writer::spawn(conn, Some(wal), changes.clone())?;
+                let read = path.clone();
+                let reader = Reader::spawn(READERS, move || super::sqlite::open_reader(&read))?;
+                super::sqlite::checkpoints(path, std::sync::Arc::downgrade(&alive))?;
+                (writer, reader)
+            }
+            Database::Postgres(url) => {
+                let opened = url.clone();
+                let conn = on_thread("store-open", move || {
+                    super::postgres::migrate(&opened)?;
+                    super::postgres::connect(&opened)
+                })
+                .await?;
+                // Postgres commits durably itself: no log for the flusher to sync.
+                let writer = Writer::spawn(conn, None, changes.clone())?;
+                let read = url.clone();
+                let reader = Reader::spawn(READERS, move || super::postgres::connect(&read))?;
+                (writer, reader)
+            }
+        };
+        Ok(SqlStore {
             writer,
             reader,
             changes,
-            path,
+            database: database.clone(),
             _alive: alive,
         })
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where it keeps its data.
+    pub fn database(&self) -> &Database {
+        &self.database
     }
 
     /// Whether the writer's picture of every loaded zone equals what the database holds
@@ -284,7 +190,7 @@ impl SqliteStore {
 /// A `SELECT` narrowed by the filters a list request set, its values bound in order.
 struct Filtered {
     sql: String,
-    binds: Vec<rusqlite::types::Value>,
+    binds: Vec<Value>,
 }
 
 impl Filtered {
@@ -300,18 +206,14 @@ impl Filtered {
         match value {
             Some(value) => self.clause(
                 &format!(" AND {column} = ?"),
-                [rusqlite::types::Value::Text(value.to_string())],
+                [Value::Text(value.to_string())],
             ),
             None => self,
         }
     }
 
     /// Any other condition, with its values.
-    fn clause(
-        mut self,
-        sql: &str,
-        values: impl IntoIterator<Item = rusqlite::types::Value>,
-    ) -> Self {
+    fn clause(mut self, sql: &str, values: impl IntoIterator<Item = Value>) -> Self {
         self.sql.push_str(sql);
         self.binds.extend(values);
         self
@@ -320,23 +222,24 @@ impl Filtered {
     /// One page: `limit` rows in `order_by`, and whether more follow.
     fn page<T>(
         mut self,
-        conn: &Connection,
+        conn: &Conn,
         order_by: &str,
         limit: u32,
-        map: impl Fn(&rusqlite::Row<'_>) -> Result<T>,
+        map: impl Fn(&Row<'_>) -> Result<T>,
     ) -> Result<(Vec<T>, bool)> {
         let limit = limit.max(1) as usize;
         self.sql
             .push_str(&format!(" ORDER BY {order_by} LIMIT {}", limit + 1));
-        let mut items = rows::all(conn, &self.sql, params_from_iter(self.binds.iter()), map)?;
+        let binds: Vec<&dyn ToArg> = self.binds.iter().map(|v| v as &dyn ToArg).collect();
+        let mut items = rows::all(conn, &self.sql, &binds, map)?;
         let more = items.len() > limit;
         items.truncate(limit);
         Ok((items, more))
     }
 }
 
-fn text(value: &str) -> rusqlite::types::Value {
-    rusqlite::types::Value::Text(value.to_string())
+fn text(value: &str) -> Value {
+    Value::Text(value.to_string())
 }
 
 /// A cursor that must be a number (a position in an ordered history).
@@ -377,7 +280,7 @@ fn fleet_changed(ctx: &mut Ctx<'_>, fleet_id: &str) -> Result<()> {
     let zones: Vec<String> = rows::all(
         ctx.conn,
         "SELECT id FROM zones WHERE fleet_id = ?1",
-        params![fleet_id],
+        args![fleet_id],
         |row| Ok(row.get(0)?),
     )?;
     for zone_id in zones {
@@ -395,7 +298,7 @@ fn machine_written(ctx: &mut Ctx<'_>, machine_id: &str) -> Result<()> {
     let zone: Option<String> = rows::first(
         ctx.conn,
         "SELECT zone_id FROM machines WHERE id = ?1",
-        params![machine_id],
+        args![machine_id],
         |row| Ok(row.get(0)?),
     )?;
     if let Some(zone_id) = zone {
@@ -405,7 +308,7 @@ fn machine_written(ctx: &mut Ctx<'_>, machine_id: &str) -> Result<()> {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for SqlStore {
     fn changes(&self) -> &Changes {
         &self.changes
     }
@@ -418,7 +321,7 @@ impl Store for SqliteStore {
                     ctx.conn,
                     "INSERT INTO builds (id, name, version, operating_system, source, sha256, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![
+                    args![
                         build.id,
                         build.name,
                         build.version,
@@ -441,7 +344,7 @@ impl Store for SqliteStore {
                 rows::first(
                     conn,
                     "SELECT * FROM builds WHERE id = ?1",
-                    params![id],
+                    args![id],
                     rows::build,
                 )
             })
@@ -455,7 +358,7 @@ impl Store for SqliteStore {
                 rows::run(
                     ctx.conn,
                     "UPDATE builds SET name = ?1, version = ?2 WHERE id = ?3",
-                    params![build.name, build.version, build.id],
+                    args![build.name, build.version, build.id],
                 )?;
                 // Name and version only: what machines run of it is unchanged.
                 if let Some(cached) = ctx.hot.builds.get_mut(&build.id) {
@@ -474,7 +377,7 @@ impl Store for SqliteStore {
                 let deleted = rows::run(
                     ctx.conn,
                     "DELETE FROM builds WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM fleets WHERE build_id = ?1)",
-                    params![id],
+                    args![id],
                 )?;
                 if deleted > 0 {
                     ctx.hot.builds.remove(&id);
@@ -483,7 +386,7 @@ impl Store for SqliteStore {
                 let users: Vec<String> = rows::all(
                     ctx.conn,
                     "SELECT name FROM fleets WHERE build_id = ?1 ORDER BY name",
-                    params![id],
+                    args![id],
                     |row| Ok(row.get(0)?),
                 )?;
                 if users.is_empty() {
@@ -506,7 +409,7 @@ impl Store for SqliteStore {
                     "INSERT INTO fleets (id, name, description, build_id, update_mode, launch_path, launch_parameters,
                         process_restart_hours, session_mode, sessions_per_process, storage_gb, force_destroy, status, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                    params![
+                    args![
                         fleet.id,
                         fleet.name,
                         fleet.description,
@@ -536,7 +439,7 @@ impl Store for SqliteStore {
                 rows::first(
                     conn,
                     "SELECT * FROM fleets WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1",
-                    params![id],
+                    args![id],
                     rows::fleet,
                 )
             })
@@ -552,7 +455,7 @@ impl Store for SqliteStore {
                 let before: Option<(String, String, Option<String>, Option<String>)> = rows::first(
                     conn,
                     "SELECT build_id, launch_path, launch_parameters, crash_loop_build_id FROM fleets WHERE id = ?1",
-                    params![fleet.id],
+                    args![fleet.id],
                     |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
                 )?;
                 let Some((old_build, old_path, old_parameters, loop_build)) = before else {
@@ -584,7 +487,7 @@ impl Store for SqliteStore {
                         )
                         .fleet(&fleet.id)
                         .at(now_ms);
-                        sql::event_inserted(conn, &event)?;
+                        stmts::event_inserted(conn, &event)?;
                     }
                 }
                 if old_build != fleet.build_id {
@@ -593,7 +496,7 @@ impl Store for SqliteStore {
                         conn,
                         "INSERT INTO build_updates (fleet_id, from_build, to_build, mode, started_at) VALUES (?1, ?2, ?3, ?4, ?5)
                          ON CONFLICT (fleet_id) DO UPDATE SET to_build = excluded.to_build, mode = excluded.mode",
-                        params![fleet.id, old_build, fleet.build_id, fleet.update_mode.as_str(), now_ms],
+                        args![fleet.id, old_build, fleet.build_id, fleet.update_mode.as_str(), now_ms],
                     )?;
                     let how = match fleet.update_mode {
                         fleetform_api::UpdateMode::Soft => {
@@ -614,13 +517,13 @@ impl Store for SqliteStore {
                     )
                     .fleet(&fleet.id)
                     .at(now_ms);
-                    sql::event_inserted(conn, &event)?;
+                    stmts::event_inserted(conn, &event)?;
                 }
                 if relaunched {
                     rows::run(
                         conn,
                         "UPDATE fleets SET crash_loop_build_id = NULL, crash_loop_since = NULL, crash_count_from = ?1 WHERE id = ?2",
-                        params![now_ms, fleet.id],
+                        args![now_ms, fleet.id],
                     )?;
                 }
                 // Guard: the row is still the one read above (compare-and-set on what the
@@ -630,7 +533,7 @@ impl Store for SqliteStore {
                     "UPDATE fleets SET description = ?1, build_id = ?2, update_mode = ?3, launch_path = ?4, launch_parameters = ?5,
                         process_restart_hours = ?6, sessions_per_process = ?7, storage_gb = ?8, force_destroy = ?9
                      WHERE id = ?10 AND build_id = ?11 AND launch_path = ?12 AND launch_parameters IS ?13",
-                    params![
+                    args![
                         fleet.description,
                         fleet.build_id,
                         fleet.update_mode.as_str(),
@@ -656,7 +559,7 @@ impl Store for SqliteStore {
                 let stored = rows::first(
                     conn,
                     "SELECT * FROM fleets WHERE id = ?1",
-                    params![fleet.id],
+                    args![fleet.id],
                     rows::fleet,
                 )?
                 .ok_or_else(|| Error::not_found("fleet", &fleet.id))?;
@@ -674,7 +577,7 @@ impl Store for SqliteStore {
                 let zones: Vec<String> = rows::all(
                     conn,
                     "SELECT name FROM zones WHERE fleet_id = ?1",
-                    params![id],
+                    args![id],
                     |row| Ok(row.get(0)?),
                 )?;
                 let has_zones = || {
@@ -689,15 +592,15 @@ impl Store for SqliteStore {
                 if !zones.is_empty() {
                     return Err(has_zones());
                 }
-                rows::run(conn, "DELETE FROM build_updates WHERE fleet_id = ?1", params![id])?;
-                rows::run(conn, "DELETE FROM sessions WHERE fleet_id = ?1", params![id])?;
+                rows::run(conn, "DELETE FROM build_updates WHERE fleet_id = ?1", args![id])?;
+                rows::run(conn, "DELETE FROM sessions WHERE fleet_id = ?1", args![id])?;
                 // Guard: no zone was added since the check (else the job rolls back whole).
                 let deleted = rows::run(
                     conn,
                     "DELETE FROM fleets WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM zones WHERE fleet_id = ?1)",
-                    params![id],
+                    args![id],
                 )?;
-                let exists = rows::first(conn, "SELECT 1 FROM fleets WHERE id = ?1", params![id], |_| Ok(()))?;
+                let exists = rows::first(conn, "SELECT 1 FROM fleets WHERE id = ?1", args![id], |_| Ok(()))?;
                 if exists.is_some() {
                     return Err(Error::conflict(
                         "fleet_has_zones",
@@ -719,7 +622,7 @@ impl Store for SqliteStore {
                 rows::run(
                     ctx.conn,
                     "INSERT INTO zones (id, fleet_id, name, spec, status, deleting, created_at) VALUES (?1, ?2, ?3, ?4, ?5, FALSE, ?6)",
-                    params![
+                    args![
                         zone.id,
                         zone.spec.fleet_id,
                         zone.spec.name,
@@ -742,7 +645,7 @@ impl Store for SqliteStore {
                 rows::first(
                     conn,
                     "SELECT * FROM zones WHERE id = ?1",
-                    params![id],
+                    args![id],
                     rows::zone,
                 )
             })
@@ -756,7 +659,7 @@ impl Store for SqliteStore {
                 rows::first(
                     conn,
                     "SELECT * FROM zones WHERE fleet_id = ?1 AND (id = ?2 OR name = ?2) LIMIT 1",
-                    params![fleet_id, id],
+                    args![fleet_id, id],
                     rows::zone,
                 )
             })
@@ -774,7 +677,7 @@ impl Store for SqliteStore {
                 let changed = rows::run(
                     ctx.conn,
                     "UPDATE zones SET spec = ?1 WHERE id = ?2 AND NOT deleting",
-                    params![spec, zone.id],
+                    args![spec, zone.id],
                 )?;
                 if changed == 0 {
                     return Err(Error::conflict(
@@ -798,13 +701,13 @@ impl Store for SqliteStore {
                     ctx.conn,
                     "UPDATE zones SET deleting = TRUE, status = 'DELETING'
                      WHERE id = ?1 AND (?2 OR NOT EXISTS (SELECT 1 FROM sessions WHERE zone_id = ?1 AND status = 'ACTIVE'))",
-                    params![id, force],
+                    args![id, force],
                 )?;
                 if changed == 0 {
                     let active: Option<i64> = rows::first(
                         ctx.conn,
                         "SELECT (SELECT COUNT(*) FROM sessions WHERE zone_id = ?1 AND status = 'ACTIVE') FROM zones WHERE id = ?1",
-                        params![id],
+                        args![id],
                         |row| Ok(row.get(0)?),
                     )?;
                     return Err(match active {
@@ -826,7 +729,7 @@ impl Store for SqliteStore {
 
     async fn list_zones(&self) -> Result<Vec<ZoneRecord>> {
         self.reader
-            .read(|conn| rows::all(conn, "SELECT * FROM zones ORDER BY id", [], rows::zone))
+            .read(|conn| rows::all(conn, "SELECT * FROM zones ORDER BY id", args![], rows::zone))
             .await
     }
 
@@ -838,7 +741,7 @@ impl Store for SqliteStore {
                 let changed = rows::run(
                     ctx.conn,
                     "UPDATE zones SET status = ?1 WHERE id = ?2 AND status <> ?1 AND NOT deleting",
-                    params![status.as_str(), id],
+                    args![status.as_str(), id],
                 )?;
                 if changed > 0 {
                     if let Some(zone) = ctx.hot.zones.get_mut(&id) {
@@ -860,7 +763,7 @@ impl Store for SqliteStore {
                     conn,
                     "SELECT 1 FROM zones WHERE id = ?1 AND deleting
                        AND NOT EXISTS (SELECT 1 FROM machines WHERE zone_id = ?1 AND status NOT IN ('TERMINATED', 'UNHEALTHY'))",
-                    params![id],
+                    args![id],
                     |_| Ok(()),
                 )?;
                 if removable.is_none() {
@@ -872,7 +775,7 @@ impl Store for SqliteStore {
                     "DELETE FROM machines WHERE zone_id = ?1",
                     "DELETE FROM zones WHERE id = ?1",
                 ] {
-                    rows::run(conn, statement, params![id])?;
+                    rows::run(conn, statement, args![id])?;
                 }
                 ctx.hot.drop_zone(&id);
                 ctx.notice(Notice::Zone { zone_id: id });
@@ -890,7 +793,7 @@ impl Store for SqliteStore {
                     &format!(
                         "SELECT {MACHINE_COLUMNS} FROM machines WHERE zone_id = ?1 AND status NOT IN ('TERMINATED', 'UNHEALTHY') ORDER BY id"
                     ),
-                    params![zone_id],
+                    args![zone_id],
                     rows::machine,
                 )?;
                 let processes = rows::all(
@@ -898,7 +801,7 @@ impl Store for SqliteStore {
                     &format!(
                         "SELECT {PROCESS_COLUMNS} FROM processes WHERE zone_id = ?1 AND agent_state IN {LIVE_STATES} ORDER BY id"
                     ),
-                    params![zone_id],
+                    args![zone_id],
                     rows::process,
                 )?;
                 Ok(ZoneObservation {
@@ -930,7 +833,7 @@ impl Store for SqliteStore {
                     &format!(
                         "SELECT {SESSION_COLUMNS} FROM sessions WHERE zone_id = ?1 AND status = 'ACTIVE' ORDER BY id"
                     ),
-                    params![zone_id],
+                    args![zone_id],
                     rows::session,
                 )
             })
@@ -941,7 +844,7 @@ impl Store for SqliteStore {
         let (machine, token_hash) = (machine.clone(), token_hash.to_string());
         self.writer
             .write(move |ctx| {
-                sql::machine_inserted(ctx.conn, &machine, &token_hash)
+                stmts::machine_inserted(ctx.conn, &machine, &token_hash)
                     .map_err(|e| fix_error(e, "machine", "id"))?;
                 ctx.hot
                     .put_machine(HotMachine::new(machine.clone(), Vec::new(), &[]));
@@ -965,7 +868,7 @@ impl Store for SqliteStore {
                 rows::first(
                     conn,
                     &format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE token_hash = ?1"),
-                    params![hash],
+                    args![hash],
                     rows::machine,
                 )
             })
@@ -984,7 +887,7 @@ impl Store for SqliteStore {
                     "UPDATE machines SET status = ?1,
                         terminating_since = CASE WHEN ?1 = 'TERMINATING' THEN COALESCE(terminating_since, ?2) ELSE terminating_since END
                      WHERE id = ?3 AND status NOT IN ('TERMINATED', 'UNHEALTHY')",
-                    params![status.as_str(), now_ms, id],
+                    args![status.as_str(), now_ms, id],
                 )?;
                 if changed > 0 {
                     machine_written(ctx, &id)?;
@@ -1005,7 +908,7 @@ impl Store for SqliteStore {
                     "UPDATE machines SET status = 'TERMINATING', terminating_since = COALESCE(terminating_since, ?1)
                      WHERE id = ?2 AND status NOT IN ('TERMINATED', 'UNHEALTHY')
                        AND NOT EXISTS (SELECT 1 FROM sessions WHERE machine_id = ?2 AND status = 'ACTIVE')",
-                    params![now_ms, id],
+                    args![now_ms, id],
                 )?;
                 if changed > 0 {
                     machine_written(ctx, &id)?;
@@ -1025,16 +928,16 @@ impl Store for SqliteStore {
                     "UPDATE machines SET status = 'TERMINATING', terminating_since = COALESCE(terminating_since, ?1),
                         termination_reason = COALESCE(termination_reason, ?2)
                      WHERE id = ?3 AND status NOT IN ('TERMINATED', 'UNHEALTHY')",
-                    params![now_ms, reason, id],
+                    args![now_ms, reason, id],
                 )?;
                 if updated == 0 {
                     return Ok(None);
                 }
-                let lost = sql::sessions_lost(ctx.conn, &id, &reason, now_ms)?;
+                let lost = stmts::sessions_lost(ctx.conn, &id, &reason, now_ms)?;
                 rows::run(
                     ctx.conn,
                     "UPDATE processes SET active_sessions = 0 WHERE machine_id = ?1 AND active_sessions > 0",
-                    params![id],
+                    args![id],
                 )?;
                 machine_written(ctx, &id)?;
                 Ok(Some(lost as u32))
@@ -1058,10 +961,10 @@ impl Store for SqliteStore {
             .write(move |ctx| {
                 let machines: Vec<String> = rows::all(
                     ctx.conn,
-                    "UPDATE sessions SET status = 'LOST', reason = ?1, ended_at = MAX(created_at, ?2)
+                    "UPDATE sessions SET status = 'LOST', reason = ?1, ended_at = GREATEST(created_at, ?2)
                      WHERE zone_id = ?3 AND status = 'ACTIVE' AND build_id <> ?4
                      RETURNING machine_id",
-                    params![reason, now_ms, zone_id, build_id],
+                    args![reason, now_ms, zone_id, build_id],
                     |row| Ok(row.get(0)?),
                 )?;
                 if machines.is_empty() {
@@ -1073,7 +976,7 @@ impl Store for SqliteStore {
                         "UPDATE processes SET active_sessions = 0
                          WHERE zone_id = ?1 AND build_id <> ?2 AND agent_state IN {LIVE_STATES} AND active_sessions > 0"
                     ),
-                    params![zone_id, build_id],
+                    args![zone_id, build_id],
                 )?;
                 let distinct: BTreeSet<&String> = machines.iter().collect();
                 for machine_id in distinct {
@@ -1092,7 +995,7 @@ impl Store for SqliteStore {
                 rows::run(
                     ctx.conn,
                     "UPDATE machines SET driver_ref = ?1, status = CASE WHEN status = 'PENDING' THEN 'LAUNCHING' ELSE status END WHERE id = ?2",
-                    params![driver_ref, id],
+                    args![driver_ref, id],
                 )?;
                 if let Some(zone) = ctx.hot.zone_of_machine(&id) {
                     if let Some(machine) = zone.machines.get_mut(&id) {
@@ -1119,7 +1022,7 @@ impl Store for SqliteStore {
                     rows::run(
                         ctx.conn,
                         "UPDATE machines SET target_processes = ?1 WHERE id = ?2",
-                        params![i64::from(*target), id],
+                        args![i64::from(*target), id],
                     )?;
                 }
                 for (id, target) in &targets {
@@ -1143,8 +1046,8 @@ impl Store for SqliteStore {
             .write(move |ctx| {
                 rows::run(
                     ctx.conn,
-                    "UPDATE zones SET idle_since = MAX(COALESCE(idle_since, 0), ?1) WHERE id = ?2",
-                    params![now_ms, zone_id],
+                    "UPDATE zones SET idle_since = GREATEST(COALESCE(idle_since, 0), ?1) WHERE id = ?2",
+                    args![now_ms, zone_id],
                 )?;
                 if let Some(zone) = ctx.hot.zones.get_mut(&zone_id) {
                     zone.record.idle_since_ms = zone.record.idle_since_ms.max(now_ms);
@@ -1173,19 +1076,19 @@ impl Store for SqliteStore {
                 let in_service = rows::run(
                     ctx.conn,
                     "UPDATE machines SET status = status WHERE id = ?1 AND status IN ('PENDING', 'LAUNCHING', 'ACTIVE')",
-                    params![id],
+                    args![id],
                 )?;
                 if in_service == 0 {
                     return Ok(None);
                 }
-                let lost = sql::sessions_lost(ctx.conn, &id, &reason, now_ms)?;
+                let lost = stmts::sessions_lost(ctx.conn, &id, &reason, now_ms)?;
                 rows::run(
                     ctx.conn,
                     &format!(
                         "UPDATE processes SET active_sessions = 0, restart_requested = TRUE
                          WHERE machine_id = ?1 AND agent_state IN {LIVE_STATES}"
                     ),
-                    params![id],
+                    args![id],
                 )?;
                 machine_written(ctx, &id)?;
                 Ok(Some(lost as u32))
@@ -1205,7 +1108,7 @@ impl Store for SqliteStore {
                     Ok(rows::first(
                         conn,
                         "SELECT 1 FROM build_updates WHERE fleet_id = ?1",
-                        params![fleet_id],
+                        args![fleet_id],
                         |_| Ok(()),
                     )?
                     .is_some())
@@ -1227,7 +1130,7 @@ impl Store for SqliteStore {
                               AND p.agent_state IN {LIVE_STATES})
                          RETURNING from_build, to_build, started_at"
                     ),
-                    params![fleet_id],
+                    args![fleet_id],
                     |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                 )?;
                 let Some((from_build, to_build, started_at)) = finished else {
@@ -1244,7 +1147,7 @@ impl Store for SqliteStore {
                 )
                 .fleet(&fleet_id)
                 .at(now_ms);
-                sql::event_inserted(ctx.conn, &event)?;
+                stmts::event_inserted(ctx.conn, &event)?;
                 Ok(true)
             })
             .await
@@ -1290,7 +1193,7 @@ impl Store for SqliteStore {
                         "SELECT DISTINCT machine_id FROM processes
                          WHERE fleet_id = ?1 AND build_id <> ?2 AND agent_state IN {LIVE_STATES}"
                     ),
-                    params![fleet_id, build_id],
+                    args![fleet_id, build_id],
                     |row| Ok(row.get::<_, String>(0)?),
                 )?
                 .into_iter()
@@ -1332,7 +1235,7 @@ impl Store for SqliteStore {
                     &format!(
                         "SELECT {PROCESS_COLUMNS} FROM processes WHERE machine_id = ?1 AND agent_state IN {LIVE_STATES} ORDER BY id"
                     ),
-                    params![machine_id],
+                    args![machine_id],
                     rows::process,
                 )
             })
@@ -1384,7 +1287,7 @@ impl Store for SqliteStore {
                     ctx.conn,
                     "INSERT INTO bare_metal_machines (id, name, location, address, cores, memory_gb, labels, agent_token, token_hash, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    params![
+                    args![
                         machine.id,
                         machine.name,
                         machine.location,
@@ -1399,7 +1302,7 @@ impl Store for SqliteStore {
                 )
                 .map_err(|e| fix_error(e, "bare-metal machine", "name"))?;
                 // Zones short of pool machines at this location may take it now.
-                let zones: Vec<String> = rows::all(ctx.conn, "SELECT id FROM zones", [], |row| Ok(row.get(0)?))?;
+                let zones: Vec<String> = rows::all(ctx.conn, "SELECT id FROM zones", args![], |row| Ok(row.get(0)?))?;
                 for zone_id in zones {
                     ctx.notice(Notice::Zone { zone_id });
                 }
@@ -1415,7 +1318,7 @@ impl Store for SqliteStore {
                 rows::first(
                     conn,
                     &format!("{} WHERE b.id = ?1", rows::BARE_METAL_SELECT),
-                    params![id],
+                    args![id],
                     rows::bare_metal,
                 )
             })
@@ -1432,7 +1335,7 @@ impl Store for SqliteStore {
                         "{} WHERE (?1 IS NULL OR b.location = ?1) ORDER BY b.name",
                         rows::BARE_METAL_SELECT
                     ),
-                    params![location],
+                    args![location],
                     rows::bare_metal,
                 )
             })
@@ -1448,7 +1351,7 @@ impl Store for SqliteStore {
                 rows::run(
                     ctx.conn,
                     "UPDATE bare_metal_machines SET name = ?1, address = ?2, cores = ?3, memory_gb = ?4, labels = ?5 WHERE id = ?6",
-                    params![
+                    args![
                         machine.name,
                         machine.address,
                         machine.cores.map(i64::from),
@@ -1463,7 +1366,7 @@ impl Store for SqliteStore {
                     ctx.conn,
                     "UPDATE machines SET address = ?1 WHERE bare_metal_id = ?2 AND status NOT IN ('TERMINATED', 'UNHEALTHY')
                      RETURNING id",
-                    params![machine.address, machine.id],
+                    args![machine.address, machine.id],
                     |row| Ok(row.get(0)?),
                 )?;
                 for id in serving {
@@ -1485,7 +1388,7 @@ impl Store for SqliteStore {
                 let known = rows::first(
                     conn,
                     "SELECT 1 FROM bare_metal_machines WHERE id = ?1",
-                    params![id],
+                    args![id],
                     |_| Ok(()),
                 )?;
                 if known.is_none() {
@@ -1496,7 +1399,7 @@ impl Store for SqliteStore {
                     "SELECT m.id, m.fleet_id, m.zone_id,
                         (SELECT COUNT(*) FROM sessions s WHERE s.machine_id = m.id AND s.status = 'ACTIVE')
                      FROM machines m WHERE m.bare_metal_id = ?1 AND m.status NOT IN ('TERMINATED', 'UNHEALTHY')",
-                    params![id],
+                    args![id],
                     |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
                 )?;
                 if let Some((machine_id, fleet_id, zone_id, sessions)) = serving {
@@ -1505,7 +1408,7 @@ impl Store for SqliteStore {
                         conn,
                         "UPDATE machines SET status = status WHERE id = ?1
                            AND NOT EXISTS (SELECT 1 FROM sessions WHERE machine_id = ?1 AND status = 'ACTIVE')",
-                        params![machine_id],
+                        args![machine_id],
                     )?;
                     if sessions > 0 || idle == 0 {
                         return Err(Error::conflict(
@@ -1516,7 +1419,7 @@ impl Store for SqliteStore {
                         ));
                     }
                     let reason = "its bare-metal machine was removed from the pool";
-                    sql::end_machine(conn, &machine_id, reason, now_ms, MachineStatus::Terminated)?;
+                    stmts::end_machine(conn, &machine_id, reason, now_ms, MachineStatus::Terminated)?;
                     let event = EventRecord::new(
                         EventLevel::Warning,
                         EventProducer::Machine,
@@ -1527,11 +1430,11 @@ impl Store for SqliteStore {
                     .zone(&zone_id)
                     .machine(&machine_id)
                     .at(now_ms);
-                    sql::event_inserted(conn, &event)?;
+                    stmts::event_inserted(conn, &event)?;
                     ctx.hot.remove_machine(&machine_id);
                     ctx.machine_changed(&machine_id, &zone_id);
                 }
-                rows::run(ctx.conn, "DELETE FROM bare_metal_machines WHERE id = ?1", params![id])?;
+                rows::run(ctx.conn, "DELETE FROM bare_metal_machines WHERE id = ?1", args![id])?;
                 ctx.notice(Notice::Pool { bare_metal_id: id });
                 Ok(true)
             })
@@ -1548,7 +1451,7 @@ impl Store for SqliteStore {
                 let Some(pool) = rows::first(
                     conn,
                     &format!("{} WHERE b.token_hash = ?1", rows::BARE_METAL_SELECT),
-                    params![hash],
+                    args![hash],
                     rows::bare_metal,
                 )?
                 else {
@@ -1570,7 +1473,7 @@ impl Store for SqliteStore {
                 rows::run(
                     ctx.conn,
                     "UPDATE bare_metal_machines SET last_heartbeat_at = ?1 WHERE id = ?2",
-                    params![now_ms, id],
+                    args![now_ms, id],
                 )?;
                 Ok(())
             })
@@ -1597,7 +1500,7 @@ impl Store for SqliteStore {
                      WHERE b.location = ?1 AND NOT EXISTS (
                         SELECT 1 FROM machines m WHERE m.bare_metal_id = b.id AND m.status NOT IN ('TERMINATED', 'UNHEALTHY'))
                      ORDER BY COALESCE(b.last_heartbeat_at, 0) DESC, b.name LIMIT ?2",
-                    params![template.location, i64::from(count)],
+                    args![template.location, i64::from(count)],
                     |row| Ok((row.get(0)?, row.get(1)?)),
                 )?;
                 let mut assigned = Vec::with_capacity(free.len());
@@ -1612,7 +1515,7 @@ impl Store for SqliteStore {
                     };
                     // Its agent authenticates with the pool machine's token, never with this one.
                     let unusable_token = format!("bare-metal:{}", machine.id);
-                    sql::machine_inserted(ctx.conn, &machine, &unusable_token)?;
+                    stmts::machine_inserted(ctx.conn, &machine, &unusable_token)?;
                     assigned.push(machine);
                 }
                 for machine in &assigned {
@@ -1670,7 +1573,7 @@ impl Store for SqliteStore {
                     &format!(
                         "SELECT {SESSION_COLUMNS} FROM sessions WHERE machine_id = ?1 AND status = 'ACTIVE' ORDER BY id"
                     ),
-                    params![machine_id],
+                    args![machine_id],
                     rows::session,
                 )
             })
@@ -1721,7 +1624,7 @@ impl Store for SqliteStore {
     async fn insert_event(&self, event: &EventRecord) -> Result<()> {
         let event = event.clone();
         self.writer
-            .write(move |ctx| sql::event_inserted(ctx.conn, &event))
+            .write(move |ctx| stmts::event_inserted(ctx.conn, &event))
             .await
     }
 
@@ -1738,14 +1641,14 @@ impl Store for SqliteStore {
                 if let Some(text_filter) = &filter.text {
                     // LOWER on both sides rather than SQLite's case-blind LIKE, so the SQL
                     // means the same on Postgres (whose LIKE is case-sensitive).
-                    let pattern = sql::like_pattern(text_filter);
+                    let pattern = stmts::like_pattern(text_filter);
                     list = list.clause(
                         " AND (LOWER(message) LIKE LOWER(?) ESCAPE '\\' OR LOWER(code) LIKE LOWER(?) ESCAPE '\\')",
                         [text(&pattern), text(&pattern)],
                     );
                 }
                 if let Some(cursor) = &filter.cursor {
-                    list = list.clause(" AND seq < ?", [rusqlite::types::Value::Integer(seq_cursor(cursor)?)]);
+                    list = list.clause(" AND seq < ?", [Value::Int(seq_cursor(cursor)?)]);
                 }
                 let (items, more) = list.page(conn, "seq DESC", filter.limit, |row| {
                     Ok((row.get::<_, i64>(0)?, rows::event(row)?))
@@ -1769,10 +1672,7 @@ impl Store for SqliteStore {
                     .equal("machine_id", filter.machine_id.as_deref())
                     .equal("build_id", filter.build_id.as_deref());
                 if let Some(cursor) = &filter.cursor {
-                    list = list.clause(
-                        " AND seq < ?",
-                        [rusqlite::types::Value::Integer(seq_cursor(cursor)?)],
-                    );
+                    list = list.clause(" AND seq < ?", [Value::Int(seq_cursor(cursor)?)]);
                 }
                 let (items, more) = list.page(conn, "seq DESC", filter.limit, |row| {
                     Ok((row.get::<_, i64>(0)?, rows::crash(row)?))
@@ -1800,26 +1700,26 @@ impl Store for SqliteStore {
                     ctx.conn,
                     "DELETE FROM sessions WHERE id IN (
                         SELECT id FROM sessions WHERE id < ?3 AND status <> 'ACTIVE' AND ended_at < ?1 LIMIT ?2)",
-                    params![before_ms, batch, boundary],
+                    args![before_ms, batch, boundary],
                 )? as u64;
                 // A process goes only when no session on it is active (looked up by its
                 // machine, which the partial index of active sessions is keyed on).
                 let processes = rows::run(
                     ctx.conn,
-                    "DELETE FROM processes WHERE rowid IN (
-                        SELECT rowid FROM processes WHERE agent_state IN ('EXITED', 'CRASHED') AND ended_at < ?1
+                    "DELETE FROM processes WHERE id IN (
+                        SELECT id FROM processes WHERE agent_state IN ('EXITED', 'CRASHED') AND ended_at < ?1
                           AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.machine_id = processes.machine_id
                                           AND s.process_id = processes.id AND s.status = 'ACTIVE')
                         LIMIT ?2)",
-                    params![before_ms, batch],
+                    args![before_ms, batch],
                 )? as u64;
                 let machines = rows::run(
                     ctx.conn,
-                    "DELETE FROM machines WHERE rowid IN (
-                        SELECT rowid FROM machines WHERE status IN ('TERMINATED', 'UNHEALTHY') AND terminated_at < ?1
+                    "DELETE FROM machines WHERE id IN (
+                        SELECT id FROM machines WHERE status IN ('TERMINATED', 'UNHEALTHY') AND terminated_at < ?1
                           AND NOT EXISTS (SELECT 1 FROM processes p WHERE p.machine_id = machines.id)
                         LIMIT ?2)",
-                    params![before_ms, batch],
+                    args![before_ms, batch],
                 )? as u64;
                 Ok(Pruned {
                     sessions,
@@ -1831,7 +1731,7 @@ impl Store for SqliteStore {
     }
 }
 
-impl SqliteStore {
+impl SqlStore {
     /// A machine's end, in one job: see [`Store::machine_gone`].
     async fn end_machine(
         &self,
@@ -1846,10 +1746,10 @@ impl SqliteStore {
                 let zone: Option<String> = rows::first(
                     ctx.conn,
                     "SELECT zone_id FROM machines WHERE id = ?1",
-                    params![id],
+                    args![id],
                     |row| Ok(row.get(0)?),
                 )?;
-                if sql::end_machine(ctx.conn, &id, &reason, now_ms, status)? {
+                if stmts::end_machine(ctx.conn, &id, &reason, now_ms, status)? {
                     ctx.hot.remove_machine(&id);
                     if let Some(zone_id) = zone {
                         ctx.machine_changed(&id, &zone_id);

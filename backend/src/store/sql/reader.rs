@@ -3,15 +3,14 @@
 //! queue. A read sees the last committed state (WAL). One thread hop per store call,
 //! whatever the number of statements and rows.
 
-use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 
-use rusqlite::Connection;
+use crate::store::db::Conn;
 use tokio::sync::oneshot;
 
 use crate::{Error, Result};
 
-type ReadWork = Box<dyn FnOnce(&Connection) + Send>;
+type ReadWork = Box<dyn FnOnce(&Conn) + Send>;
 
 /// The handle every store read goes through.
 #[derive(Debug, Clone)]
@@ -20,17 +19,12 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Starts `threads` readers on the database at `path`, each connection set up by
-    /// `setup`.
-    pub fn spawn(
-        path: &Path,
-        threads: usize,
-        setup: impl Fn(&Path) -> Result<Connection>,
-    ) -> Result<Reader> {
+    /// Starts `threads` readers, each on a connection `connect` opens.
+    pub fn spawn(threads: usize, connect: impl Fn() -> Result<Conn>) -> Result<Reader> {
         let (queue, jobs) = mpsc::channel::<ReadWork>();
         let jobs = Arc::new(Mutex::new(jobs));
         for index in 0..threads.max(1) {
-            let conn = setup(path)?;
+            let conn = connect()?;
             let jobs = jobs.clone();
             std::thread::Builder::new()
                 .name(format!("store-reader-{index}"))
@@ -58,7 +52,7 @@ impl Reader {
     /// Runs `f` on a reader connection.
     pub async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&Conn) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (sender, receiver) = oneshot::channel();
         self.queue

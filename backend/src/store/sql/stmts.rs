@@ -2,9 +2,9 @@
 //! is in its `WHERE`, so it is right whoever else writes (another connection, another
 //! replica), not only because this store has one writer.
 
+use crate::store::db::{args, Conn, Violation};
 use fleetform_api::agent::ProcessExit;
 use fleetform_api::{EventLevel, EventProducer, MachineStatus};
-use rusqlite::{params, Connection};
 
 use super::rows::{self, LIVE_STATES};
 use crate::crash_loop::{self, BuildHealth, CrashSample, Verdict};
@@ -13,24 +13,23 @@ use crate::{Error, Result};
 
 /// Maps constraint violations to the conflict a client can act on; the rest stays internal.
 pub fn fix_error(error: Error, what: &'static str, field: &str) -> Error {
-    if let Error::Store(rusqlite::Error::SqliteFailure(failure, _)) = &error {
-        match failure.extended_code {
-            rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-            | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+    if let Error::Store(db) = &error {
+        match db.violation() {
+            Some(Violation::Unique) => {
                 return Error::Conflict {
                     code: "already_exists",
                     message: format!("a {what} with this {field} already exists"),
                     field: Some(field.to_string()),
                 }
             }
-            rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => {
+            Some(Violation::ForeignKey) => {
                 return Error::Conflict {
                     code: "reference_not_found",
                     message: format!("the {what} refers to something that does not exist"),
                     field: None,
                 }
             }
-            _ => {}
+            None => {}
         }
     }
     error
@@ -41,7 +40,7 @@ pub fn fix_error(error: Error, what: &'static str, field: &str) -> Error {
 /// ended here.
 #[allow(clippy::too_many_arguments)]
 pub fn process_ended(
-    conn: &Connection,
+    conn: &Conn,
     process_id: &str,
     crashed: bool,
     exit_code: Option<i32>,
@@ -56,7 +55,7 @@ pub fn process_ended(
             "UPDATE processes SET agent_state = ?1, exit_code = ?2, exit_signal = ?3, ended_at = ?4, active_sessions = 0
              WHERE id = ?5 AND agent_state IN {LIVE_STATES}"
         ),
-        params![state, exit_code, signal, now_ms, process_id],
+        args![state, exit_code, signal, now_ms, process_id],
     )?;
     if ended == 0 {
         return Ok(false);
@@ -64,10 +63,10 @@ pub fn process_ended(
     // Found through the machine's active sessions (a small index), then the process.
     rows::run(
         conn,
-        "UPDATE sessions SET status = 'LOST', reason = ?1, ended_at = MAX(created_at, ?2)
+        "UPDATE sessions SET status = 'LOST', reason = ?1, ended_at = GREATEST(created_at, ?2)
          WHERE machine_id = (SELECT machine_id FROM processes WHERE id = ?3)
            AND process_id = ?3 AND status = 'ACTIVE'",
-        params![reason, now_ms, process_id],
+        args![reason, now_ms, process_id],
     )?;
     Ok(true)
 }
@@ -84,7 +83,7 @@ pub struct EndedSession {
 /// sessions (an agent may only end its own). Guards: the session must be `ACTIVE` now,
 /// and the slot count never goes below zero. None when it was not active.
 pub fn session_ended(
-    conn: &Connection,
+    conn: &Conn,
     session_id: &str,
     machine: Option<&str>,
     now_ms: i64,
@@ -95,7 +94,7 @@ pub fn session_ended(
         conn,
         "UPDATE sessions SET status = 'ENDED', ended_at = ?1
          WHERE id = ?2 AND status = 'ACTIVE' AND (?3 IS NULL OR machine_id = ?3)",
-        params![now_ms, session_id, machine],
+        args![now_ms, session_id, machine],
     )?;
     if changed == 0 {
         return Ok(None);
@@ -103,7 +102,7 @@ pub fn session_ended(
     let ended = rows::first(
         conn,
         "SELECT process_id, machine_id, zone_id FROM sessions WHERE id = ?1",
-        params![session_id],
+        args![session_id],
         |row| {
             Ok(EndedSession {
                 process_id: row.get(0)?,
@@ -116,19 +115,19 @@ pub fn session_ended(
         rows::run(
             conn,
             "UPDATE processes SET active_sessions = active_sessions - 1 WHERE id = ?1 AND active_sessions > 0",
-            params![ended.process_id],
+            args![ended.process_id],
         )?;
     }
     Ok(ended)
 }
 
 /// Writes an event inside a transaction.
-pub fn event_inserted(conn: &Connection, event: &EventRecord) -> Result<()> {
+pub fn event_inserted(conn: &Conn, event: &EventRecord) -> Result<()> {
     rows::run(
         conn,
         "INSERT INTO events (id, at, level, producer, code, fleet_id, zone_id, machine_id, message)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
+        args![
             event.id,
             event.at_ms,
             event.level.as_str(),
@@ -157,7 +156,7 @@ pub fn exit_text(exit_code: Option<i32>, signal: Option<i32>) -> String {
 /// the unique `process_id` is the guard). `process` is what the store knows of the process
 /// (its build and start), if anything. True when this call recorded it.
 pub fn crash_recorded(
-    conn: &Connection,
+    conn: &Conn,
     machine: &MachineRecord,
     exit: &ProcessExit,
     process: Option<&(String, i64)>,
@@ -184,7 +183,7 @@ pub fn crash_recorded(
         "INSERT INTO crashes (id, fleet_id, zone_id, machine_id, process_id, build_id, exit_code, signal, at,
             started_at, output_tail, core_dump)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT (process_id) DO NOTHING",
-        params![
+        args![
             crate::time::new_id("crash"),
             machine.fleet_id,
             machine.zone_id,
@@ -208,7 +207,7 @@ pub fn crash_recorded(
 /// process became READY), so the others cost one primary-key read. Guard: the verdict's
 /// `UPDATE` names the state it moves from, so a concurrent verdict is not written twice.
 pub fn crash_loop_assessed(
-    conn: &Connection,
+    conn: &Conn,
     fleet_id: &str,
     new_crash: bool,
     now_ms: i64,
@@ -216,7 +215,7 @@ pub fn crash_loop_assessed(
     let fleet = rows::first(
         conn,
         "SELECT name, build_id, crash_loop_build_id, crash_loop_since, crash_count_from FROM fleets WHERE id = ?1",
-        params![fleet_id],
+        args![fleet_id],
         |row| {
             Ok((
                 row.get::<_, String>(0)?,
@@ -238,18 +237,19 @@ pub fn crash_loop_assessed(
     let crashes = rows::all(
         conn,
         "SELECT * FROM crashes WHERE fleet_id = ?1 AND build_id = ?2 AND at >= ?3 ORDER BY seq",
-        params![fleet_id, build_id, window_start],
+        args![fleet_id, build_id, window_start],
         rows::crash,
     )?;
     let last_ready_ms: Option<i64> = conn
-        .prepare_cached(
+        .value(
             "SELECT MAX(ready_at) FROM processes WHERE fleet_id = ?1 AND build_id = ?2",
+            args![fleet_id, build_id],
         )?
-        .query_row(params![fleet_id, build_id], |row| row.get(0))?;
+        .flatten();
     let ready_now = rows::first(
         conn,
         "SELECT 1 FROM processes WHERE fleet_id = ?1 AND build_id = ?2 AND agent_state = 'READY' LIMIT 1",
-        params![fleet_id, build_id],
+        args![fleet_id, build_id],
         |_| Ok(()),
     )?;
     let health = BuildHealth {
@@ -271,7 +271,7 @@ pub fn crash_loop_assessed(
                 conn,
                 "UPDATE fleets SET crash_loop_build_id = ?1, crash_loop_since = ?2
                  WHERE id = ?3 AND build_id = ?1 AND crash_loop_build_id IS NOT ?1",
-                params![build_id, now_ms, fleet_id],
+                args![build_id, now_ms, fleet_id],
             )?;
             if changed == 0 {
                 return Ok(());
@@ -309,7 +309,7 @@ pub fn crash_loop_assessed(
                 conn,
                 "UPDATE fleets SET crash_loop_build_id = NULL, crash_loop_since = NULL, crash_count_from = ?1
                  WHERE id = ?2 AND crash_loop_build_id = ?3",
-                params![now_ms, fleet_id, build_id],
+                args![now_ms, fleet_id, build_id],
             )?;
             if changed == 0 {
                 return Ok(());
@@ -335,7 +335,7 @@ pub fn crash_loop_assessed(
 /// Guard: only a machine that has not ended changes (its first end is the one kept).
 /// True when it ended here.
 pub fn end_machine(
-    conn: &Connection,
+    conn: &Conn,
     id: &str,
     reason: &str,
     now_ms: i64,
@@ -346,7 +346,7 @@ pub fn end_machine(
         "UPDATE machines SET status = ?1, terminated_at = COALESCE(terminated_at, ?2),
             termination_reason = COALESCE(termination_reason, ?3)
          WHERE id = ?4 AND status NOT IN ('TERMINATED', 'UNHEALTHY')",
-        params![status.as_str(), now_ms, reason, id],
+        args![status.as_str(), now_ms, reason, id],
     )?;
     if ended == 0 {
         return Ok(false);
@@ -357,38 +357,29 @@ pub fn end_machine(
             "UPDATE processes SET agent_state = 'EXITED', ended_at = ?1, active_sessions = 0
              WHERE machine_id = ?2 AND agent_state IN {LIVE_STATES}"
         ),
-        params![now_ms, id],
+        args![now_ms, id],
     )?;
     sessions_lost(conn, id, reason, now_ms)?;
     Ok(true)
 }
 
 /// Ends a machine's active sessions as LOST with `reason`; how many.
-pub fn sessions_lost(
-    conn: &Connection,
-    machine_id: &str,
-    reason: &str,
-    now_ms: i64,
-) -> Result<u64> {
+pub fn sessions_lost(conn: &Conn, machine_id: &str, reason: &str, now_ms: i64) -> Result<u64> {
     Ok(rows::run(
         conn,
-        "UPDATE sessions SET status = 'LOST', reason = ?1, ended_at = MAX(created_at, ?2) WHERE machine_id = ?3 AND status = 'ACTIVE'",
-        params![reason, now_ms, machine_id],
+        "UPDATE sessions SET status = 'LOST', reason = ?1, ended_at = GREATEST(created_at, ?2) WHERE machine_id = ?3 AND status = 'ACTIVE'",
+        args![reason, now_ms, machine_id],
     )? as u64)
 }
 
 /// Inserts a machine row (with its agent token's hash).
-pub fn machine_inserted(
-    conn: &Connection,
-    machine: &MachineRecord,
-    token_hash: &str,
-) -> Result<()> {
+pub fn machine_inserted(conn: &Conn, machine: &MachineRecord, token_hash: &str) -> Result<()> {
     rows::run(
         conn,
         "INSERT INTO machines (id, zone_id, fleet_id, data_center, location, instance_type, processes_per_machine,
             status, build_id, token_hash, driver_ref, address, created_at, target_processes, bare_metal_id)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        params![
+        args![
             machine.id,
             machine.zone_id,
             machine.fleet_id,

@@ -15,8 +15,8 @@
 //!
 //! [`Writer::write_plain`]: super::writer::Writer::write_plain
 
+use crate::store::db::args;
 use fleetform_api::{ResourceStatus, Session, SessionStatus};
-use rusqlite::params;
 
 use super::load;
 use super::rows::{self, SESSION_COLUMNS};
@@ -60,7 +60,7 @@ fn zone_of(ctx: &mut Ctx<'_>, fleet_id: &str, fleet_name: &str, zone: &str) -> R
     let id: Option<String> = rows::first(
         ctx.conn,
         "SELECT id FROM zones WHERE fleet_id = ?1 AND (id = ?2 OR name = ?2) ORDER BY id = ?2 DESC LIMIT 1",
-        params![fleet_id, zone],
+        args![fleet_id, zone],
         |row| Ok(row.get(0)?),
     )?;
     let not_found = || Error::invalid("zone", format!("fleet {fleet_name} has no zone {zone:?}"));
@@ -91,7 +91,7 @@ pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
             &format!(
                 "SELECT {SESSION_COLUMNS} FROM sessions WHERE fleet_id = ?1 AND idempotency_key = ?2"
             ),
-            params![fleet.id, key],
+            args![fleet.id, key],
             rows::session,
         )?;
         if let Some(session) = earlier {
@@ -130,7 +130,7 @@ pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
         let taken = rows::run(
             ctx.conn,
             TAKE_SLOT,
-            params![candidate.process_id, fleet.id, args.now_ms],
+            args![candidate.process_id, fleet.id, args.now_ms],
         )?;
         if taken == 0 {
             // The picture was wrong about this process: read its machine again.
@@ -144,7 +144,7 @@ pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
         rows::run(
             ctx.conn,
             INSERT_SESSION,
-            params![
+            args![
                 session.id,
                 session.fleet_id,
                 session.zone_id,
@@ -161,7 +161,7 @@ pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
                 args.now_ms
             ],
         )
-        .map_err(|e| super::sql::fix_error(e, "session", "id"))?;
+        .map_err(|e| super::stmts::fix_error(e, "session", "id"))?;
         ctx.machine_changed(&session.machine_id, &zone_id);
         ctx.hot
             .zones
@@ -176,8 +176,8 @@ pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
     if zone.record.zone.status == ResourceStatus::AvailableCooldown {
         rows::run(
             ctx.conn,
-            "UPDATE zones SET idle_since = MAX(COALESCE(idle_since, 0), ?1) WHERE id = ?2",
-            params![args.now_ms, zone_id],
+            "UPDATE zones SET idle_since = GREATEST(COALESCE(idle_since, 0), ?1) WHERE id = ?2",
+            args![args.now_ms, zone_id],
         )?;
         let zone = ctx.hot.zones.get_mut(&zone_id).expect("loaded above");
         zone.record.idle_since_ms = zone.record.idle_since_ms.max(args.now_ms);
@@ -197,7 +197,7 @@ pub fn end(ctx: &mut Ctx<'_>, session_id: &str, now_ms: i64) -> Result<Option<En
     let ended = rows::run(
         ctx.conn,
         "UPDATE sessions SET status = 'ENDED', ended_at = ?1 WHERE id = ?2 AND status = 'ACTIVE'",
-        params![now_ms, session_id],
+        args![now_ms, session_id],
     )? > 0;
     let session = rows::session_by_id(ctx.conn, session_id)?;
     let Some(session) = session else {
@@ -212,7 +212,7 @@ pub fn end(ctx: &mut Ctx<'_>, session_id: &str, now_ms: i64) -> Result<Option<En
     rows::run(
         ctx.conn,
         "UPDATE processes SET active_sessions = active_sessions - 1 WHERE id = ?1 AND active_sessions > 0",
-        params![session.process_id],
+        args![session.process_id],
     )?;
     ctx.machine_changed(&session.machine_id, &session.zone_id);
     if let Some(zone) = ctx.hot.zones.get_mut(&session.zone_id) {

@@ -24,7 +24,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::Connection;
+use crate::store::db::Conn;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::changes::{Changes, Notice};
@@ -45,7 +45,7 @@ pub const QUEUE_CAPACITY: usize = 16 * 1024;
 /// picture, and the notices to send once the batch commits. A job refuses (a 4xx error)
 /// before it changes the picture, never after: see [`doubtful`].
 pub struct Ctx<'a> {
-    pub conn: &'a Connection,
+    pub conn: &'a Conn,
     pub hot: &'a mut Hot,
     notices: &'a mut Vec<Notice>,
 }
@@ -216,7 +216,7 @@ impl Writer {
     /// Starts the writer thread on `conn` (which commits without syncing: the flusher
     /// thread fsyncs `wal_path`, the database's write-ahead log, before any job is
     /// answered); both stop when the last handle is dropped.
-    pub fn spawn(conn: Connection, wal_path: PathBuf, changes: Changes) -> Result<Writer> {
+    pub fn spawn(conn: Conn, wal_path: Option<PathBuf>, changes: Changes) -> Result<Writer> {
         let (queue, jobs) = mpsc::channel(QUEUE_CAPACITY);
         let reads = Reads::default();
         let (flusher, batches) = std::sync::mpsc::channel();
@@ -286,14 +286,13 @@ impl Writer {
     }
 }
 
-fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([])?;
-    Ok(())
+fn exec(conn: &Conn, sql: &str) -> std::result::Result<(), crate::store::db::DbError> {
+    conn.batch(sql)
 }
 
 /// Runs one write job, in its savepoint unless it is `plain`.
 fn run_write(
-    conn: &Connection,
+    conn: &Conn,
     hot: &mut Hot,
     notices: &mut Vec<Notice>,
     work: Work,
@@ -303,6 +302,7 @@ fn run_write(
         exec(conn, "SAVEPOINT job")?;
     }
     let changes_before = conn.total_changes();
+    let errors_before = conn.total_errors();
     let mark = notices.len();
     let outcome = {
         let mut ctx = Ctx {
@@ -343,8 +343,9 @@ fn run_write(
         hot.clear();
     }
     if plain {
-        if conn.total_changes() != changes_before {
-            // Nothing to roll it back to: the batch goes, and with it this job's changes.
+        if conn.total_changes() != changes_before || conn.total_errors() != errors_before {
+            // Nothing to roll it back to: the batch goes, and with it this job's changes
+            // (and on Postgres a failed statement has aborted the transaction).
             return Err(Error::Internal(
                 "a store job failed after changing rows; its batch is rolled back".into(),
             ));
@@ -370,13 +371,16 @@ struct Flush {
 /// answers their jobs and tells their notices. One fsync covers every batch committed
 /// before it began (the writer goes on with the next batch meanwhile), so the disk's
 /// latency is paid once per round of commits, beside the writer instead of inside it.
-fn flush(wal_path: PathBuf, batches: std::sync::mpsc::Receiver<Flush>, changes: Changes) {
+fn flush(wal_path: Option<PathBuf>, batches: std::sync::mpsc::Receiver<Flush>, changes: Changes) {
     let mut wal: Option<std::fs::File> = None;
     while let Ok(first) = batches.recv() {
         let mut pending = vec![first];
         pending.extend(batches.try_iter());
         let sync_error = if pending.iter().any(|b| b.committed && b.failure.is_none()) {
-            sync_wal(&wal_path, &mut wal).err()
+            // Postgres commits durably itself; SQLite's log is synced here.
+            wal_path
+                .as_deref()
+                .and_then(|path| sync_wal(path, &mut wal).err())
         } else {
             None
         };
@@ -414,7 +418,7 @@ fn sync_wal(path: &Path, wal: &mut Option<std::fs::File>) -> std::result::Result
 }
 
 fn run(
-    conn: Connection,
+    conn: Conn,
     mut jobs: mpsc::Receiver<Job>,
     reads: &Mutex<Vec<Work>>,
     flusher: std::sync::mpsc::Sender<Flush>,
@@ -437,7 +441,7 @@ fn run(
                 Job::Plain(work) => (work, true),
             };
             if !in_transaction {
-                if let Err(error) = exec(&conn, "BEGIN IMMEDIATE") {
+                if let Err(error) = exec(&conn, conn.dialect().begin()) {
                     failure = Some(error.to_string());
                     done.push(work(None));
                     break;
@@ -513,10 +517,13 @@ mod tests {
     async fn writer() -> (tempfile::TempDir, Writer) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.db");
-        let conn = Connection::open(&path).unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         let wal = PathBuf::from(format!("{}-wal", path.display()));
-        (dir, Writer::spawn(conn, wal, Changes::default()).unwrap())
+        (
+            dir,
+            Writer::spawn(Conn::Sqlite(conn), Some(wal), Changes::default()).unwrap(),
+        )
     }
 
     /// Marks the picture (a machine of zone `z`), then fails with `error`.

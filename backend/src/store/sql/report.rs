@@ -3,13 +3,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::store::db::{args, Conn};
 use fleetform_api::agent::{AgentProcessState, SyncRequest};
 use fleetform_api::MachineStatus;
-use rusqlite::params;
 
 use super::load;
 use super::rows::{self, parse, LIVE_STATES};
-use super::sql;
+use super::stmts;
 use super::writer::Ctx;
 use crate::store::{MachineRecord, ProcessRecord, ProcessState, ReportOutcome};
 use crate::{Error, Result};
@@ -18,7 +18,7 @@ use crate::{Error, Result};
 pub const ENDS_PER_JOB: usize = 256;
 
 /// Sessions a machine's game servers ended, apart from the rest of its report: each ends
-/// alone (guard: [`sql::session_ended`], an `ACTIVE` session of this machine), so a
+/// alone (guard: [`stmts::session_ended`], an `ACTIVE` session of this machine), so a
 /// report's ends can be split over several jobs. A machine that ended has no active
 /// session left (its end lost them), so its late ends change nothing here and [`apply`]
 /// refuses the rest of its report. How many ended here.
@@ -30,7 +30,7 @@ pub fn end_sessions(
 ) -> Result<u32> {
     let mut ended = Vec::new();
     for session in sessions {
-        if let Some(where_) = sql::session_ended(ctx.conn, session, Some(&machine.id), now_ms)? {
+        if let Some(where_) = stmts::session_ended(ctx.conn, session, Some(&machine.id), now_ms)? {
             ended.push((where_.process_id, session));
         }
     }
@@ -47,11 +47,11 @@ pub fn end_sessions(
 
 /// A reporting machine's status; an unknown or ended one is refused (`Unauthorized`: its
 /// agent stops).
-fn live_status(conn: &rusqlite::Connection, machine_id: &str) -> Result<MachineStatus> {
+fn live_status(conn: &Conn, machine_id: &str) -> Result<MachineStatus> {
     let status: String = rows::first(
         conn,
         "SELECT status FROM machines WHERE id = ?1",
-        params![machine_id],
+        args![machine_id],
         |row| Ok(row.get(0)?),
     )?
     .ok_or(Error::Unauthorized)?;
@@ -78,17 +78,17 @@ pub fn apply(
         conn,
         "UPDATE machines SET last_heartbeat_at = ?1,
             address = CASE WHEN bare_metal_id IS NULL THEN ?2 ELSE address END, agent_error = ?3,
-            last_report_seq = MAX(last_report_seq, ?4),
+            last_report_seq = GREATEST(last_report_seq, ?4),
             status = CASE WHEN status IN ('PENDING', 'LAUNCHING') THEN 'ACTIVE' ELSE status END
          WHERE id = ?5 AND status NOT IN ('TERMINATED', 'UNHEALTHY') AND (?4 = 0 OR last_report_seq < ?4)",
-        params![now_ms, report.address, report.error, seq, machine.id],
+        args![now_ms, report.address, report.error, seq, machine.id],
     )?;
     if applied == 0 {
         // It still proves the machine alive, nothing more.
         rows::run(
             conn,
             "UPDATE machines SET last_heartbeat_at = ?1 WHERE id = ?2 AND status NOT IN ('TERMINATED', 'UNHEALTHY')",
-            params![now_ms, machine.id],
+            args![now_ms, machine.id],
         )?;
         if let Some(zone) = ctx.hot.zone_of_machine(&machine.id) {
             if let Some(hot) = zone.machines.get_mut(&machine.id) {
@@ -105,7 +105,7 @@ pub fn apply(
     // Sessions the game servers ended, before exits: a process that ends its session and
     // then exits (simple mode) has not lost it.
     for session in &report.ended_sessions {
-        if let Some(ended) = sql::session_ended(conn, session, Some(&machine.id), now_ms)? {
+        if let Some(ended) = stmts::session_ended(conn, session, Some(&machine.id), now_ms)? {
             placement_changed = true;
             sessions_ended += 1;
             edits.push(Edit::Ended {
@@ -128,7 +128,7 @@ pub fn apply(
         let known: Option<(String, String, i64)> = rows::first(
             conn,
             "SELECT machine_id, build_id, started_at FROM processes WHERE id = ?1",
-            params![exit.process_id],
+            args![exit.process_id],
             |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )?;
         // Another machine's process is not this agent's to report.
@@ -141,13 +141,13 @@ pub fn apply(
         let process = known.map(|(_, build, started)| (build, started));
         // A crash is recorded even for a process that died before any report listed it
         // alive (a crash at start usually does).
-        if crashed && sql::crash_recorded(conn, machine, exit, process.as_ref(), now_ms)? {
+        if crashed && stmts::crash_recorded(conn, machine, exit, process.as_ref(), now_ms)? {
             new_crash = true;
         }
         if process.is_none() {
             continue;
         }
-        if sql::process_ended(
+        if stmts::process_ended(
             conn,
             &exit.process_id,
             crashed,
@@ -166,7 +166,7 @@ pub fn apply(
         &format!(
             "SELECT id, agent_state FROM processes WHERE machine_id = ?1 AND agent_state IN {LIVE_STATES}"
         ),
-        params![machine.id],
+        args![machine.id],
         |row| Ok((row.get(0)?, row.get(1)?)),
     )?
     .into_iter()
@@ -189,7 +189,7 @@ pub fn apply(
                             ready_at = CASE WHEN ?1 = 'READY' THEN COALESCE(ready_at, ?4) ELSE ready_at END
                          WHERE id = ?5 AND machine_id = ?6 AND agent_state IN {LIVE_STATES}"
                     ),
-                    params![
+                    args![
                         state,
                         i64::from(process.pid),
                         i64::from(process.port),
@@ -218,7 +218,7 @@ pub fn apply(
                     conn,
                     "INSERT INTO processes (id, machine_id, zone_id, fleet_id, build_id, port, pid, agent_state, started_at, ready_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (id) DO NOTHING",
-                    params![
+                    args![
                         process.process_id,
                         machine.id,
                         machine.zone_id,
@@ -256,13 +256,13 @@ pub fn apply(
     // the agent telling us how (e.g. the agent restarted).
     for process in known.keys().filter(|id| !reported.contains(id.as_str())) {
         let reason = format!("process {process} is no longer running on its machine");
-        if sql::process_ended(conn, process, false, None, None, &reason, now_ms)? {
+        if stmts::process_ended(conn, process, false, None, None, &reason, now_ms)? {
             placement_changed = true;
             edits.push(Edit::Removed(process.clone()));
         }
     }
     if new_crash || became_ready {
-        sql::crash_loop_assessed(conn, &machine.fleet_id, new_crash, now_ms)?;
+        stmts::crash_loop_assessed(conn, &machine.fleet_id, new_crash, now_ms)?;
     }
     // The picture follows what the SQL did. A change to a process it did not know means
     // it had drifted: the machine is read again.

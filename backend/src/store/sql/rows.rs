@@ -3,8 +3,8 @@
 
 use std::str::FromStr;
 
+use crate::store::db::{args, Conn, Row, ToArg};
 use fleetform_api::{BareMetalMachine, Build, Fleet, ResourceStatus, Session, Zone, ZoneSpecView};
-use rusqlite::Row;
 
 use crate::store::{
     CrashRecord, EventRecord, MachineRecord, ProcessRecord, ProcessState, ZoneRecord,
@@ -227,56 +227,45 @@ pub fn bare_metal(row: &Row<'_>) -> Result<BareMetalMachine> {
 
 /// Runs a query and maps every row.
 pub fn all<T>(
-    conn: &rusqlite::Connection,
+    conn: &Conn,
     sql: &str,
-    params: impl rusqlite::Params,
+    args: &[&dyn ToArg],
     map: impl Fn(&Row<'_>) -> Result<T>,
 ) -> Result<Vec<T>> {
-    let mut statement = conn.prepare_cached(sql)?;
-    let mut rows = statement.query(params)?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(map(row)?);
-    }
-    Ok(out)
+    conn.all(sql, args, map)
 }
 
 /// Runs a query and maps its first row, if any.
 pub fn first<T>(
-    conn: &rusqlite::Connection,
+    conn: &Conn,
     sql: &str,
-    params: impl rusqlite::Params,
+    args: &[&dyn ToArg],
     map: impl Fn(&Row<'_>) -> Result<T>,
 ) -> Result<Option<T>> {
-    let mut statement = conn.prepare_cached(sql)?;
-    let mut rows = statement.query(params)?;
-    match rows.next()? {
-        Some(row) => Ok(Some(map(row)?)),
-        None => Ok(None),
-    }
+    conn.first(sql, args, map)
 }
 
 /// A machine's row by id.
-pub fn machine_by_id(conn: &rusqlite::Connection, id: &str) -> Result<Option<MachineRecord>> {
+pub fn machine_by_id(conn: &Conn, id: &str) -> Result<Option<MachineRecord>> {
     first(
         conn,
         &format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = ?1"),
-        [id],
+        args![id],
         machine,
     )
 }
 
 /// A session's row by id.
-pub fn session_by_id(conn: &rusqlite::Connection, id: &str) -> Result<Option<Session>> {
+pub fn session_by_id(conn: &Conn, id: &str) -> Result<Option<Session>> {
     first(
         conn,
         &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"),
-        [id],
+        args![id],
         session,
     )
 }
 
 /// Runs a statement; the rows it changed.
-pub fn run(conn: &rusqlite::Connection, sql: &str, params: impl rusqlite::Params) -> Result<usize> {
-    Ok(conn.prepare_cached(sql)?.execute(params)?)
+pub fn run(conn: &Conn, sql: &str, args: &[&dyn ToArg]) -> Result<usize> {
+    Ok(conn.run(sql, args)?)
 }
