@@ -11,6 +11,11 @@ apt_packages=()
 # tf-provider compiles the Terraform plugin protocol's .proto files at build time.
 command -v protoc >/dev/null 2>&1 || apt_packages+=(protobuf-compiler)
 command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
+# The store suite and the replica tests run a throwaway Postgres (Debian's, 15 on bookworm).
+with_postgres=${FLEETFORM_WITH_POSTGRES:-0}
+if [ "$with_postgres" = 1 ] && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    apt_packages+=(postgresql)
+fi
 # The AWS driver's end-to-end tests run moto (a local EC2) from a virtualenv: only the test
 # suite sets FLEETFORM_WITH_MOTO=1 before sourcing this file.
 moto_server=.venv/moto/bin/moto_server

@@ -3,11 +3,24 @@
 # terraform, fleetformd, agents and example game servers on 127.0.0.1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FLEETFORM_WITH_MOTO=1 source scripts/prereqs.sh
+FLEETFORM_WITH_MOTO=1 FLEETFORM_WITH_POSTGRES=1 source scripts/prereqs.sh
 
 start=$(date +%s)
 # One build for everything: the end-to-end tests run these binaries from target/debug.
 cargo build --workspace --bins --tests --locked
+# One throwaway Postgres for the whole run (each test makes a database of its own on it):
+# on a free loopback port, as the user postgres, stopped when this script's end closes
+# its stdin.
+pg_url_file=$(mktemp)
+exec 3> >(exec target/debug/fleetform-pg serve >"$pg_url_file")
+for _ in $(seq 300); do [ -s "$pg_url_file" ] && break; sleep 0.1; done
+FLEETFORM_TEST_POSTGRES=$(cat "$pg_url_file")
+rm -f "$pg_url_file"
+if [ -z "$FLEETFORM_TEST_POSTGRES" ]; then
+    echo "the test Postgres did not start" >&2
+    exit 1
+fi
+export FLEETFORM_TEST_POSTGRES
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast --test-threads 4 "$@"
 else

@@ -1,5 +1,6 @@
-//! The store's guarantees, as one suite over `dyn Store` so every backend runs the same
-//! checks (SQLite today; Postgres will call the same `suite_*` functions).
+//! The store's guarantees, as one suite over `dyn Store` so both databases run the same
+//! checks: every `suite_*` function runs on SQLite (a file) and on Postgres (a fresh
+//! database on the test run's throwaway server, see `fleetform-pgtest`).
 
 mod support;
 
@@ -10,13 +11,37 @@ use fleetform_api::agent::{AgentProcessState, ProcessExit, ProcessReport, SyncRe
 use fleetform_api::*;
 use fleetformd::store::SqlStore;
 use fleetformd::store::{
-    CrashFilter, EventFilter, EventRecord, MachineRecord, PlaceArgs, PlaceOutcome, Store,
+    CrashFilter, Database, EventFilter, EventRecord, MachineRecord, PlaceArgs, PlaceOutcome, Store,
 };
 
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqlStore::open(&dir.path().join("test.db")).await.unwrap();
     (dir, Arc::new(store))
+}
+
+async fn postgres() -> (String, Arc<dyn Store>) {
+    let url = tokio::task::spawn_blocking(fleetform_pgtest::database)
+        .await
+        .unwrap();
+    let store = SqlStore::open_with(&Database::Postgres(url.clone()), Default::default())
+        .await
+        .unwrap();
+    (url, Arc::new(store))
+}
+
+fn postgres_tamper(url: String) -> Tamper {
+    let read = url.clone();
+    Tamper {
+        exec: Arc::new(move |sql: &str| {
+            fleetform_pgtest::psql(&url, sql).unwrap();
+        }),
+        value: Arc::new(move |sql: &str| {
+            let out = fleetform_pgtest::psql(&read, sql).unwrap();
+            out.parse()
+                .unwrap_or_else(|_| panic!("{sql}: not an integer: {out:?}"))
+        }),
+    }
 }
 
 /// Writes to the database behind the store's back, as another writer would (a replica,
@@ -2453,20 +2478,23 @@ async fn suite_lists_page_with_a_cursor(store: Arc<dyn Store>) {
     assert_eq!(messages, want, "newest first");
 }
 
-macro_rules! sqlite_suite {
-    ($($name:ident),+ $(,)?) => {
+/// Runs each named `suite_*` function on a fresh store of `$open` (`sqlite` or
+/// `postgres`).
+macro_rules! suite {
+    ($open:ident; $($name:ident),+ $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
-                let (_dir, store) = sqlite().await;
+                let (_keep, store) = $open().await;
                 super::$name(store).await;
             }
         )+
     };
 }
 
-macro_rules! sqlite_guard_suite {
-    ($($name:ident),+ $(,)?) => {
+/// Like `suite!`, for the guard tests: each also gets a [`Tamper`] on the same database.
+macro_rules! guard_suite {
+    (sqlite; $($name:ident),+ $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
@@ -2475,18 +2503,29 @@ macro_rules! sqlite_guard_suite {
             }
         )+
     };
+    (postgres; $($name:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let (url, store) = postgres().await;
+                super::$name(store, postgres_tamper(url)).await;
+            }
+        )+
+    };
 }
 
-mod sqlite {
-    sqlite_guard_suite!(
-        suite_guard_placement_rechecks_each_process,
-        suite_guard_placement_rechecks_the_slots,
-        suite_guard_placement_rechecks_the_build,
-        suite_guard_placement_rechecks_the_zone,
-        suite_guard_an_end_rechecks_the_session,
-        suite_guard_a_report_revives_no_ended_process,
-    );
-    sqlite_suite!(
+/// The whole suite on one database: every guard test and every other test.
+macro_rules! whole_suite {
+    ($open:ident) => {
+        guard_suite!($open;
+            suite_guard_placement_rechecks_each_process,
+            suite_guard_placement_rechecks_the_slots,
+            suite_guard_placement_rechecks_the_build,
+            suite_guard_placement_rechecks_the_zone,
+            suite_guard_an_end_rechecks_the_session,
+            suite_guard_a_report_revives_no_ended_process,
+        );
+        suite!($open;
         suite_guard_an_agent_ends_only_its_own_sessions,
         suite_guard_a_deleting_zone_keeps_its_status,
         suite_guard_a_build_in_use_stays,
@@ -2522,6 +2561,16 @@ mod sqlite {
         suite_a_pool_agent_finds_its_machine_and_an_update_moves_it,
         suite_a_reboot_loses_the_sessions_and_restarts_the_processes,
         suite_a_reboot_needs_a_machine_in_service,
-    );
+        );
+    };
+}
+
+mod sqlite {
+    whole_suite!(sqlite);
     use super::{sqlite, sqlite_tamper};
+}
+
+mod postgres {
+    whole_suite!(postgres);
+    use super::{postgres, postgres_tamper};
 }

@@ -499,7 +499,9 @@ impl PgConn {
         if let Some(statement) = self.statements.borrow().get(sql) {
             return Ok(statement.clone());
         }
-        let statement = self.failing(self.client.borrow_mut().prepare(&to_postgres(sql)))?;
+        let statement = self
+            .failing(self.client.borrow_mut().prepare(&to_postgres(sql)))
+            .map_err(|error| DbError::Value(format!("{error}: in {sql}")))?;
         let mut statements = self.statements.borrow_mut();
         if statements.len() >= PG_STATEMENT_CACHE {
             statements.clear();

@@ -109,7 +109,10 @@ impl SqlStore {
                 // Postgres commits durably itself: no log for the flusher to sync.
                 let writer = Writer::spawn(conn, None, changes.clone())?;
                 let read = url.clone();
-                let reader = Reader::spawn(READERS, move || super::postgres::connect(&read))?;
+                let reader = on_thread("store-open", move || {
+                    Reader::spawn(READERS, move || super::postgres::connect(&read))
+                })
+                .await?;
                 (writer, reader)
             }
         };
@@ -532,7 +535,7 @@ impl Store for SqlStore {
                     conn,
                     "UPDATE fleets SET description = ?1, build_id = ?2, update_mode = ?3, launch_path = ?4, launch_parameters = ?5,
                         process_restart_hours = ?6, sessions_per_process = ?7, storage_gb = ?8, force_destroy = ?9
-                     WHERE id = ?10 AND build_id = ?11 AND launch_path = ?12 AND launch_parameters IS ?13",
+                     WHERE id = ?10 AND build_id = ?11 AND launch_path = ?12 AND launch_parameters IS NOT DISTINCT FROM ?13",
                     args![
                         fleet.description,
                         fleet.build_id,
@@ -1332,7 +1335,7 @@ impl Store for SqlStore {
                 rows::all(
                     conn,
                     &format!(
-                        "{} WHERE (?1 IS NULL OR b.location = ?1) ORDER BY b.name",
+                        "{} WHERE (CAST(?1 AS TEXT) IS NULL OR b.location = ?1) ORDER BY b.name",
                         rows::BARE_METAL_SELECT
                     ),
                     args![location],

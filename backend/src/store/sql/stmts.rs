@@ -93,7 +93,7 @@ pub fn session_ended(
     let changed = rows::run(
         conn,
         "UPDATE sessions SET status = 'ENDED', ended_at = ?1
-         WHERE id = ?2 AND status = 'ACTIVE' AND (?3 IS NULL OR machine_id = ?3)",
+         WHERE id = ?2 AND status = 'ACTIVE' AND (CAST(?3 AS TEXT) IS NULL OR machine_id = ?3)",
         args![now_ms, session_id, machine],
     )?;
     if changed == 0 {
@@ -270,7 +270,7 @@ pub fn crash_loop_assessed(
             let changed = rows::run(
                 conn,
                 "UPDATE fleets SET crash_loop_build_id = ?1, crash_loop_since = ?2
-                 WHERE id = ?3 AND build_id = ?1 AND crash_loop_build_id IS NOT ?1",
+                 WHERE id = ?3 AND build_id = ?1 AND crash_loop_build_id IS DISTINCT FROM ?1",
                 args![build_id, now_ms, fleet_id],
             )?;
             if changed == 0 {
