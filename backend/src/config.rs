@@ -38,6 +38,18 @@ pub struct ServerConfig {
     /// How long ended sessions, exited processes and ended machines are kept
     /// (`--retention-days`); None keeps them all.
     pub retention: Option<Duration>,
+    /// Where other replicas reach this one (`--replica-url`); default the address it
+    /// listens on.
+    pub replica_url: Option<String>,
+    /// The URL agents of the machines it launches are given (`--agent-url`: a load
+    /// balancer in front of the replicas); default the address it listens on.
+    pub agent_url: Option<String>,
+    /// How long a zone lease lasts unrenewed (`--lease-ttl-ms`): a dead replica's zones
+    /// are taken over within about this plus a third of it.
+    pub lease_ttl: Duration,
+    /// How long `/readyz` answers 503 before a shutting-down replica stops accepting
+    /// connections (`--drain-ms`), so load balancers take it out first.
+    pub drain: Duration,
 }
 
 impl ServerConfig {
@@ -54,6 +66,10 @@ impl ServerConfig {
             reconcile_interval: Duration::from_secs(1),
             database: None,
             retention: Some(DEFAULT_RETENTION),
+            replica_url: None,
+            agent_url: None,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            drain: Duration::ZERO,
         }
     }
 
@@ -64,6 +80,9 @@ impl ServerConfig {
             .unwrap_or_else(|| crate::store::Database::Sqlite(self.data_dir.join("fleetform.db")))
     }
 }
+
+/// A zone lease's life without renewal, unless `--lease-ttl-ms` says.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
 
 /// History kept without `--retention-days`: a week.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -34,6 +34,17 @@ pub enum Error {
     PayloadTooLarge { limit: usize },
     #[error("store: {0}")]
     Store(#[from] crate::store::db::DbError),
+    /// This replica no longer holds the zone's lease (another took it over): the write
+    /// of its reconciler is refused. See `leases.rs`.
+    #[error("zone {zone}: this replica no longer holds its lease")]
+    LeaseLost { zone: String },
+    /// Another replica holds what this request needs for a moment (a zone's lease row is
+    /// locked by its transaction): the client should come back shortly.
+    #[error("{message}; retry in {retry_after_secs} s")]
+    Unavailable {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// The store's write queue is full: the client should come back shortly.
     #[error("fleetformd is overloaded; retry in {retry_after_secs} s")]
     Overloaded { retry_after_secs: u64 },
@@ -100,6 +111,8 @@ impl Error {
             Error::NoCapacity { .. } => (StatusCode::SERVICE_UNAVAILABLE, "no_capacity", None),
             Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             Error::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded", None),
+            Error::LeaseLost { .. } => (StatusCode::SERVICE_UNAVAILABLE, "lease_lost", None),
+            Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
             Error::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None)
             }
@@ -115,7 +128,7 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code, field) = self.status_code_field();
-        let message = if status.is_server_error() {
+        let message = if status == axum::http::StatusCode::INTERNAL_SERVER_ERROR {
             // Internal details go to the log, not to the client.
             tracing::error!(error = %self, "request failed");
             "internal error; see fleetformd's log".to_string()
@@ -129,11 +142,21 @@ impl IntoResponse for Error {
                 field,
             },
         };
+        let lease_lost = matches!(self, Error::LeaseLost { .. });
         let mut response = (status, axum::Json(body)).into_response();
+        if lease_lost {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(1),
+            );
+        }
         if let Error::NoCapacity {
             retry_after_secs, ..
         }
-        | Error::Overloaded { retry_after_secs } = self
+        | Error::Overloaded { retry_after_secs }
+        | Error::Unavailable {
+            retry_after_secs, ..
+        } = self
         {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,

@@ -12,6 +12,7 @@ pub mod changes;
 pub mod config;
 pub mod crash_loop;
 pub mod error;
+pub mod leases;
 pub mod machines;
 pub mod placement;
 pub mod retention;

@@ -43,6 +43,21 @@ struct Options {
     /// How often agents must sync, in milliseconds.
     #[arg(long, env = "FLEETFORMD_HEARTBEAT_MS", default_value_t = 2000)]
     heartbeat_ms: u64,
+    /// Where the other replicas reach this one (default: the address it listens on).
+    #[arg(long, env = "FLEETFORMD_REPLICA_URL")]
+    replica_url: Option<String>,
+    /// The URL agents are given (with replicas: the load balancer's; default: the address
+    /// it listens on).
+    #[arg(long, env = "FLEETFORMD_AGENT_URL")]
+    agent_url: Option<String>,
+    /// How long a zone lease lasts unrenewed, in milliseconds: a dead replica's zones are
+    /// taken over within about 4/3 of it.
+    #[arg(long, env = "FLEETFORMD_LEASE_TTL_MS", default_value_t = 3000)]
+    lease_ttl_ms: u64,
+    /// How long /readyz answers 503 at shutdown before the listener closes, in
+    /// milliseconds (let load balancers notice first).
+    #[arg(long, env = "FLEETFORMD_DRAIN_MS", default_value_t = 1000)]
+    drain_ms: u64,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -121,6 +136,10 @@ async fn main() -> anyhow::Result<()> {
         database,
         retention: (options.retention_days > 0)
             .then(|| Duration::from_secs(u64::from(options.retention_days) * 24 * 3600)),
+        replica_url: options.replica_url,
+        agent_url: options.agent_url,
+        lease_ttl: Duration::from_millis(options.lease_ttl_ms.max(300)),
+        drain: Duration::from_millis(options.drain_ms.min(3000)),
         ..ServerConfig::new(data_dir, admin_token, agent_bin)
     };
     let shutdown = async {
@@ -131,7 +150,6 @@ async fn main() -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
             _ = terminate.recv() => {}
         }
-        tracing::info!("shutting down; machines keep running");
     };
     fleetformd::server::run(config, listener, shutdown).await?;
     Ok(())

@@ -28,13 +28,13 @@ struct Api {
 async fn serve() -> Api {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqlStore::open(&dir.path().join("w.db")).await.unwrap());
-    let state = AppState {
-        store: store.clone(),
-        locations: Arc::default(),
-        admin_token: TOKEN.into(),
-        heartbeat_interval: Duration::from_secs(2),
-        demand: Arc::new(Demand::default()),
-    };
+    let state = AppState::new(
+        store.clone(),
+        Arc::default(),
+        TOKEN,
+        Duration::from_secs(2),
+        Arc::new(Demand::default()),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await });

@@ -3,12 +3,14 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleetform_api::agent::{SyncRequest, SyncResponse};
 use fleetform_api::MachineStatus;
 
 use super::extract::JsonBody;
+use super::forward;
 use super::{bearer, AppState};
 use crate::machines::desired::{pool_state, revision};
 use crate::store::MachineRecord;
@@ -55,9 +57,28 @@ pub async fn sync(
     State(state): State<AppState>,
     headers: HeaderMap,
     JsonBody(report): JsonBody<SyncRequest>,
-) -> Result<Json<SyncResponse>> {
+) -> Result<Response> {
     let token = bearer(&headers).ok_or(Error::Unauthorized)?;
     let mut current = caller(&state, token).await?;
+    // A machine's sync is served by the replica holding its zone (its picture is there).
+    if let Caller::Machine(machine) = &current {
+        if let Some(owner) = forward::owner(&state, &headers, &machine.fleet_id, &machine.zone_id)
+        {
+            let body = serde_json::to_vec(&report).map_err(|e| Error::Internal(e.to_string()))?;
+            if let Some(answer) = forward::send(
+                &state,
+                &owner,
+                Method::POST,
+                "/v1/agent/sync",
+                &headers,
+                body,
+            )
+            .await
+            {
+                return Ok(answer);
+            }
+        }
+    }
     match &current {
         Caller::Machine(machine) => {
             let outcome = state
@@ -103,13 +124,15 @@ pub async fn sync(
             Caller::Pool(pool_id) => pool_state(pool_id, state.heartbeat_interval)?,
         };
         if report.known_revision.as_deref() != Some(response.revision.as_str()) {
-            return Ok(Json(response));
+            return Ok(Json(response).into_response());
         }
-        if tokio::time::timeout_at(deadline, watch.changed())
-            .await
-            .is_err()
-        {
-            return Ok(Json(response));
+        // Until a change, the deadline, or a shutdown (which answers held syncs at once).
+        let woke = tokio::select! {
+            changed = tokio::time::timeout_at(deadline, watch.changed()) => changed.is_ok(),
+            _ = state.closed() => false,
+        };
+        if !woke {
+            return Ok(Json(response).into_response());
         }
         if let Caller::Pool(_) = current {
             // A zone may have taken the machine: answer with its machine at once.

@@ -8,6 +8,7 @@ mod bare_metal;
 mod crashes;
 mod events;
 pub mod extract;
+pub mod forward;
 mod placement;
 
 use std::sync::Arc;
@@ -20,6 +21,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::leases::Leases;
 use crate::machines::Locations;
 use crate::store::Store;
 use crate::zones::Demand;
@@ -34,6 +38,48 @@ pub struct AppState {
     pub heartbeat_interval: Duration,
     /// Placement requests per zone (shared with the reconciler's forecast).
     pub demand: Arc<Demand>,
+    /// Which zones this replica holds, and who holds the others.
+    pub leases: Arc<Leases>,
+    /// Shutting down: `/readyz` answers 503.
+    pub draining: Arc<AtomicBool>,
+    /// True once held requests (agent syncs, waiting placements) should answer now.
+    pub closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Passes a zone's requests to the replica holding it.
+    pub forward: forward::Forwarder,
+}
+
+impl AppState {
+    /// The state of a server on `store` alone: a replica of its own, holding no lease
+    /// (every request is served here), never shutting down until told.
+    pub fn new(
+        store: Arc<dyn Store>,
+        locations: Arc<Locations>,
+        admin_token: &str,
+        heartbeat_interval: Duration,
+        demand: Arc<Demand>,
+    ) -> AppState {
+        AppState {
+            store,
+            locations,
+            admin_token: admin_token.into(),
+            heartbeat_interval,
+            demand,
+            leases: Leases::new(
+                crate::time::new_id("rep"),
+                String::new(),
+                crate::config::DEFAULT_LEASE_TTL,
+            ),
+            draining: Arc::default(),
+            closing: Arc::new(tokio::sync::watch::channel(false).0),
+            forward: forward::Forwarder::new(),
+        }
+    }
+
+    /// Resolves when held requests should answer (shutdown).
+    pub async fn closed(&self) {
+        let mut closing = self.closing.subscribe();
+        let _ = closing.wait_for(|closing| *closing).await;
+    }
 }
 
 /// The whole API as a router, testable with `oneshot` and no socket.
@@ -128,9 +174,17 @@ async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, Error> {
-    state.store.get_build("readyz-probe").await?;
-    Ok(Json(serde_json::json!({ "status": "ready" })))
+/// Ready while serving: 503 from the moment a shutdown begins (so a load balancer stops
+/// sending new requests before the listener closes), and while the store cannot answer.
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.draining.load(Ordering::SeqCst) {
+        let body = Json(serde_json::json!({ "status": "draining" }));
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
+    match state.store.get_build("readyz-probe").await {
+        Ok(_) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(error) => error.into_response(),
+    }
 }
 
 async fn not_found(request: Request) -> Error {

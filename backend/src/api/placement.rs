@@ -3,13 +3,15 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleetform_api::validate::validate_placement;
 use fleetform_api::{PlacementRequest, Session, SessionList, SessionStatus};
 
 use super::admin::load_fleet;
 use super::extract::{Id, JsonBody, QueryMap};
+use super::forward;
 use super::AppState;
 use crate::store::{PlaceArgs, PlaceOutcome, SessionFilter};
 use crate::time::{new_id, now_ms};
@@ -20,11 +22,22 @@ const RETRY_AFTER_SECS: u64 = 2;
 
 pub async fn place(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Id(fleet): Id,
     JsonBody(request): JsonBody<PlacementRequest>,
-) -> Result<(StatusCode, Json<Session>)> {
+) -> Result<Response> {
     if let Some(error) = validate_placement(&request).into_iter().next() {
         return Err(error.into());
+    }
+    // Served by the replica holding the zone's lease (its free-slot index is there).
+    if let Some(owner) = forward::owner(&state, &headers, &fleet, &request.zone) {
+        let body = serde_json::to_vec(&request).map_err(|e| Error::Internal(e.to_string()))?;
+        let path = format!("/v1/fleets/{}/sessions", path_segment(&fleet));
+        if let Some(answer) =
+            forward::send(&state, &owner, Method::POST, &path, &headers, body).await
+        {
+            return Ok(answer);
+        }
     }
     let deadline = tokio::time::Instant::now()
         + Duration::from_secs(u64::from(request.wait_seconds.unwrap_or(0)));
@@ -55,7 +68,7 @@ pub async fn place(
         }
         let zone_id = match outcome {
             PlaceOutcome::Placed(session) | PlaceOutcome::Repeated(session) => {
-                return Ok((StatusCode::CREATED, Json(session)))
+                return Ok((StatusCode::CREATED, Json(session)).into_response())
             }
             PlaceOutcome::NoCapacity { zone_id } => zone_id,
         };
@@ -73,10 +86,13 @@ pub async fn place(
                 capacity = Some(state.store.changes().watch_capacity(&zone_id));
             }
             Some(watch) => {
-                if tokio::time::timeout_at(deadline, watch.changed())
-                    .await
-                    .is_err()
-                {
+                // Until capacity, the deadline, or a shutdown (answered now: no capacity,
+                // retry, which a client does against another replica).
+                let woke = tokio::select! {
+                    changed = tokio::time::timeout_at(deadline, watch.changed()) => changed.is_ok(),
+                    _ = state.closed() => false,
+                };
+                if !woke {
                     return Err(no_capacity());
                 }
             }
@@ -93,7 +109,24 @@ pub async fn get(State(state): State<AppState>, Id(id): Id) -> Result<Json<Sessi
         .ok_or_else(|| Error::not_found("session", id))
 }
 
-pub async fn end(State(state): State<AppState>, Id(id): Id) -> Result<Json<Session>> {
+pub async fn end(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Id(id): Id,
+) -> Result<Response> {
+    if !headers.contains_key(forward::FORWARDED) && state.leases.has_peers() {
+        if let Some(session) = state.store.get_session(&id).await? {
+            if let Some(owner) = forward::owner(&state, &headers, &session.fleet_id, &session.zone_id)
+            {
+                let path = format!("/v1/sessions/{}/end", path_segment(&id));
+                if let Some(answer) =
+                    forward::send(&state, &owner, Method::POST, &path, &headers, Vec::new()).await
+                {
+                    return Ok(answer);
+                }
+            }
+        }
+    }
     let outcome = state
         .store
         .end_session(&id, now_ms())
@@ -104,7 +137,20 @@ pub async fn end(State(state): State<AppState>, Id(id): Id) -> Result<Json<Sessi
             .demand
             .record_ends(&outcome.session.zone_id, now_ms(), 1);
     }
-    Ok(Json(outcome.session))
+    Ok(Json(outcome.session).into_response())
+}
+
+/// A path segment as it may appear in a URL (ids and names are URL-safe already; anything
+/// else is percent-encoded).
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 pub async fn list(

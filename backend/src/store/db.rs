@@ -38,6 +38,15 @@ impl Dialect {
             Dialect::Postgres => "BEGIN",
         }
     }
+
+    /// The database's clock in milliseconds since the epoch, as SQL (leases expire by it,
+    /// so replicas on hosts whose clocks differ agree on them).
+    pub fn now_ms(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+            Dialect::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
 }
 
 /// A database error: the driver's, or a value that did not fit.
@@ -663,6 +672,14 @@ impl Conn {
         match self {
             Conn::Sqlite(_) => 0,
             Conn::Postgres(pg) => pg.failed.get(),
+        }
+    }
+
+    /// Forgets failures since `errors_before`: they were rolled back to a savepoint, which
+    /// left the transaction usable.
+    pub fn recovered(&self, errors_before: u64) {
+        if let Conn::Postgres(pg) = self {
+            pg.failed.set(errors_before);
         }
     }
 

@@ -312,6 +312,9 @@ pub struct EventRecord {
     pub zone_id: Option<String>,
     pub machine_id: Option<String>,
     pub message: String,
+    /// The zone lease generation its writer held, for events a zone's reconciler (or its
+    /// lease manager) wrote: in one zone, never lower than an earlier event's.
+    pub lease_generation: Option<i64>,
 }
 
 impl EventRecord {
@@ -329,6 +332,7 @@ impl EventRecord {
             level,
             producer,
             code: code.to_string(),
+            lease_generation: None,
             fleet_id: None,
             zone_id: None,
             machine_id: None,
@@ -690,6 +694,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// machines with nothing left. Live rows are never touched. Call again while it
     /// removes something.
     async fn prune_history(&self, before_ms: i64, batch: u32) -> Result<Pruned>;
+
+    /// One round of a replica's lease manager: heartbeat, release, renew, take up to the
+    /// fair share (see [`crate::leases`]). One transaction.
+    async fn lease_round(
+        &self,
+        request: crate::leases::LeaseRequest,
+    ) -> Result<crate::leases::LeaseRound>;
 }
 
 /// Candidates a placement may choose among, as the store loaded them.

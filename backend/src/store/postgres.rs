@@ -12,7 +12,10 @@ use super::db::{Conn, PgConn};
 use crate::{Error, Result};
 
 /// The migrations, in order: (version, SQL).
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../../migrations/postgres/0002_leases.sql")),
+];
 
 /// The advisory lock migrations hold ("fleetfrm" in ASCII).
 const MIGRATION_LOCK: i64 = 0x666c_6565_7466_726d;

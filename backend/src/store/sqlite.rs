@@ -24,6 +24,7 @@ fn migrations() -> Migrations<'static> {
             "../../migrations/sqlite/0008_build_updates.sql"
         )),
         M::up(include_str!("../../migrations/sqlite/0009_live_rows.sql")),
+        M::up(include_str!("../../migrations/sqlite/0010_leases.sql")),
     ])
 }
 

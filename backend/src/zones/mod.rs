@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::changes::Notice;
+use crate::leases::Leases;
 use crate::machines::Locations;
 use crate::store::{EventRecord, MachineRecord, Store};
 use crate::Result;
@@ -111,6 +112,9 @@ pub struct Reconciler {
     pub heartbeat_interval: Duration,
     /// When each location's orphan sweep last ran.
     pub sweeps: Arc<std::sync::Mutex<HashMap<String, std::time::Instant>>>,
+    /// The zones this replica holds: [`Reconciler::run`] passes only those, each pass
+    /// under its lease (so its writes are fenced by it).
+    pub leases: Arc<Leases>,
 }
 
 /// When a zone was last passed, and how that went.
@@ -162,6 +166,14 @@ impl Reconciler {
                         if running.contains(&id) {
                             continue;
                         }
+                        // Another replica reconciles it, or nobody yet: a zone no round
+                        // has seen asks the lease manager for one now.
+                        let Some(lease) = self.leases.held(&id) else {
+                            if !self.leases.knows(&id) {
+                                self.leases.poke();
+                            }
+                            continue;
+                        };
                         let clock = clocks.get(&id).copied();
                         let due_by_change = match clock {
                             None => true,
@@ -183,7 +195,7 @@ impl Reconciler {
                         running.insert(id.clone());
                         let reconciler = self.clone();
                         let done = done_tx.clone();
-                        tokio::spawn(async move {
+                        tokio::spawn(crate::leases::scope(lease, async move {
                             let started = Instant::now();
                             let outcome = match reconciler.reconcile_zone(&record).await {
                                 Ok(outcome) => outcome,
@@ -211,7 +223,7 @@ impl Reconciler {
                                     partial: outcome.partial,
                                 },
                             ));
-                        });
+                        }));
                     }
                     dirty_fleets.clear();
                 }

@@ -65,14 +65,15 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let config = ServerConfig {
-            data_dir: dir.path().join("data"),
-            admin_token: TOKEN.into(),
-            agent_bin: dir.path().join("no-agent-needed"),
             config_file: Some(config_file),
             heartbeat_interval: Duration::from_secs(2),
             reconcile_interval: Duration::from_secs(1),
-            database: None,
             retention: None,
+            ..ServerConfig::new(
+                dir.path().join("data"),
+                TOKEN.into(),
+                dir.path().join("no-agent-needed"),
+            )
         };
         std::fs::create_dir_all(&config.data_dir).unwrap();
         let store = Arc::new(

@@ -18,6 +18,7 @@
 //! - [`rows`]: rows to domain types;
 //! - this file: opening, and every other operation.
 
+mod leases;
 mod load;
 mod place;
 mod reader;
@@ -454,6 +455,7 @@ impl Store for SqlStore {
         let now_ms = crate::time::now_ms();
         self.writer
             .write(move |ctx| {
+                leases::fence_fleet(ctx, &fleet.id)?;
                 let conn = ctx.conn;
                 let before: Option<(String, String, Option<String>, Option<String>)> = rows::first(
                     conn,
@@ -576,6 +578,7 @@ impl Store for SqlStore {
         let id = id.to_string();
         self.writer
             .write(move |ctx| {
+                leases::fence_fleet(ctx, &id)?;
                 let conn = ctx.conn;
                 let zones: Vec<String> = rows::all(
                     conn,
@@ -635,6 +638,12 @@ impl Store for SqlStore {
                     ],
                 )
                 .map_err(|e| fix_error(e, "zone", "name"))?;
+                // Its lease row, free: a lease manager takes it at its next round.
+                rows::run(
+                    ctx.conn,
+                    "INSERT INTO zone_leases (zone_id) VALUES (?1)",
+                    args![zone.id],
+                )?;
                 ctx.notice(Notice::Zone { zone_id: zone.id });
                 Ok(())
             })
@@ -673,6 +682,7 @@ impl Store for SqlStore {
         let zone = zone.clone();
         self.writer
             .write(move |ctx| {
+                leases::fence(ctx, &zone.id)?;
                 let spec = serde_json::to_string(&zone.spec)
                     .map_err(|e| Error::Internal(e.to_string()))?;
                 // The status is the reconciler's; only the spec changes here. Guard: not
@@ -699,6 +709,7 @@ impl Store for SqlStore {
         let id = id.to_string();
         self.writer
             .write(move |ctx| {
+                leases::fence(ctx, &id)?;
                 // Guard: the session check is in the statement that marks the zone.
                 let changed = rows::run(
                     ctx.conn,
@@ -740,6 +751,7 @@ impl Store for SqlStore {
         let id = id.to_string();
         self.writer
             .write(move |ctx| {
+                leases::fence(ctx, &id)?;
                 // Guard: a zone being deleted stays DELETING.
                 let changed = rows::run(
                     ctx.conn,
@@ -760,6 +772,7 @@ impl Store for SqlStore {
         let id = id.to_string();
         self.writer
             .write(move |ctx| {
+                leases::fence(ctx, &id)?;
                 let conn = ctx.conn;
                 // Guard: only a zone being deleted whose machines have all ended.
                 let removable = rows::first(
@@ -777,6 +790,7 @@ impl Store for SqlStore {
                     "DELETE FROM processes WHERE zone_id = ?1",
                     "DELETE FROM machines WHERE zone_id = ?1",
                     "DELETE FROM zones WHERE id = ?1",
+                    "DELETE FROM zone_leases WHERE zone_id = ?1",
                 ] {
                     rows::run(conn, statement, args![id])?;
                 }
@@ -847,6 +861,7 @@ impl Store for SqlStore {
         let (machine, token_hash) = (machine.clone(), token_hash.to_string());
         self.writer
             .write(move |ctx| {
+                leases::fence(ctx, &machine.zone_id)?;
                 stmts::machine_inserted(ctx.conn, &machine, &token_hash)
                     .map_err(|e| fix_error(e, "machine", "id"))?;
                 ctx.hot
@@ -883,6 +898,7 @@ impl Store for SqlStore {
         let now_ms = crate::time::now_ms();
         self.writer
             .write(move |ctx| {
+                leases::fence_machine(ctx, &id)?;
                 // Guard: a machine that is gone stays gone: a reconciler pass that read it
                 // before `machine_gone` must not bring it back to `TERMINATING`.
                 let changed = rows::run(
@@ -905,6 +921,7 @@ impl Store for SqlStore {
         let now_ms = crate::time::now_ms();
         self.writer
             .write(move |ctx| {
+                leases::fence_machine(ctx, &id)?;
                 // Guard: idle, checked in the statement that marks it.
                 let changed = rows::run(
                     ctx.conn,
@@ -925,6 +942,7 @@ impl Store for SqlStore {
         let (id, reason) = (id.to_string(), reason.to_string());
         self.writer
             .write(move |ctx| {
+                leases::fence_machine(ctx, &id)?;
                 // Guard: only a machine that has not ended.
                 let updated = rows::run(
                     ctx.conn,
@@ -962,6 +980,7 @@ impl Store for SqlStore {
         );
         self.writer
             .write(move |ctx| {
+                leases::fence(ctx, &zone_id)?;
                 let machines: Vec<String> = rows::all(
                     ctx.conn,
                     "UPDATE sessions SET status = 'LOST', reason = ?1, ended_at = GREATEST(created_at, ?2)
@@ -995,6 +1014,7 @@ impl Store for SqlStore {
         let (id, driver_ref) = (id.to_string(), driver_ref.to_string());
         self.writer
             .write(move |ctx| {
+                leases::fence_machine(ctx, &id)?;
                 rows::run(
                     ctx.conn,
                     "UPDATE machines SET driver_ref = ?1, status = CASE WHEN status = 'PENDING' THEN 'LAUNCHING' ELSE status END WHERE id = ?2",
@@ -1021,6 +1041,9 @@ impl Store for SqlStore {
         let targets = targets.to_vec();
         self.writer
             .write(move |ctx| {
+                for (id, _) in &targets {
+                    leases::fence_machine(ctx, id)?;
+                }
                 for (id, target) in &targets {
                     rows::run(
                         ctx.conn,
@@ -1047,6 +1070,7 @@ impl Store for SqlStore {
         let zone_id = zone_id.to_string();
         self.writer
             .write(move |ctx| {
+                leases::fence(ctx, &zone_id)?;
                 rows::run(
                     ctx.conn,
                     "UPDATE zones SET idle_since = GREATEST(COALESCE(idle_since, 0), ?1) WHERE id = ?2",
@@ -1074,6 +1098,7 @@ impl Store for SqlStore {
         let (id, reason) = (id.to_string(), reason.to_string());
         self.writer
             .write(move |ctx| {
+                leases::fence_machine(ctx, &id)?;
                 // Guard: the machine row, touched in service, is what the rest depends on
                 // (on Postgres this locks it for the transaction).
                 let in_service = rows::run(
@@ -1123,6 +1148,7 @@ impl Store for SqlStore {
         }
         self.writer
             .write(move |ctx| {
+                leases::fence_fleet(ctx, &fleet_id)?;
                 // Guard: the update ends only if no live process of another build remains,
                 // checked in the statement that ends it.
                 let finished: Option<(String, String, i64)> = rows::first(
@@ -1406,6 +1432,7 @@ impl Store for SqlStore {
                     |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
                 )?;
                 if let Some((machine_id, fleet_id, zone_id, sessions)) = serving {
+                    leases::fence(ctx, &zone_id)?;
                     // Guard: the session check is in the statement that ends the machine.
                     let idle = rows::run(
                         conn,
@@ -1506,6 +1533,7 @@ impl Store for SqlStore {
                     args![template.location, i64::from(count)],
                     |row| Ok((row.get(0)?, row.get(1)?)),
                 )?;
+                leases::fence(ctx, &template.zone_id)?;
                 let mut assigned = Vec::with_capacity(free.len());
                 for (pool_id, address) in free {
                     let machine = MachineRecord {
@@ -1627,7 +1655,18 @@ impl Store for SqlStore {
     async fn insert_event(&self, event: &EventRecord) -> Result<()> {
         let event = event.clone();
         self.writer
-            .write(move |ctx| stmts::event_inserted(ctx.conn, &event))
+            .write(move |ctx| {
+                // A reconciler's event carries its lease's generation (fenced, so the
+                // generations of one zone's events never go down).
+                let mut event = event;
+                if let Some(lease) = ctx.lease.clone() {
+                    if event.zone_id.as_deref() == Some(lease.zone_id.as_str()) {
+                        leases::fence(ctx, &lease.zone_id)?;
+                        event.lease_generation = Some(lease.generation);
+                    }
+                }
+                stmts::event_inserted(ctx.conn, &event)
+            })
             .await
     }
 
@@ -1688,6 +1727,15 @@ impl Store for SqlStore {
                     next_cursor,
                 })
             })
+            .await
+    }
+
+    async fn lease_round(
+        &self,
+        request: crate::leases::LeaseRequest,
+    ) -> Result<crate::leases::LeaseRound> {
+        self.writer
+            .write(move |ctx| leases::round(ctx, &request))
             .await
     }
 
@@ -1752,6 +1800,9 @@ impl SqlStore {
                     args![id],
                     |row| Ok(row.get(0)?),
                 )?;
+                if let Some(zone_id) = &zone {
+                    leases::fence(ctx, zone_id)?;
+                }
                 if stmts::end_machine(ctx.conn, &id, &reason, now_ms, status)? {
                     ctx.hot.remove_machine(&id);
                     if let Some(zone_id) = zone {

@@ -76,6 +76,7 @@ pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
     let fleet =
         load::fleet(ctx, &args.fleet)?.ok_or_else(|| Error::not_found("fleet", &args.fleet))?;
     let zone_id = zone_of(ctx, &fleet.id, &fleet.name, &args.zone)?;
+    super::leases::fence(ctx, &zone_id)?;
     {
         let zone = &ctx.hot.zones[&zone_id];
         if zone.record.deleting {
@@ -191,6 +192,16 @@ pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
 /// See [`Store::end_session`](crate::store::Store::end_session). Guards: only an `ACTIVE`
 /// session ends, and a slot count never goes below zero.
 pub fn end(ctx: &mut Ctx<'_>, session_id: &str, now_ms: i64) -> Result<Option<EndOutcome>> {
+    // The zone's fence first.
+    let zone: Option<String> = rows::first(
+        ctx.conn,
+        "SELECT zone_id FROM sessions WHERE id = ?1",
+        args![session_id],
+        |row| Ok(row.get(0)?),
+    )?;
+    if let Some(zone) = &zone {
+        super::leases::fence(ctx, zone)?;
+    }
     // Guard: only an ACTIVE session ends. The row is read after the update (not with
     // RETURNING, which SQLite runs as a trigger, with a statement journal whose cost grows
     // with the batch's transaction).

@@ -28,6 +28,7 @@ pub fn end_sessions(
     sessions: &[String],
     now_ms: i64,
 ) -> Result<u32> {
+    super::leases::fence(ctx, &machine.zone_id)?;
     let mut ended = Vec::new();
     for session in sessions {
         if let Some(where_) = stmts::session_ended(ctx.conn, session, Some(&machine.id), now_ms)? {
@@ -69,6 +70,7 @@ pub fn apply(
     report: &SyncRequest,
     now_ms: i64,
 ) -> Result<ReportOutcome> {
+    super::leases::fence(ctx, &machine.zone_id)?;
     let conn = ctx.conn;
     let status = live_status(conn, &machine.id)?;
     let seq = i64::try_from(report.report_seq).unwrap_or(i64::MAX);

@@ -174,6 +174,7 @@ pub fn event(row: &Row<'_>) -> Result<EventRecord> {
         zone_id: row.get("zone_id")?,
         machine_id: row.get("machine_id")?,
         message: row.get("message")?,
+        lease_generation: row.get("lease_generation")?,
     })
 }
 

@@ -125,8 +125,9 @@ pub fn session_ended(
 pub fn event_inserted(conn: &Conn, event: &EventRecord) -> Result<()> {
     rows::run(
         conn,
-        "INSERT INTO events (id, at, level, producer, code, fleet_id, zone_id, machine_id, message)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO events (id, at, level, producer, code, fleet_id, zone_id, machine_id, message,
+             lease_generation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         args![
             event.id,
             event.at_ms,
@@ -136,7 +137,8 @@ pub fn event_inserted(conn: &Conn, event: &EventRecord) -> Result<()> {
             event.fleet_id,
             event.zone_id,
             event.machine_id,
-            event.message
+            event.message,
+            event.lease_generation
         ],
     )
     .map_err(|e| fix_error(e, "event", "id"))?;

@@ -27,7 +27,9 @@ use std::sync::{Arc, Mutex};
 use crate::store::db::Conn;
 use tokio::sync::{mpsc, oneshot};
 
+use super::leases::Fenced;
 use crate::changes::{Changes, Notice};
+use crate::leases::Lease;
 use crate::store::hot::Hot;
 use crate::{Error, Result};
 
@@ -48,6 +50,11 @@ pub struct Ctx<'a> {
     pub conn: &'a Conn,
     pub hot: &'a mut Hot,
     notices: &'a mut Vec<Notice>,
+    /// The zone lease the job was made under (a reconciler's write): see
+    /// [`super::leases::fence`].
+    pub lease: Option<Lease>,
+    /// The zones whose lease rows this batch's transaction has locked.
+    pub fenced: &'a mut Fenced,
 }
 
 impl Ctx<'_> {
@@ -96,6 +103,8 @@ fn doubtful(error: &Error) -> bool {
             | Error::Unauthorized
             | Error::PayloadTooLarge { .. }
             | Error::Overloaded { .. }
+            | Error::LeaseLost { .. }
+            | Error::Unavailable { .. }
     )
 }
 
@@ -146,11 +155,15 @@ fn work<T: Send + 'static>(
     let (sender, receiver) = oneshot::channel();
     // Which store method this job is for: the closure's type names it.
     let name = std::any::type_name_of_val(&f);
+    // A reconciler's write carries the lease of its zone (a task-local of its pass).
+    let lease = crate::leases::current();
     let work: Work = Box::new(move |ctx| match ctx {
         Some(ctx) => {
             let started = std::time::Instant::now();
             let cpu_before = thread_cpu();
+            ctx.lease = lease;
             let result = f(ctx);
+            ctx.lease = None;
             let took = started.elapsed();
             if took >= SLOW_JOB {
                 // CPU time well below the wall time: the writer was waiting for a core
@@ -295,6 +308,7 @@ fn run_write(
     conn: &Conn,
     hot: &mut Hot,
     notices: &mut Vec<Notice>,
+    fenced: &mut Fenced,
     work: Work,
     plain: bool,
 ) -> Result<Done> {
@@ -304,11 +318,14 @@ fn run_write(
     let changes_before = conn.total_changes();
     let errors_before = conn.total_errors();
     let mark = notices.len();
+    let fenced_mark = fenced.mark();
     let outcome = {
         let mut ctx = Ctx {
             conn,
             hot: &mut *hot,
             notices: &mut *notices,
+            lease: None,
+            fenced: &mut *fenced,
         };
         std::panic::catch_unwind(AssertUnwindSafe(|| work(Some(&mut ctx))))
     };
@@ -339,6 +356,8 @@ fn run_write(
         }
     };
     notices.truncate(mark);
+    // Its savepoint's rollback gave back the lease rows it locked.
+    fenced.truncate(fenced_mark);
     if done.doubt {
         hot.clear();
     }
@@ -425,6 +444,7 @@ fn run(
 ) {
     let mut hot = Hot::default();
     let mut notices: Vec<Notice> = Vec::new();
+    let mut fenced = Fenced::default();
     while let Some(first) = jobs.blocking_recv() {
         let mut done: Vec<Done> = Vec::new();
         let mut failure: Option<String> = None;
@@ -448,7 +468,7 @@ fn run(
                 }
                 in_transaction = true;
             }
-            match run_write(&conn, &mut hot, &mut notices, work, plain) {
+            match run_write(&conn, &mut hot, &mut notices, &mut fenced, work, plain) {
                 Ok(job_done) => done.push(job_done),
                 Err(error) => {
                     // The savepoint itself failed, or a plain job failed half-way: the
@@ -462,6 +482,8 @@ fn run(
             }
             next = jobs.try_recv().ok();
         }
+        // The commit (or rollback) ends the lease rows' locks.
+        fenced.clear();
         if in_transaction && failure.is_none() {
             if let Err(error) = exec(&conn, "COMMIT") {
                 failure = Some(error.to_string());
@@ -494,6 +516,8 @@ fn run(
                 conn: &conn,
                 hot: &mut hot,
                 notices: &mut notices,
+                lease: None,
+                fenced: &mut fenced,
             };
             let done = match std::panic::catch_unwind(AssertUnwindSafe(|| work(Some(&mut ctx)))) {
                 Ok(done) => done,

@@ -1,0 +1,18 @@
+-- Replicas and zone leases (see leases.rs). On SQLite one replica holds every lease; the
+-- tables are the same as on Postgres so the engine's statements are too.
+CREATE TABLE replicas (
+    id           TEXT PRIMARY KEY,
+    url          TEXT NOT NULL,
+    started_at   BIGINT NOT NULL,
+    heartbeat_at BIGINT NOT NULL,
+    stopping     BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE TABLE zone_leases (
+    zone_id    TEXT PRIMARY KEY,
+    holder     TEXT,
+    holder_url TEXT,
+    generation BIGINT NOT NULL DEFAULT 0,
+    expires_at BIGINT NOT NULL DEFAULT 0
+);
+INSERT INTO zone_leases (zone_id) SELECT id FROM zones;
+ALTER TABLE events ADD COLUMN lease_generation BIGINT;
