@@ -18,8 +18,10 @@ use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{watch, Notify};
 
-/// Something the store changed.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Something the store changed. Replicas on one Postgres tell each other theirs
+/// (`store/sql/notify.rs`), as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
 pub enum Notice {
     /// The desired state of a machine may have changed: its sessions, its processes, its
     /// status or its target.

@@ -242,7 +242,11 @@ impl Leases {
 
 /// One round: renew, give back `release`, take up to the fair share; then what to give
 /// back next round.
-async fn round(store: &dyn Store, leases: &Leases, release: Vec<Lease>) -> crate::Result<Vec<Lease>> {
+async fn round(
+    store: &dyn Store,
+    leases: &Leases,
+    release: Vec<Lease>,
+) -> crate::Result<Vec<Lease>> {
     let round = store
         .lease_round(LeaseRequest {
             replica_id: leases.replica_id.clone(),
@@ -363,7 +367,11 @@ mod tests {
             (0, 1, 0), (1, 1, 1), (1, 2, 1), (2, 2, 1), (3, 2, 2), (10, 3, 4), (5, 0, 5),
         ];
         for (zones, live, want) in cases {
-            assert_eq!(fair_share(zones, live), want, "{zones} zones, {live} replicas");
+            assert_eq!(
+                fair_share(zones, live),
+                want,
+                "{zones} zones, {live} replicas"
+            );
         }
     }
 

@@ -65,7 +65,10 @@ pub async fn run_with_store(
     };
     let leases = Leases::new(
         new_id("rep"),
-        config.replica_url.clone().unwrap_or_else(|| own_url.clone()),
+        config
+            .replica_url
+            .clone()
+            .unwrap_or_else(|| own_url.clone()),
         config.lease_ttl,
     );
     tracing::info!(replica = %leases.replica_id, url = %leases.url, "replica starting");

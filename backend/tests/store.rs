@@ -2478,6 +2478,85 @@ async fn suite_lists_page_with_a_cursor(store: Arc<dyn Store>) {
     assert_eq!(messages, want, "newest first");
 }
 
+/// Takes the zone leases there are for replica `replica` (a lease manager's round).
+async fn take_leases(store: &dyn Store, replica: &str) -> Vec<fleetformd::leases::Lease> {
+    let round = store
+        .lease_round(fleetformd::leases::LeaseRequest {
+            replica_id: replica.into(),
+            url: format!("http://{replica}"),
+            ttl_ms: 60_000,
+            release: vec![],
+            acquire: true,
+            stopping: false,
+        })
+        .await
+        .unwrap();
+    round
+        .rows
+        .into_iter()
+        .filter(|row| row.holder.as_deref() == Some(replica))
+        .map(|row| fleetformd::leases::Lease {
+            zone_id: row.zone_id,
+            holder: replica.into(),
+            generation: row.generation,
+        })
+        .collect()
+}
+
+/// Guard: a reconciler's write is refused once its lease's generation is not the zone's
+/// (another replica took it over while this one was paused). The generation check is in
+/// `store/sql/leases.rs`, `fence`.
+async fn suite_guard_a_lost_lease_writes_nothing(store: Arc<dyn Store>, tamper: Tamper) {
+    let world = world(store.as_ref(), SessionMode::Simple, 1, 1).await;
+    let leases = take_leases(store.as_ref(), "r1").await;
+    assert_eq!(leases.len(), 1, "one zone, one lease");
+    let lease = leases[0].clone();
+    assert_eq!(lease.generation, 1);
+    // While the lease holds, its writes go through.
+    fleetformd::leases::scope(
+        lease.clone(),
+        store.set_zone_status(&world.zone.id, ResourceStatus::Launching),
+    )
+    .await
+    .unwrap();
+    // Another replica takes the zone over.
+    tamper.run(
+        "UPDATE zone_leases SET holder = 'r2', holder_url = 'http://r2', generation = generation + 1",
+    );
+    let refused = fleetformd::leases::scope(
+        lease.clone(),
+        store.set_zone_status(&world.zone.id, ResourceStatus::Available),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(fleetformd::Error::LeaseLost { .. })),
+        "a write under a lost lease: {refused:?}"
+    );
+    let machine = &world.machines[0];
+    let refused = fleetformd::leases::scope(lease, store.begin_idle_termination(&machine.id)).await;
+    assert!(matches!(refused, Err(fleetformd::Error::LeaseLost { .. })));
+    assert_eq!(
+        store
+            .get_zone(&world.zone.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .zone
+            .status,
+        ResourceStatus::Launching,
+        "nothing written after the takeover"
+    );
+    assert_eq!(
+        tamper.value(&format!(
+            "SELECT COUNT(*) FROM machines WHERE id = '{}' AND status = 'ACTIVE'",
+            machine.id
+        )),
+        1
+    );
+    // Writes outside a lease (the API's) are not the reconciler's: they go through.
+    store.touch_zone(&world.zone.id, 5).await.unwrap();
+}
+
 /// Runs each named `suite_*` function on a fresh store of `$open` (`sqlite` or
 /// `postgres`).
 macro_rules! suite {
@@ -2524,6 +2603,7 @@ macro_rules! whole_suite {
             suite_guard_placement_rechecks_the_zone,
             suite_guard_an_end_rechecks_the_session,
             suite_guard_a_report_revives_no_ended_process,
+            suite_guard_a_lost_lease_writes_nothing,
         );
         suite!($open;
         suite_guard_an_agent_ends_only_its_own_sessions,
@@ -2573,4 +2653,154 @@ mod sqlite {
 mod postgres {
     whole_suite!(postgres);
     use super::{postgres, postgres_tamper};
+}
+
+/// Two stores on one Postgres database: what two replicas share.
+mod two_replicas {
+    use super::*;
+
+    async fn pair() -> (Arc<dyn Store>, Arc<dyn Store>, Tamper) {
+        let (url, a) = postgres().await;
+        let b = SqlStore::open_with(&Database::Postgres(url.clone()), Default::default())
+            .await
+            .unwrap();
+        (a, Arc::new(b), postgres_tamper(url))
+    }
+
+    /// Tells both stores, as a replica would, that the machine changed behind them.
+    fn notify_machine(tamper: &Tamper, machine: &str) {
+        tamper.run(&format!(
+            "SELECT pg_notify('fleetform', '{{\"from\":\"tamper\",\"notices\":[{{\"k\":\"machine\",\"machine_id\":\"{machine}\",\"zone_id\":\"zone-1\"}}]}}')"
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn placements_from_both_never_share_a_simple_process() {
+        let (a, b, tamper) = pair().await;
+        let world = world(a.as_ref(), SessionMode::Simple, 4, 5).await;
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let args = args(&world, &format!("s{i}"), None);
+            tasks.push(tokio::spawn(async move { store.place_session(args).await }));
+        }
+        let mut placed = 0;
+        for task in tasks {
+            match task.await.unwrap().unwrap() {
+                PlaceOutcome::Placed(_) => placed += 1,
+                PlaceOutcome::NoCapacity { .. } => {}
+                PlaceOutcome::Repeated(_) => panic!("no key, no repeat"),
+            }
+        }
+        assert_eq!(placed, 20, "20 processes, one session each");
+        assert_eq!(
+            tamper.value(
+                "SELECT COUNT(*) FROM (SELECT process_id FROM sessions GROUP BY process_id HAVING COUNT(*) > 1) t"
+            ),
+            0
+        );
+    }
+
+    /// The write skew the lease-row lock prevents: a placement (on one replica) and an
+    /// idle termination (on the other) each check the other's row and write their own.
+    /// Without the lock both can win: a session on a machine being terminated.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_placement_and_an_idle_termination_never_both_win() {
+        let (a, b, tamper) = pair().await;
+        let world = world(a.as_ref(), SessionMode::Parallel, 1, 1).await;
+        let machine = world.machines[0].id.clone();
+        let mut both = 0;
+        let mut placed_only = 0;
+        let mut terminated_only = 0;
+        for i in 0..60 {
+            let place = a.place_session(args(&world, &format!("s{i}"), None));
+            let terminate = b.begin_idle_termination(&machine);
+            let (placed, terminated) = tokio::join!(place, terminate);
+            let placed = matches!(placed.unwrap(), PlaceOutcome::Placed(_));
+            let terminated = terminated.unwrap();
+            match (placed, terminated) {
+                (true, true) => both += 1,
+                (true, false) => placed_only += 1,
+                (false, true) => terminated_only += 1,
+                (false, false) => panic!("iteration {i}: neither happened"),
+            }
+            // Back to an idle, active machine for the next round.
+            if placed {
+                a.end_session(&format!("s{i}"), 3).await.unwrap();
+            }
+            if terminated {
+                tamper.run(&format!(
+                    "UPDATE machines SET status = 'ACTIVE', terminating_since = NULL WHERE id = '{machine}'"
+                ));
+                notify_machine(&tamper, &machine);
+            }
+            // Until both pictures see it active again.
+            let mut ready = false;
+            for _ in 0..200 {
+                let a_sees = a
+                    .desired_state(&machine, 4)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .0
+                    .status;
+                let b_sees = b
+                    .desired_state(&machine, 4)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .0
+                    .status;
+                if a_sees == MachineStatus::Active && b_sees == MachineStatus::Active {
+                    ready = true;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            assert!(
+                ready,
+                "iteration {i}: the pictures never saw the machine active again"
+            );
+        }
+        assert_eq!(
+            both, 0,
+            "a session was placed on a machine that was being terminated ({placed_only} placed, {terminated_only} terminated)"
+        );
+    }
+
+    /// A change one store commits reaches the other's picture: a slot freed on one is
+    /// free on the other (without the notification, B's picture would say full forever).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_slot_freed_on_one_replica_is_free_on_the_other() {
+        let (a, b, _tamper) = pair().await;
+        // One process of four slots.
+        let world = world(a.as_ref(), SessionMode::Parallel, 1, 1).await;
+        for i in 0..4 {
+            let outcome = b
+                .place_session(args(&world, &format!("s{i}"), None))
+                .await
+                .unwrap();
+            assert!(matches!(outcome, PlaceOutcome::Placed(_)), "slot {i}");
+        }
+        assert!(no_capacity(
+            &a.place_session(args(&world, "a1", None)).await.unwrap()
+        ));
+        assert!(no_capacity(
+            &b.place_session(args(&world, "b1", None)).await.unwrap()
+        ));
+        a.end_session("s0", 3).await.unwrap();
+        let mut placed = false;
+        for i in 0..200 {
+            if let PlaceOutcome::Placed(_) = b
+                .place_session(args(&world, &format!("b2-{i}"), None))
+                .await
+                .unwrap()
+            {
+                placed = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(placed, "the freed slot never showed on the other replica");
+    }
 }

@@ -62,8 +62,7 @@ pub async fn sync(
     let mut current = caller(&state, token).await?;
     // A machine's sync is served by the replica holding its zone (its picture is there).
     if let Caller::Machine(machine) = &current {
-        if let Some(owner) = forward::owner(&state, &headers, &machine.fleet_id, &machine.zone_id)
-        {
+        if let Some(owner) = forward::owner(&state, &headers, &machine.fleet_id, &machine.zone_id) {
             let body = serde_json::to_vec(&report).map_err(|e| Error::Internal(e.to_string()))?;
             if let Some(answer) = forward::send(
                 &state,

@@ -116,7 +116,8 @@ pub async fn end(
 ) -> Result<Response> {
     if !headers.contains_key(forward::FORWARDED) && state.leases.has_peers() {
         if let Some(session) = state.store.get_session(&id).await? {
-            if let Some(owner) = forward::owner(&state, &headers, &session.fleet_id, &session.zone_id)
+            if let Some(owner) =
+                forward::owner(&state, &headers, &session.fleet_id, &session.zone_id)
             {
                 let path = format!("/v1/sessions/{}/end", path_segment(&id));
                 if let Some(answer) =

@@ -496,6 +496,11 @@ impl PgConn {
         }
     }
 
+    /// The client itself (listening for notifications).
+    pub fn client_mut(&self) -> std::cell::RefMut<'_, postgres::Client> {
+        self.client.borrow_mut()
+    }
+
     /// Counts a failed statement.
     fn failing<T>(&self, result: Result<T, postgres::Error>) -> Result<T, DbError> {
         if result.is_err() {

@@ -32,6 +32,24 @@ pub fn fleet(ctx: &mut Ctx<'_>, id_or_name: &str) -> Result<Option<Arc<Fleet>>> 
     }))
 }
 
+/// Re-reads a fleet the picture holds (another replica changed it).
+pub fn fleet_again(ctx: &mut Ctx<'_>, fleet_id: &str) -> Result<()> {
+    if !ctx.hot.fleets.contains_key(fleet_id) {
+        return Ok(());
+    }
+    let fleet = rows::first(
+        ctx.conn,
+        "SELECT * FROM fleets WHERE id = ?1",
+        args![fleet_id],
+        rows::fleet,
+    )?;
+    match fleet {
+        Some(fleet) => ctx.hot.put_fleet(fleet),
+        None => ctx.hot.drop_fleet(fleet_id),
+    }
+    Ok(())
+}
+
 /// A build, from the picture or the database (a build's launch fields never change).
 pub fn build(ctx: &mut Ctx<'_>, id: &str) -> Result<Option<Arc<Build>>> {
     if let Some(build) = ctx.hot.builds.get(id) {

@@ -20,6 +20,7 @@
 
 mod leases;
 mod load;
+mod notify;
 mod place;
 mod reader;
 mod report;
@@ -94,7 +95,7 @@ impl SqlStore {
                 let opened = path.clone();
                 let (conn, wal) =
                     on_thread("store-open", move || super::sqlite::open_writer(&opened)).await?;
-                let writer = Writer::spawn(conn, Some(wal), changes.clone())?;
+                let writer = Writer::spawn(conn, Some(wal), changes.clone(), None)?;
                 let read = path.clone();
                 let reader = Reader::spawn(READERS, move || super::sqlite::open_reader(&read))?;
                 super::sqlite::checkpoints(path, std::sync::Arc::downgrade(&alive))?;
@@ -107,8 +108,18 @@ impl SqlStore {
                     super::postgres::connect(&opened)
                 })
                 .await?;
-                // Postgres commits durably itself: no log for the flusher to sync.
-                let writer = Writer::spawn(conn, None, changes.clone())?;
+                // Postgres commits durably itself: no log for the flusher to sync. Notices
+                // go to the other replicas too.
+                let origin = crate::time::new_id("store");
+                let writer = Writer::spawn(conn, None, changes.clone(), Some(origin.clone()))?;
+                let listen = url.clone();
+                notify::listen(
+                    move || super::postgres::connect(&listen),
+                    origin,
+                    writer.clone(),
+                    changes.clone(),
+                    std::sync::Arc::downgrade(&alive),
+                )?;
                 let read = url.clone();
                 let reader = on_thread("store-open", move || {
                     Reader::spawn(READERS, move || super::postgres::connect(&read))

@@ -229,7 +229,15 @@ impl Writer {
     /// Starts the writer thread on `conn` (which commits without syncing: the flusher
     /// thread fsyncs `wal_path`, the database's write-ahead log, before any job is
     /// answered); both stop when the last handle is dropped.
-    pub fn spawn(conn: Conn, wal_path: Option<PathBuf>, changes: Changes) -> Result<Writer> {
+    ///
+    /// With an `origin` (Postgres), each batch's notices are also sent to the other
+    /// replicas, in its transaction (see `notify`).
+    pub fn spawn(
+        conn: Conn,
+        wal_path: Option<PathBuf>,
+        changes: Changes,
+        origin: Option<String>,
+    ) -> Result<Writer> {
         let (queue, jobs) = mpsc::channel(QUEUE_CAPACITY);
         let reads = Reads::default();
         let (flusher, batches) = std::sync::mpsc::channel();
@@ -241,7 +249,7 @@ impl Writer {
             .name("store-writer".into())
             .spawn({
                 let reads = reads.clone();
-                move || run(conn, jobs, &reads, flusher)
+                move || run(conn, jobs, &reads, flusher, origin)
             })
             .map_err(|e| Error::Internal(format!("start the store writer: {e}")))?;
         Ok(Writer { queue, reads })
@@ -280,6 +288,15 @@ impl Writer {
                 Err(Error::Internal("the store's writer has stopped".into()))
             }
         }
+    }
+
+    /// Runs `f` on the writer after the current batch, outside a transaction, without
+    /// waiting for it (from a thread outside the runtime): the picture brought up to what
+    /// another replica changed.
+    pub fn refresh(&self, f: impl FnOnce(&mut Ctx<'_>) -> Result<()> + Send + 'static) {
+        let (work, _answer) = work(f);
+        self.reads.lock().expect("reads lock").push(work);
+        let _ = self.queue.try_send(Job::Reads);
     }
 
     /// Runs `f` on the writer after the current batch commits, outside a transaction: a
@@ -441,6 +458,7 @@ fn run(
     mut jobs: mpsc::Receiver<Job>,
     reads: &Mutex<Vec<Work>>,
     flusher: std::sync::mpsc::Sender<Flush>,
+    origin: Option<String>,
 ) {
     let mut hot = Hot::default();
     let mut notices: Vec<Notice> = Vec::new();
@@ -484,6 +502,13 @@ fn run(
         }
         // The commit (or rollback) ends the lease rows' locks.
         fenced.clear();
+        if let (Some(origin), true, None) = (&origin, in_transaction, &failure) {
+            if !notices.is_empty() {
+                if let Err(error) = super::notify::send(&conn, origin, &notices) {
+                    failure = Some(error.to_string());
+                }
+            }
+        }
         if in_transaction && failure.is_none() {
             if let Err(error) = exec(&conn, "COMMIT") {
                 failure = Some(error.to_string());
@@ -546,7 +571,7 @@ mod tests {
         let wal = PathBuf::from(format!("{}-wal", path.display()));
         (
             dir,
-            Writer::spawn(Conn::Sqlite(conn), Some(wal), Changes::default()).unwrap(),
+            Writer::spawn(Conn::Sqlite(conn), Some(wal), Changes::default(), None).unwrap(),
         )
     }
 
