@@ -35,6 +35,9 @@ pub enum Notice {
     Fleet { fleet_id: String },
     /// A pool machine was taken by a zone or given back: its idle agent should look again.
     Pool { bare_metal_id: String },
+    /// A replica gave zone leases back (it is stopping, or shedding): the others' lease
+    /// managers take them now rather than at their next round.
+    Leases,
 }
 
 impl Notice {
@@ -44,7 +47,7 @@ impl Notice {
             Notice::Machine { zone_id, .. }
             | Notice::Capacity { zone_id }
             | Notice::Zone { zone_id } => Some(zone_id),
-            Notice::Fleet { .. } | Notice::Pool { .. } => None,
+            Notice::Fleet { .. } | Notice::Pool { .. } | Notice::Leases => None,
         }
     }
 }
@@ -61,6 +64,7 @@ struct Inner {
     machines: Mutex<HashMap<String, MachineWatch>>,
     capacity: Mutex<HashMap<String, watch::Sender<u64>>>,
     listeners: Mutex<Vec<Weak<Listener>>>,
+    leases: Notify,
 }
 
 /// The hub. Cheap to clone; every clone is the same hub.
@@ -140,6 +144,7 @@ impl Changes {
                             }
                         });
                     }
+                    Notice::Leases => self.inner.leases.notify_one(),
                     Notice::Capacity { .. } | Notice::Zone { .. } => {}
                 }
             }
@@ -171,6 +176,11 @@ impl Changes {
                 listener.notify.notify_one();
             }
         }
+    }
+
+    /// Resolves once a replica gave leases back (since the last call).
+    pub async fn leases_freed(&self) {
+        self.inner.leases.notified().await
     }
 
     /// A receiver that changes when the desired state of `machine_id` may have (or, for a

@@ -45,7 +45,7 @@ pub struct ServerConfig {
     /// balancer in front of the replicas); default the address it listens on.
     pub agent_url: Option<String>,
     /// How long a zone lease lasts unrenewed (`--lease-ttl-ms`): a dead replica's zones
-    /// are taken over within about this plus a third of it.
+    /// are taken over within about this plus a quarter of it.
     pub lease_ttl: Duration,
     /// How long `/readyz` answers 503 before a shutting-down replica stops accepting
     /// connections (`--drain-ms`), so load balancers take it out first.

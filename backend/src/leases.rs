@@ -3,7 +3,7 @@
 //! Replicas share one database and nothing else; the database is the only coordinator.
 //! Each zone has a row in `zone_leases` (holder, holder's URL, generation, expiry, all in
 //! the database's clock). A replica's lease manager ([`run`]) renews what it holds every
-//! `ttl / 3`, takes zones whose lease is free or expired while it holds less than its fair
+//! `ttl / 4`, takes zones whose lease is free or expired while it holds less than its fair
 //! share (zones ÷ live replicas, rounded up), and gives back zones beyond it, so a new
 //! replica gets its share and a dead one's zones are taken within `ttl` plus one round.
 //! Every taking bumps the generation and writes a `ZONE_LEASE_ACQUIRED` event with it.
@@ -303,7 +303,7 @@ pub async fn start(store: &dyn Store, leases: &Leases) -> Vec<Lease> {
     }
 }
 
-/// The lease manager: a round every `ttl / 3` (or when poked) until `shutdown`, giving
+/// The lease manager: a round every `ttl / 4` (or when poked) until `shutdown`, giving
 /// back `release` (from [`start`]) first. It does not give its leases back when stopped:
 /// [`release_all`] does, once the reconciler has stopped.
 pub async fn run(
@@ -313,11 +313,12 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let every = leases.ttl / 3;
+    let every = leases.ttl / 4;
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             _ = leases.poke.notified() => {}
+            _ = store.changes().leases_freed() => {}
             _ = tokio::time::sleep(every) => {}
         }
         match round(store.as_ref(), &leases, std::mem::take(&mut release)).await {

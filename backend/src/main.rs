@@ -51,7 +51,7 @@ struct Options {
     #[arg(long, env = "FLEETFORMD_AGENT_URL")]
     agent_url: Option<String>,
     /// How long a zone lease lasts unrenewed, in milliseconds: a dead replica's zones are
-    /// taken over within about 4/3 of it.
+    /// taken over within about 5/4 of it.
     #[arg(long, env = "FLEETFORMD_LEASE_TTL_MS", default_value_t = 3000)]
     lease_ttl_ms: u64,
     /// How long /readyz answers 503 at shutdown before the listener closes, in

@@ -2478,6 +2478,34 @@ async fn suite_lists_page_with_a_cursor(store: Arc<dyn Store>) {
     assert_eq!(messages, want, "newest first");
 }
 
+/// Agents number their reports from their clock: far past 32 bits (Postgres infers a
+/// parameter's width from its statement; each must take a 64-bit value).
+async fn suite_a_report_seq_past_32_bits_applies(store: Arc<dyn Store>) {
+    let world = world(store.as_ref(), SessionMode::Simple, 1, 1).await;
+    let machine = &world.machines[0];
+    for (seq, state) in [
+        (1_796_144_263_254u64, AgentProcessState::Ready),
+        (1_796_144_263_255, AgentProcessState::Stopping),
+    ] {
+        let report = SyncRequest {
+            agent_pid: 100,
+            address: "127.0.0.1".into(),
+            report_seq: seq,
+            processes: vec![process("proc-0-0", state)],
+            ..SyncRequest::default()
+        };
+        store
+            .apply_agent_report(machine, &report, 10)
+            .await
+            .unwrap();
+    }
+    let processes = store.machine_processes(&machine.id).await.unwrap();
+    assert_eq!(
+        processes[0].state,
+        fleetformd::store::ProcessState::Live(AgentProcessState::Stopping)
+    );
+}
+
 /// Takes the zone leases there are for replica `replica` (a lease manager's round).
 async fn take_leases(store: &dyn Store, replica: &str) -> Vec<fleetformd::leases::Lease> {
     let round = store
@@ -2641,6 +2669,7 @@ macro_rules! whole_suite {
         suite_a_pool_agent_finds_its_machine_and_an_update_moves_it,
         suite_a_reboot_loses_the_sessions_and_restarts_the_processes,
         suite_a_reboot_needs_a_machine_in_service,
+        suite_a_report_seq_past_32_bits_applies,
         );
     };
 }

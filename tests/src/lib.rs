@@ -70,6 +70,8 @@ pub struct Fleetformd {
     listen: String,
     /// The `--config` file, when the server was started with one.
     config: Option<PathBuf>,
+    /// More options (a replica's `--database`, lease timings).
+    args: Vec<String>,
 }
 
 impl Fleetformd {
@@ -84,7 +86,19 @@ impl Fleetformd {
         Self::start_inner(Some(config_toml))
     }
 
+    /// A replica: fleetformd on the Postgres database `database` (a URL), with its own
+    /// data directory, `config_toml` as its `--config` and `args` as more options.
+    pub fn start_replica(database: &str, config_toml: &str, args: &[&str]) -> Result<Self> {
+        let mut all = vec!["--database".to_string(), database.to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Self::start_full(Some(config_toml), all)
+    }
+
     fn start_inner(config_toml: Option<&str>) -> Result<Self> {
+        Self::start_full(config_toml, Vec::new())
+    }
+
+    fn start_full(config_toml: Option<&str>, args: Vec<String>) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("fleetform-e2e-")
             .tempdir()?;
@@ -102,6 +116,7 @@ impl Fleetformd {
             child: None,
             listen: "127.0.0.1:0".into(),
             config,
+            args,
         };
         server.spawn()?;
         Ok(server)
@@ -122,6 +137,7 @@ impl Fleetformd {
             command.arg("--config").arg(config);
         }
         let mut child = command
+            .args(&self.args)
             .arg("--listen")
             .arg(&self.listen)
             .arg("--data-dir")
@@ -169,6 +185,32 @@ impl Fleetformd {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Sends `signal` (SIGTERM, SIGSTOP, SIGCONT…) to the server.
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own child.
+            unsafe {
+                libc::kill(child.id() as i32, signal);
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the server to exit; its exit status, if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -528,7 +528,7 @@ impl PgConn {
 /// A connection to either database.
 pub enum Conn {
     Sqlite(rusqlite::Connection),
-    Postgres(PgConn),
+    Postgres(Box<PgConn>),
 }
 
 impl std::fmt::Debug for Conn {

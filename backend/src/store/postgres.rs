@@ -36,7 +36,7 @@ fn config(url: &str) -> Result<postgres::Config> {
 /// async code (the client runs a small runtime of its own).
 pub fn connect(url: &str) -> Result<Conn> {
     let client = config(url)?.connect(postgres::NoTls)?;
-    Ok(Conn::Postgres(PgConn::new(client)))
+    Ok(Conn::Postgres(Box::new(PgConn::new(client))))
 }
 
 /// Brings the schema to the latest version.

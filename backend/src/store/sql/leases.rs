@@ -152,13 +152,18 @@ pub fn round(ctx: &mut Ctx<'_>, request: &LeaseRequest) -> Result<LeaseRound> {
              stopping = excluded.stopping",
         args![request.replica_id, request.url, now, request.stopping],
     )?;
+    let mut released = 0;
     for lease in &request.release {
-        rows::run(
+        released += rows::run(
             ctx.conn,
             "UPDATE zone_leases SET holder = NULL, holder_url = NULL, expires_at = 0
              WHERE zone_id = ?1 AND holder = ?2 AND generation = ?3",
             args![lease.zone_id, request.replica_id, lease.generation],
         )?;
+    }
+    if released > 0 {
+        // The other replicas take them at once (the notice reaches them at commit).
+        ctx.notice(crate::changes::Notice::Leases);
     }
     rows::run(
         ctx.conn,

@@ -66,6 +66,7 @@ pub fn send(conn: &Conn, origin: &str, notices: &[Notice]) -> Result<()> {
                 Notice::Capacity { zone_id } | Notice::Zone { zone_id } => zone_id.len(),
                 Notice::Fleet { fleet_id } => fleet_id.len(),
                 Notice::Pool { bare_metal_id } => bare_metal_id.len(),
+                Notice::Leases => 0,
             };
         if size + bytes > MAX_PAYLOAD {
             flush(&mut chunk)?;
@@ -92,7 +93,7 @@ fn refresh(ctx: &mut Ctx<'_>, notices: &[Notice]) -> Result<()> {
             }
             Notice::Zone { zone_id } => load::zone_row(ctx, zone_id)?,
             Notice::Fleet { fleet_id } => load::fleet_again(ctx, fleet_id)?,
-            Notice::Capacity { .. } | Notice::Pool { .. } => {}
+            Notice::Capacity { .. } | Notice::Pool { .. } | Notice::Leases => {}
         }
     }
     Ok(())

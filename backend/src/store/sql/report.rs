@@ -82,7 +82,7 @@ pub fn apply(
             address = CASE WHEN bare_metal_id IS NULL THEN ?2 ELSE address END, agent_error = ?3,
             last_report_seq = GREATEST(last_report_seq, ?4),
             status = CASE WHEN status IN ('PENDING', 'LAUNCHING') THEN 'ACTIVE' ELSE status END
-         WHERE id = ?5 AND status NOT IN ('TERMINATED', 'UNHEALTHY') AND (?4 = 0 OR last_report_seq < ?4)",
+         WHERE id = ?5 AND status NOT IN ('TERMINATED', 'UNHEALTHY') AND (CAST(?4 AS BIGINT) = 0 OR last_report_seq < ?4)",
         args![now_ms, report.address, report.error, seq, machine.id],
     )?;
     if applied == 0 {
