@@ -23,7 +23,10 @@ struct Placed {
     id: String,
 }
 
-const PLACEMENT: &[u8] = br#"{"zone":"eu"}"#;
+/// The body of a placement in `zone`.
+pub fn placement_body(zone: &str) -> Bytes {
+    Bytes::from(format!(r#"{{"zone":"{zone}"}}"#))
+}
 
 impl Connection {
     pub async fn open(address: SocketAddr, token: &str) -> anyhow::Result<Connection> {
@@ -43,11 +46,7 @@ impl Connection {
         })
     }
 
-    async fn post(
-        &mut self,
-        path: &str,
-        body: &'static [u8],
-    ) -> anyhow::Result<(StatusCode, Bytes)> {
+    async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<(StatusCode, Bytes)> {
         self.sender.ready().await?;
         let request = Request::builder()
             .method(Method::POST)
@@ -55,18 +54,22 @@ impl Connection {
             .header(hyper::header::HOST, &self.host)
             .header(hyper::header::AUTHORIZATION, &self.authorization)
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from_static(body)))?;
+            .body(Full::new(body))?;
         let response = self.sender.send_request(request).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         Ok((status, body))
     }
 
-    /// Places a session in zone `eu` of `fleet`: the answer's status and, on a 201, the
-    /// session's id.
-    pub async fn place(&mut self, fleet: &str) -> anyhow::Result<(StatusCode, Option<String>)> {
+    /// Places a session (`body`: see [`placement_body`]) in `fleet`: the answer's status
+    /// and, on a 201, the session's id.
+    pub async fn place(
+        &mut self,
+        fleet: &str,
+        body: Bytes,
+    ) -> anyhow::Result<(StatusCode, Option<String>)> {
         let (status, body) = self
-            .post(&format!("/v1/fleets/{fleet}/sessions"), PLACEMENT)
+            .post(&format!("/v1/fleets/{fleet}/sessions"), body)
             .await?;
         let id = if status == StatusCode::CREATED {
             Some(serde_json::from_slice::<Placed>(&body)?.id)
@@ -79,7 +82,7 @@ impl Connection {
     /// Ends a session.
     pub async fn end(&mut self, session: &str) -> anyhow::Result<StatusCode> {
         let (status, _) = self
-            .post(&format!("/v1/sessions/{session}/end"), b"")
+            .post(&format!("/v1/sessions/{session}/end"), Bytes::new())
             .await?;
         Ok(status)
     }

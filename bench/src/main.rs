@@ -8,6 +8,13 @@
 //! run: placements/s, p50/p99/p99.9 latency, the answer codes, ends/s, how long the
 //! reconciler's passes over the zone took, and whether any machine turned UNHEALTHY.
 //!
+//! With `--database postgres` it first starts a throwaway Postgres of its own on
+//! 127.0.0.1 (as the user `postgres`; every commit synced), and with `--replicas N` it
+//! starts N fleetformd replicas on it and spreads its connections over them; `--zones N`
+//! splits the scenario's machines into N zones, which the replicas share out through
+//! their leases (each placement asks for the next zone, so a replica forwards the ones
+//! another holds). It then prints each replica's share too.
+//!
 //! Runs are closed loop (`0`: every connection places as fast as answers come) or open
 //! loop at a fixed rate (latency counted from when each request was due, so a slow server
 //! cannot hide its queue). Everything talks to 127.0.0.1 and stops by itself.
@@ -15,6 +22,7 @@
 //! ```sh
 //! cargo build --release -p fleetformd --no-default-features -p fleetform-bench
 //! target/release/fleetform-bench --scenario all
+//! target/release/fleetform-bench --scenario parallel-600 --database postgres --zones 2 --replicas 2
 //! ```
 
 mod client;
@@ -64,6 +72,24 @@ struct Options {
     /// The fleetformd binary (default: next to this one).
     #[arg(long)]
     fleetformd: Option<PathBuf>,
+    /// The database: fleetformd's embedded `sqlite`, or `postgres` (a throwaway Postgres
+    /// this benchmark starts on 127.0.0.1, every commit synced, as in production).
+    #[arg(long, value_enum, default_value = "sqlite")]
+    database: DatabaseKind,
+    /// fleetformd replicas on the one database (more than one needs `postgres`); the
+    /// connections are spread over them, as a load balancer would.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Zones the scenario's machines are split into (`eu-0`, `eu-1`…; one zone is `eu`);
+    /// each placement asks for the next zone in turn. With replicas, each holds some.
+    #[arg(long, default_value_t = 1)]
+    zones: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DatabaseKind {
+    Sqlite,
+    Postgres,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -129,6 +155,11 @@ struct RunReport {
 /// One connection's share of a run.
 struct Worker {
     connection: Connection,
+    /// Which replica it talks to.
+    replica: usize,
+    /// A placement body per zone, asked for in turn.
+    zones: Vec<bytes::Bytes>,
+    next_zone: usize,
     latency_us: Histogram<u64>,
     codes: BTreeMap<String, u64>,
     end_codes: BTreeMap<String, u64>,
@@ -142,7 +173,9 @@ struct Worker {
 
 impl Worker {
     async fn place(&mut self, fleet: &str, due: Instant, counting: bool) {
-        let answer = self.connection.place(fleet).await;
+        let body = self.zones[self.next_zone % self.zones.len()].clone();
+        self.next_zone += 1;
+        let answer = self.connection.place(fleet, body).await;
         let latency = due.elapsed();
         let code = match answer {
             Ok((status, id)) => {
@@ -252,7 +285,7 @@ async fn run(
     done
 }
 
-fn report(workers: &[Worker], elapsed: Duration) -> RunReport {
+fn report<'a>(workers: impl IntoIterator<Item = &'a Worker>, elapsed: Duration) -> RunReport {
     let mut report = RunReport {
         placed: 0,
         elapsed,
@@ -278,6 +311,41 @@ fn report(workers: &[Worker], elapsed: Duration) -> RunReport {
     report
 }
 
+/// A fixed zone of `processes` processes on the benchmark's sim location.
+async fn create_zone(
+    api: &Client,
+    fleet_id: &str,
+    name: &str,
+    processes: u32,
+    processes_per_machine: u32,
+) -> anyhow::Result<Zone> {
+    Ok(api
+        .create_zone(&ZoneSpec {
+            fleet_id: fleet_id.to_string(),
+            name: name.to_string(),
+            scaling_mode: ScalingMode::Fixed,
+            initial_server_processes: processes,
+            buffer_rules: vec![],
+            free_slots_min: None,
+            free_slots_max: None,
+            cooldown_minutes: 0,
+            placement_strategy: PlacementStrategy::Pack,
+            data_centers: vec![DataCenterSpec {
+                name: "dc-1".into(),
+                location: server::SIM_LOCATION.into(),
+                priority: 0,
+                machine_type: MachineType::Vm,
+                machine_models: vec![MachineModel {
+                    instance_type: "sim.large".into(),
+                    processes_per_machine,
+                }],
+                max_server_processes: Some(processes),
+                bare_metal_machines: None,
+            }],
+        })
+        .await?)
+}
+
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
@@ -301,7 +369,29 @@ async fn scenario(
         }
     );
     let hold = Duration::from_millis(options.hold_ms);
-    let server = Server::start(binary, (options.ends == Ends::Game).then_some(hold)).await?;
+    let session_length = (options.ends == Ends::Game).then_some(hold);
+    // Postgres: a throwaway server of this run's own, and a database on it.
+    let postgres = match options.database {
+        DatabaseKind::Sqlite => None,
+        DatabaseKind::Postgres => {
+            let server = tokio::task::spawn_blocking(|| {
+                fleetform_pgtest::Server::start(fleetform_pgtest::Durability::Full)
+            })
+            .await?
+            .map_err(|e| anyhow::anyhow!("start Postgres: {e}"))?;
+            let admin = server.admin_url();
+            fleetform_pgtest::psql(&admin, "CREATE DATABASE bench")
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let url = admin.replace("/postgres", "/bench");
+            Some((server, url))
+        }
+    };
+    let database = postgres.as_ref().map(|(_, url)| url.as_str());
+    let mut servers = Vec::new();
+    for _ in 0..options.replicas.max(1) {
+        servers.push(Server::start(binary, session_length, database).await?);
+    }
+    let server = &servers[0];
     let api = server.client()?;
     let build = api
         .create_build(&BuildSpec {
@@ -329,48 +419,67 @@ async fn scenario(
         .await?;
     let processes = scenario.machines * scenario.processes_per_machine;
     let created = Instant::now();
-    let zone = api
-        .create_zone(&ZoneSpec {
-            fleet_id: fleet.id.clone(),
-            name: "eu".into(),
-            scaling_mode: ScalingMode::Fixed,
-            initial_server_processes: processes,
-            buffer_rules: vec![],
-            free_slots_min: None,
-            free_slots_max: None,
-            cooldown_minutes: 0,
-            placement_strategy: PlacementStrategy::Pack,
-            data_centers: vec![DataCenterSpec {
-                name: "dc-1".into(),
-                location: server::SIM_LOCATION.into(),
-                priority: 0,
-                machine_type: MachineType::Vm,
-                machine_models: vec![MachineModel {
-                    instance_type: "sim.large".into(),
-                    processes_per_machine: scenario.processes_per_machine,
-                }],
-                max_server_processes: Some(processes),
-                bare_metal_machines: None,
-            }],
-        })
-        .await?;
-    loop {
-        let status = api.get_zone(&zone.id).await?.status;
-        if status == ResourceStatus::Available {
-            break;
-        }
-        if created.elapsed() > Duration::from_secs(300) {
-            bail!("the zone is not AVAILABLE after 300 s ({status})");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let zone_count = options.zones.max(1);
+    let zone_names: Vec<String> = if zone_count == 1 {
+        vec!["eu".into()]
+    } else {
+        (0..zone_count).map(|i| format!("eu-{i}")).collect()
+    };
+    let mut zones = Vec::new();
+    let per_zone = processes / zone_count;
+    for name in &zone_names {
+        zones.push(create_zone(&api, &fleet.id, name, per_zone, scenario.processes_per_machine).await?);
     }
+    for zone in &zones {
+        loop {
+            let status = api.get_zone(&zone.id).await?.status;
+            if status == ResourceStatus::Available {
+                break;
+            }
+            if created.elapsed() > Duration::from_secs(300) {
+                bail!("the zone is not AVAILABLE after 300 s ({status})");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let zone = zones[0].clone();
     let to_available = created.elapsed();
+    if let Some((_, url)) = &postgres {
+        // Each replica holds its share of the zones before anything is measured.
+        let want = options.replicas.min(zone_count as usize);
+        let started = Instant::now();
+        loop {
+            let holders = fleetform_pgtest::psql(
+                url,
+                "SELECT COUNT(DISTINCT holder) FROM zone_leases WHERE holder IS NOT NULL",
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if holders.parse::<usize>().unwrap_or(0) >= want {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("the zones are not spread over {want} replicas after 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     println!(
-        "zone create → AVAILABLE: {:.2} s ({} machines, {} processes)",
+        "zone create → AVAILABLE: {:.2} s ({} machines, {} processes, {} zone{}, {} replica{} on {})",
         to_available.as_secs_f64(),
         scenario.machines,
-        processes
+        processes,
+        zone_count,
+        if zone_count == 1 { "" } else { "s" },
+        servers.len(),
+        if servers.len() == 1 { "" } else { "s" },
+        match options.database {
+            DatabaseKind::Sqlite => "SQLite",
+            DatabaseKind::Postgres => "Postgres",
+        },
     );
+    if scenario.history && postgres.is_some() {
+        bail!("the history scenario writes its history into SQLite: run it without --database postgres");
+    }
     if scenario.history {
         let started = Instant::now();
         let machines = api.fleet_machines(&fleet.id).await?.machines;
@@ -389,9 +498,18 @@ async fn scenario(
     }
 
     let mut workers = Vec::with_capacity(options.connections);
-    for _ in 0..options.connections {
+    let bodies: Vec<bytes::Bytes> = zone_names
+        .iter()
+        .map(|name| client::placement_body(name))
+        .collect();
+    for index in 0..options.connections {
+        let replica = index % servers.len();
         workers.push(Worker {
-            connection: Connection::open(server.address(), server::TOKEN).await?,
+            connection: Connection::open(servers[replica].address(), server::TOKEN).await?,
+            replica,
+            // Connections start on different zones, so each zone gets its share at once.
+            zones: bodies.clone(),
+            next_zone: index,
             latency_us: histogram(),
             codes: BTreeMap::new(),
             end_codes: BTreeMap::new(),
@@ -403,7 +521,7 @@ async fn scenario(
     }
     for &rate in &options.rates {
         let unhealthy_before = server.unhealthy_events(&api).await?;
-        let passes_from = server.log_position();
+        let passes_from: Vec<u64> = servers.iter().map(Server::log_position).collect();
         let started = Instant::now();
         // Warm up until the first sessions have ended: from then on ends follow placements
         // at their rate (steady state).
@@ -411,7 +529,14 @@ async fn scenario(
         let until = measure_from + Duration::from_secs(options.seconds);
         workers = run(workers, &fleet.id, rate, measure_from, until).await;
         let elapsed = Duration::from_secs(options.seconds);
-        let result = report(&workers, elapsed);
+        let result = report(workers.iter(), elapsed);
+        let per_replica: Vec<RunReport> = if servers.len() > 1 {
+            (0..servers.len())
+                .map(|replica| report(workers.iter().filter(|w| w.replica == replica), elapsed))
+                .collect()
+        } else {
+            Vec::new()
+        };
         // Back to an empty zone for the next run: every session still open is ended.
         workers = {
             let tasks: Vec<_> = workers
@@ -435,7 +560,10 @@ async fn scenario(
             back
         };
         let unhealthy = server.unhealthy_events(&api).await? - unhealthy_before;
-        let passes = server.zone_passes(passes_from, &zone.id)?;
+        let mut passes = Vec::new();
+        for (replica, from) in servers.iter().zip(&passes_from) {
+            passes.extend(replica.zone_passes(*from, &zone.id)?);
+        }
         let latency = &result.latency_us;
         println!(
             "{}: {:.0} placements/s ({} in {} s), latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
@@ -464,6 +592,17 @@ async fn scenario(
                 result.codes,
             ),
         }
+        for (replica, result) in per_replica.iter().enumerate() {
+            let latency = &result.latency_us;
+            println!(
+                "  through replica {replica}: {:.0} placements/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms; answers {:?}",
+                result.placed as f64 / result.elapsed.as_secs_f64(),
+                ms(latency.value_at_quantile(0.50)),
+                ms(latency.value_at_quantile(0.99)),
+                ms(latency.value_at_quantile(0.999)),
+                result.codes,
+            );
+        }
         if !passes.is_empty() {
             let mut sorted = passes.clone();
             sorted.sort_by(f64::total_cmp);
@@ -475,7 +614,11 @@ async fn scenario(
             );
         }
     }
-    server.stop().await
+    for server in servers {
+        server.stop().await?;
+    }
+    drop(postgres);
+    Ok(())
 }
 
 #[tokio::main]
@@ -488,6 +631,11 @@ async fn main() -> anyhow::Result<()> {
             .context("no directory")?
             .join("fleetformd"),
     };
+    anyhow::ensure!(
+        options.replicas <= 1 || options.database == DatabaseKind::Postgres,
+        "--replicas {} needs --database postgres",
+        options.replicas
+    );
     anyhow::ensure!(
         binary.exists(),
         "{} not found: build it first (cargo build --release -p fleetformd --no-default-features -p fleetform-bench)",

@@ -34,8 +34,12 @@ pub struct Server {
 
 impl Server {
     /// Starts fleetformd; `session_length`: its game servers end each session after so
-    /// long.
-    pub async fn start(binary: &Path, session_length: Option<Duration>) -> anyhow::Result<Server> {
+    /// long; `database`: a Postgres URL (a replica), else its embedded SQLite.
+    pub async fn start(
+        binary: &Path,
+        session_length: Option<Duration>,
+        database: Option<&str>,
+    ) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new()
             .prefix("fleetform-bench")
             .tempdir()?;
@@ -46,7 +50,11 @@ impl Server {
         }
         std::fs::write(&config, text)?;
         let log = std::fs::File::create(dir.path().join("fleetformd.log"))?;
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(database) = database {
+            command.args(["--database", database]);
+        }
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--token", TOKEN, "--data-dir"])
             .arg(dir.path().join("data"))
             .arg("--config")
