@@ -127,6 +127,17 @@ impl Error {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
+        if let Error::Store(db) = &self {
+            if db.is_closed() {
+                // The database is away (restarting, failing over): a moment's outage.
+                tracing::error!(error = %self, "request failed: the database connection is gone");
+                return Error::Unavailable {
+                    message: "the database is unavailable".into(),
+                    retry_after_secs: 1,
+                }
+                .into_response();
+            }
+        }
         let (status, code, field) = self.status_code_field();
         let message = if status == axum::http::StatusCode::INTERNAL_SERVER_ERROR {
             // Internal details go to the log, not to the client.

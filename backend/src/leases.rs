@@ -106,8 +106,10 @@ pub struct Leases {
 struct State {
     held: BTreeMap<String, Lease>,
     rows: HashMap<String, LeaseRow>,
-    /// When the last round ended, in the database's clock, and its local instant.
+    /// When the last round ended, in the database's clock.
     now_ms: i64,
+    /// Another replica held a zone at the last round.
+    peers: bool,
 }
 
 impl Leases {
@@ -170,14 +172,7 @@ impl Leases {
     /// Whether another replica held any zone at the last round (with one replica, no
     /// request needs a look at where its zone is).
     pub fn has_peers(&self) -> bool {
-        let state = self.state.read().expect("leases lock");
-        state.rows.values().any(|row| {
-            row.expires_at_ms > state.now_ms
-                && row
-                    .holder
-                    .as_deref()
-                    .is_some_and(|holder| holder != self.replica_id)
-        })
+        self.state.read().expect("leases lock").peers
     }
 
     /// Whether the last round saw `zone_id` at all.
@@ -230,6 +225,13 @@ impl Leases {
             .map(|row| (row.zone_id.clone(), row.clone()))
             .collect();
         state.now_ms = round.now_ms;
+        state.peers = round.rows.iter().any(|row| {
+            row.expires_at_ms > round.now_ms
+                && row
+                    .holder
+                    .as_deref()
+                    .is_some_and(|holder| holder != self.replica_id)
+        });
         (gained, lost)
     }
 

@@ -2730,6 +2730,66 @@ mod two_replicas {
         );
     }
 
+    /// An idempotency key holds across replicas: the second placement with it, through
+    /// the other store, answers the first session.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_idempotency_key_holds_across_replicas() {
+        let (a, b, _tamper) = pair().await;
+        let world = world(a.as_ref(), SessionMode::Simple, 2, 2).await;
+        let PlaceOutcome::Placed(first) = a
+            .place_session(args(&world, "s1", Some("key-1")))
+            .await
+            .unwrap()
+        else {
+            panic!("the first placement")
+        };
+        match b
+            .place_session(args(&world, "s2", Some("key-1")))
+            .await
+            .unwrap()
+        {
+            PlaceOutcome::Repeated(again) => assert_eq!(again.id, first.id),
+            other => panic!("the same key through the other replica: {other:?}"),
+        }
+    }
+
+    /// A store whose database connections are cut (Postgres restarted, a failover)
+    /// connects again: a write and a read go through within a few tries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_store_reconnects_after_its_connections_are_cut() {
+        let (url, store) = postgres().await;
+        let tamper = postgres_tamper(url);
+        let world = world(store.as_ref(), SessionMode::Parallel, 1, 1).await;
+        tamper.run(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        );
+        let mut placed = None;
+        for i in 0..50 {
+            match store
+                .place_session(args(&world, &format!("s{i}"), None))
+                .await
+            {
+                Ok(PlaceOutcome::Placed(session)) => {
+                    placed = Some(session);
+                    break;
+                }
+                Ok(other) => panic!("{other:?}"),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+        let placed = placed.expect("a placement after the reconnect");
+        let mut read = None;
+        for _ in 0..50 {
+            if let Ok(found) = store.get_session(&placed.id).await {
+                read = found;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(read.map(|s| s.id), Some(placed.id));
+    }
+
     /// The write skew the lease-row lock prevents: a placement (on one replica) and an
     /// idle termination (on the other) each check the other's row and write their own.
     /// Without the lock both can win: a session on a machine being terminated.

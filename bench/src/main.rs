@@ -428,7 +428,16 @@ async fn scenario(
     let mut zones = Vec::new();
     let per_zone = processes / zone_count;
     for name in &zone_names {
-        zones.push(create_zone(&api, &fleet.id, name, per_zone, scenario.processes_per_machine).await?);
+        zones.push(
+            create_zone(
+                &api,
+                &fleet.id,
+                name,
+                per_zone,
+                scenario.processes_per_machine,
+            )
+            .await?,
+        );
     }
     for zone in &zones {
         loop {

@@ -45,7 +45,7 @@ impl Forwarder {
 /// The replica to pass a request for zone `zone` of fleet `fleet` to, unless this one
 /// should serve it (it holds the zone, nobody does, or the request was forwarded already).
 pub fn owner(state: &AppState, headers: &HeaderMap, fleet: &str, zone: &str) -> Option<String> {
-    if headers.contains_key(FORWARDED) {
+    if headers.contains_key(FORWARDED) || !state.leases.has_peers() {
         return None;
     }
     state.leases.owner_url_of(fleet, zone)

@@ -553,6 +553,15 @@ impl Conn {
         }
     }
 
+    /// Whether the connection is gone (Postgres closed it, or the network did): a new one
+    /// is needed.
+    pub fn is_broken(&self) -> bool {
+        match self {
+            Conn::Sqlite(_) => false,
+            Conn::Postgres(pg) => pg.client.borrow().is_closed(),
+        }
+    }
+
     /// The SQLite connection, for what only SQLite has (pragmas, checkpoints).
     pub fn sqlite(&self) -> Option<&rusqlite::Connection> {
         match self {

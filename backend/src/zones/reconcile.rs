@@ -138,11 +138,16 @@ impl Reconciler {
                 // for its batch's fsync (tens of milliseconds under load). A lost touch
                 // only makes the next pass touch again.
                 let (store, zone_id) = (self.store.clone(), zone.id.clone());
-                tokio::spawn(async move {
+                let touch = async move {
                     if let Err(error) = store.touch_zone(&zone_id, now).await {
                         tracing::warn!(zone = %zone_id, %error, "moving the zone's idle clock failed");
                     }
-                });
+                };
+                // Under the pass's lease, as every write of the pass.
+                match crate::leases::current() {
+                    Some(lease) => tokio::spawn(crate::leases::scope(lease, touch)),
+                    None => tokio::spawn(touch),
+                };
             }
             idle_since_ms = now;
         }

@@ -49,6 +49,9 @@ impl Fenced {
 ///
 /// On SQLite, one writer serializes every write anyway; the row is only read.
 pub fn fence(ctx: &mut Ctx<'_>, zone_id: &str) -> Result<()> {
+    if !needed(ctx, zone_id) {
+        return Ok(());
+    }
     if !ctx.fenced.rows.contains_key(zone_id) {
         let row = match ctx.conn.dialect() {
             Dialect::Sqlite => read_row(ctx, zone_id)?,
@@ -91,6 +94,22 @@ pub fn fence(ctx: &mut Ctx<'_>, zone_id: &str) -> Result<()> {
     }
 }
 
+/// Whether a write to `zone_id` needs its fence: always on Postgres; on SQLite (one
+/// writer, nothing to serialize) only a reconciler's write under that zone's lease.
+pub fn needed(ctx: &Ctx<'_>, zone_id: &str) -> bool {
+    ctx.conn.dialect() == Dialect::Postgres
+        || ctx
+            .lease
+            .as_ref()
+            .is_some_and(|lease| lease.zone_id == zone_id)
+}
+
+/// Whether any write may need a fence (see [`needed`]): skips looking up which zone a
+/// write is about when none would.
+pub fn maybe_needed(ctx: &Ctx<'_>) -> bool {
+    ctx.conn.dialect() == Dialect::Postgres || ctx.lease.is_some()
+}
+
 fn read_row(ctx: &Ctx<'_>, zone_id: &str) -> Result<Option<(Option<String>, i64)>> {
     let sql = match ctx.conn.dialect() {
         Dialect::Sqlite => "SELECT holder, generation FROM zone_leases WHERE zone_id = ?1",
@@ -105,6 +124,9 @@ fn read_row(ctx: &Ctx<'_>, zone_id: &str) -> Result<Option<(Option<String>, i64)
 
 /// The fence of a write to a machine's rows: its zone's.
 pub fn fence_machine(ctx: &mut Ctx<'_>, machine_id: &str) -> Result<()> {
+    if !maybe_needed(ctx) {
+        return Ok(());
+    }
     let zone = match ctx.hot.machine_zone.get(machine_id) {
         Some(zone) => Some(zone.clone()),
         None => rows::first(
@@ -122,6 +144,9 @@ pub fn fence_machine(ctx: &mut Ctx<'_>, machine_id: &str) -> Result<()> {
 
 /// The fence of a write to every zone of a fleet, in zone order.
 pub fn fence_fleet(ctx: &mut Ctx<'_>, fleet_id: &str) -> Result<()> {
+    if !maybe_needed(ctx) {
+        return Ok(());
+    }
     let zones: Vec<String> = rows::all(
         ctx.conn,
         "SELECT id FROM zones WHERE fleet_id = ?1 ORDER BY id",

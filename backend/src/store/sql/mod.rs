@@ -95,7 +95,7 @@ impl SqlStore {
                 let opened = path.clone();
                 let (conn, wal) =
                     on_thread("store-open", move || super::sqlite::open_writer(&opened)).await?;
-                let writer = Writer::spawn(conn, Some(wal), changes.clone(), None)?;
+                let writer = Writer::spawn(conn, Some(wal), changes.clone(), None, None)?;
                 let read = path.clone();
                 let reader = Reader::spawn(READERS, move || super::sqlite::open_reader(&read))?;
                 super::sqlite::checkpoints(path, std::sync::Arc::downgrade(&alive))?;
@@ -111,7 +111,14 @@ impl SqlStore {
                 // Postgres commits durably itself: no log for the flusher to sync. Notices
                 // go to the other replicas too.
                 let origin = crate::time::new_id("store");
-                let writer = Writer::spawn(conn, None, changes.clone(), Some(origin.clone()))?;
+                let again = url.clone();
+                let writer = Writer::spawn(
+                    conn,
+                    None,
+                    changes.clone(),
+                    Some(origin.clone()),
+                    Some(Box::new(move || super::postgres::connect(&again))),
+                )?;
                 let listen = url.clone();
                 notify::listen(
                     move || super::postgres::connect(&listen),

@@ -192,15 +192,17 @@ pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
 /// See [`Store::end_session`](crate::store::Store::end_session). Guards: only an `ACTIVE`
 /// session ends, and a slot count never goes below zero.
 pub fn end(ctx: &mut Ctx<'_>, session_id: &str, now_ms: i64) -> Result<Option<EndOutcome>> {
-    // The zone's fence first.
-    let zone: Option<String> = rows::first(
-        ctx.conn,
-        "SELECT zone_id FROM sessions WHERE id = ?1",
-        args![session_id],
-        |row| Ok(row.get(0)?),
-    )?;
-    if let Some(zone) = &zone {
-        super::leases::fence(ctx, zone)?;
+    // The zone's fence first (where one is needed: not on SQLite's single writer).
+    if super::leases::maybe_needed(ctx) {
+        let zone: Option<String> = rows::first(
+            ctx.conn,
+            "SELECT zone_id FROM sessions WHERE id = ?1",
+            args![session_id],
+            |row| Ok(row.get(0)?),
+        )?;
+        if let Some(zone) = &zone {
+            super::leases::fence(ctx, zone)?;
+        }
     }
     // Guard: only an ACTIVE session ends. The row is read after the update (not with
     // RETURNING, which SQLite runs as a trigger, with a statement journal whose cost grows

@@ -20,12 +20,17 @@ pub struct Reader {
 
 impl Reader {
     /// Starts `threads` readers, each on a connection `connect` opens.
-    pub fn spawn(threads: usize, connect: impl Fn() -> Result<Conn>) -> Result<Reader> {
+    /// A reader whose connection broke (Postgres restarted) opens a new one with `connect`.
+    pub fn spawn(
+        threads: usize,
+        connect: impl Fn() -> Result<Conn> + Clone + Send + 'static,
+    ) -> Result<Reader> {
         let (queue, jobs) = mpsc::channel::<ReadWork>();
         let jobs = Arc::new(Mutex::new(jobs));
         for index in 0..threads.max(1) {
-            let conn = connect()?;
+            let mut conn = connect()?;
             let jobs = jobs.clone();
+            let connect = connect.clone();
             std::thread::Builder::new()
                 .name(format!("store-reader-{index}"))
                 .spawn(move || loop {
@@ -40,6 +45,12 @@ impl Reader {
                             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                 job(&conn)
                             }));
+                            if conn.is_broken() {
+                                match connect() {
+                                    Ok(fresh) => conn = fresh,
+                                    Err(error) => tracing::warn!(%error, "a store reader cannot reconnect; retrying at its next read"),
+                                }
+                            }
                         }
                         Err(_) => return,
                     }

@@ -232,11 +232,15 @@ impl Writer {
     ///
     /// With an `origin` (Postgres), each batch's notices are also sent to the other
     /// replicas, in its transaction (see `notify`).
+    ///
+    /// With `reconnect`, a connection that broke (Postgres restarted) is replaced before
+    /// the next batch, and the picture reloads.
     pub fn spawn(
         conn: Conn,
         wal_path: Option<PathBuf>,
         changes: Changes,
         origin: Option<String>,
+        reconnect: Option<Reconnect>,
     ) -> Result<Writer> {
         let (queue, jobs) = mpsc::channel(QUEUE_CAPACITY);
         let reads = Reads::default();
@@ -249,7 +253,7 @@ impl Writer {
             .name("store-writer".into())
             .spawn({
                 let reads = reads.clone();
-                move || run(conn, jobs, &reads, flusher, origin)
+                move || run(conn, jobs, &reads, flusher, origin, reconnect)
             })
             .map_err(|e| Error::Internal(format!("start the store writer: {e}")))?;
         Ok(Writer { queue, reads })
@@ -453,17 +457,35 @@ fn sync_wal(path: &Path, wal: &mut Option<std::fs::File>) -> std::result::Result
         .map_err(|e| format!("fsync {}: {e}", path.display()))
 }
 
+/// Opens a new connection for the writer.
+pub type Reconnect = Box<dyn Fn() -> Result<Conn> + Send>;
+
 fn run(
-    conn: Conn,
+    mut conn: Conn,
     mut jobs: mpsc::Receiver<Job>,
     reads: &Mutex<Vec<Work>>,
     flusher: std::sync::mpsc::Sender<Flush>,
     origin: Option<String>,
+    reconnect: Option<Reconnect>,
 ) {
     let mut hot = Hot::default();
     let mut notices: Vec<Notice> = Vec::new();
     let mut fenced = Fenced::default();
     while let Some(first) = jobs.blocking_recv() {
+        if let (true, Some(reconnect)) = (conn.is_broken(), &reconnect) {
+            // One try per batch: while the database is away, batches fail fast.
+            match reconnect() {
+                Ok(fresh) => {
+                    tracing::info!("the store's writer reconnected to the database");
+                    conn = fresh;
+                    hot.clear();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "the store's writer cannot reconnect");
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            }
+        }
         let mut done: Vec<Done> = Vec::new();
         let mut failure: Option<String> = None;
         let mut in_transaction = false;
@@ -571,7 +593,14 @@ mod tests {
         let wal = PathBuf::from(format!("{}-wal", path.display()));
         (
             dir,
-            Writer::spawn(Conn::Sqlite(conn), Some(wal), Changes::default(), None).unwrap(),
+            Writer::spawn(
+                Conn::Sqlite(conn),
+                Some(wal),
+                Changes::default(),
+                None,
+                None,
+            )
+            .unwrap(),
         )
     }
 
