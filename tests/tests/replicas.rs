@@ -70,58 +70,21 @@ async fn replica_id(db: &str, server: &Fleetformd) -> Result<String> {
 /// processes each on the sim location; waits until they are AVAILABLE.
 async fn title(client: &Client, zones: &[&str], processes: u32) -> Result<(Fleet, Vec<Zone>)> {
     let build = client
-        .create_build(&BuildSpec {
-            name: "ha".into(),
-            version: None,
-            operating_system: OperatingSystem::Linux,
-            source: "file:///opt/ha".into(),
-            sha256: None,
-        })
+        .create_build(&fixtures::build(std::path::Path::new("/opt/ha"), None))
         .await?;
     let fleet = client
         .create_fleet(&FleetSpec {
-            name: "ha".into(),
-            description: None,
-            build_id: build.id,
-            update_mode: UpdateMode::Soft,
-            launch_path: "server".into(),
-            launch_parameters: None,
-            process_restart_hours: 0,
             session_mode: SessionMode::Parallel,
             sessions_per_process: 4,
-            storage_gb: 50,
-            force_destroy: true,
+            ..fixtures::fleet("ha", &build.id)
         })
         .await?;
     let mut created = Vec::new();
     for name in zones {
-        created.push(
-            client
-                .create_zone(&ZoneSpec {
-                    fleet_id: fleet.id.clone(),
-                    name: (*name).into(),
-                    scaling_mode: ScalingMode::Fixed,
-                    initial_server_processes: processes,
-                    buffer_rules: vec![],
-                    free_slots_min: None,
-                    free_slots_max: None,
-                    cooldown_minutes: 0,
-                    placement_strategy: PlacementStrategy::Pack,
-                    data_centers: vec![DataCenterSpec {
-                        name: "dc-1".into(),
-                        location: "sim-ha".into(),
-                        priority: 0,
-                        machine_type: MachineType::Vm,
-                        machine_models: vec![MachineModel {
-                            instance_type: "m".into(),
-                            processes_per_machine: 10,
-                        }],
-                        max_server_processes: Some(processes),
-                        bare_metal_machines: None,
-                    }],
-                })
-                .await?,
-        );
+        let mut spec = fixtures::zone(&fleet.id, 10, processes).spec();
+        spec.name = (*name).into();
+        spec.data_centers[0].location = "sim-ha".into();
+        created.push(client.create_zone(&spec).await?);
     }
     for zone in &created {
         eventually(Duration::from_secs(60), "the zone AVAILABLE", || {
