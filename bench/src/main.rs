@@ -382,7 +382,10 @@ async fn scenario(
             let admin = server.admin_url();
             fleetform_pgtest::psql(&admin, "CREATE DATABASE bench")
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let url = admin.replace("/postgres", "/bench");
+            let url = match admin.rsplit_once('/') {
+                Some((server, _)) => format!("{server}/bench"),
+                None => bail!("not a Postgres URL: {admin}"),
+            };
             Some((server, url))
         }
     };

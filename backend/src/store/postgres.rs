@@ -15,6 +15,7 @@ use crate::{Error, Result};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (2, include_str!("../../migrations/postgres/0002_leases.sql")),
+    (3, include_str!("../../migrations/postgres/0003_fillfactor.sql")),
 ];
 
 /// The advisory lock migrations hold ("fleetfrm" in ASCII).

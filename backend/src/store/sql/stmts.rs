@@ -2,7 +2,7 @@
 //! is in its `WHERE`, so it is right whoever else writes (another connection, another
 //! replica), not only because this store has one writer.
 
-use crate::store::db::{args, Conn, Violation};
+use crate::store::db::{args, Conn, Dialect, Violation};
 use fleetform_api::agent::ProcessExit;
 use fleetform_api::{EventLevel, EventProducer, MachineStatus};
 
@@ -88,6 +88,30 @@ pub fn session_ended(
     machine: Option<&str>,
     now_ms: i64,
 ) -> Result<Option<EndedSession>> {
+    if conn.dialect() == Dialect::Postgres {
+        // One statement (one round trip): the guarded end, its row, and the slot.
+        return rows::first(
+            conn,
+            "WITH ended AS (
+                UPDATE sessions SET status = 'ENDED', ended_at = ?1
+                WHERE id = ?2 AND status = 'ACTIVE' AND (CAST(?3 AS TEXT) IS NULL OR machine_id = ?3)
+                RETURNING process_id, machine_id, zone_id
+             ), freed AS (
+                UPDATE processes SET active_sessions = active_sessions - 1
+                FROM ended WHERE processes.id = ended.process_id AND processes.active_sessions > 0
+                RETURNING processes.id
+             )
+             SELECT process_id, machine_id, zone_id FROM ended",
+            args![now_ms, session_id, machine],
+            |row| {
+                Ok(EndedSession {
+                    process_id: row.get(0)?,
+                    machine_id: row.get(1)?,
+                    zone_id: row.get(2)?,
+                })
+            },
+        );
+    }
     // No RETURNING (SQLite runs it as a trigger, with a statement journal): the row is
     // read after the guarded update.
     let changed = rows::run(
@@ -119,6 +143,39 @@ pub fn session_ended(
         )?;
     }
     Ok(ended)
+}
+
+/// Ends the active sessions of `machine` among `sessions` in one statement (Postgres): the
+/// same guards as [`session_ended`] for each (`ACTIVE` now, this machine's), each process
+/// freed of as many slots as it had sessions ended, never below zero. The (session,
+/// process) pairs that ended.
+pub fn sessions_ended_postgres(
+    conn: &Conn,
+    sessions: &std::collections::BTreeSet<&str>,
+    machine: &str,
+    now_ms: i64,
+) -> Result<Vec<(String, String)>> {
+    if sessions.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Session ids have no commas (`sess-` and hex).
+    let ids: Vec<&str> = sessions.iter().copied().collect();
+    rows::all(
+        conn,
+        "WITH ended AS (
+            UPDATE sessions SET status = 'ENDED', ended_at = ?1
+            WHERE id = ANY(string_to_array(?2, ',')) AND machine_id = ?3 AND status = 'ACTIVE'
+            RETURNING id, process_id
+         ), freed AS (
+            UPDATE processes SET active_sessions = GREATEST(active_sessions - e.n, 0)
+            FROM (SELECT process_id, COUNT(*) AS n FROM ended GROUP BY process_id) e
+            WHERE processes.id = e.process_id
+            RETURNING processes.id
+         )
+         SELECT id, process_id FROM ended",
+        args![now_ms, ids.join(","), machine],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
 }
 
 /// Writes an event inside a transaction.
