@@ -2699,7 +2699,7 @@ mod two_replicas {
     /// Tells both stores, as a replica would, that the machine changed behind them.
     fn notify_machine(tamper: &Tamper, machine: &str) {
         tamper.run(&format!(
-            "SELECT pg_notify('fleetform', '{{\"from\":\"tamper\",\"notices\":[{{\"k\":\"machine\",\"machine_id\":\"{machine}\",\"zone_id\":\"zone-1\"}}]}}')"
+            "SELECT pg_notify('fleetform', 'tamper|{{\"from\":\"tamper\",\"notices\":[{{\"k\":\"machine\",\"machine_id\":\"{machine}\",\"zone_id\":\"zone-1\"}}]}}')"
         ));
     }
 

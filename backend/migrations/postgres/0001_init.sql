@@ -124,8 +124,6 @@ CREATE TABLE sessions (
 );
 CREATE UNIQUE INDEX sessions_idempotency ON sessions (fleet_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
-CREATE INDEX sessions_process ON sessions (process_id, status);
-CREATE INDEX sessions_machine ON sessions (machine_id, status);
 CREATE INDEX sessions_active_zone ON sessions (zone_id) WHERE status = 'ACTIVE';
 CREATE INDEX sessions_active_machine ON sessions (machine_id) WHERE status = 'ACTIVE';
 

@@ -127,6 +127,7 @@ impl SqlStore {
                     changes.clone(),
                     std::sync::Arc::downgrade(&alive),
                 )?;
+                super::postgres::maintain(url.clone(), std::sync::Arc::downgrade(&alive))?;
                 let read = url.clone();
                 let reader = on_thread("store-open", move || {
                     Reader::spawn(READERS, move || super::postgres::connect(&read))

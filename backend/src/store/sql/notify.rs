@@ -45,11 +45,15 @@ pub fn send(conn: &Conn, origin: &str, notices: &[Notice]) -> Result<()> {
         if chunk.is_empty() {
             return Ok(());
         }
-        let payload = serde_json::to_string(&Payload {
-            from: origin.to_string(),
-            notices: std::mem::take(chunk),
-        })
-        .map_err(|e| crate::Error::Internal(e.to_string()))?;
+        // The sender first, so a listener skips its own without reading the rest.
+        let payload = format!(
+            "{origin}|{}",
+            serde_json::to_string(&Payload {
+                from: origin.to_string(),
+                notices: std::mem::take(chunk),
+            })
+            .map_err(|e| crate::Error::Internal(e.to_string()))?
+        );
         conn.run(
             &format!("SELECT pg_notify('{CHANNEL}', ?1)"),
             args![payload],
@@ -151,7 +155,12 @@ pub fn listen(
                         match heard.next() {
                             Ok(None) => break,
                             Ok(Some(notification)) => {
-                                match serde_json::from_str::<Payload>(notification.payload()) {
+                                let (from, json) =
+                                    notification.payload().split_once('|').unwrap_or(("", ""));
+                                if from == origin {
+                                    continue;
+                                }
+                                match serde_json::from_str::<Payload>(json) {
                                     Ok(payload) if payload.from != origin => {
                                         batch.extend(payload.notices)
                                     }
