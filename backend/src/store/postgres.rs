@@ -15,7 +15,10 @@ use crate::{Error, Result};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (2, include_str!("../../migrations/postgres/0002_leases.sql")),
-    (3, include_str!("../../migrations/postgres/0003_fillfactor.sql")),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_fillfactor.sql"),
+    ),
 ];
 
 /// The advisory lock migrations hold ("fleetfrm" in ASCII).
@@ -95,7 +98,9 @@ pub fn maintain(url: String, alive: std::sync::Weak<()>) -> Result<()> {
             let mut client: Option<postgres::Client> = None;
             while alive.upgrade().is_some() {
                 if client.as_ref().is_none_or(|c| c.is_closed()) {
-                    client = config(&url).ok().and_then(|c| c.connect(postgres::NoTls).ok());
+                    client = config(&url)
+                        .ok()
+                        .and_then(|c| c.connect(postgres::NoTls).ok());
                 }
                 if let Some(client) = client.as_mut() {
                     if let Err(error) = analyze_stale(client) {

@@ -288,10 +288,12 @@ pub fn end(ctx: &mut Ctx<'_>, session_id: &str, now_ms: i64) -> Result<Option<En
                     ended_now: true,
                 }))
             }
-            None => Ok(rows::session_by_id(ctx.conn, session_id)?.map(|session| EndOutcome {
-                session,
-                ended_now: false,
-            })),
+            None => Ok(
+                rows::session_by_id(ctx.conn, session_id)?.map(|session| EndOutcome {
+                    session,
+                    ended_now: false,
+                }),
+            ),
         };
     }
     // Guard: only an ACTIVE session ends. The row is read after the update (not with

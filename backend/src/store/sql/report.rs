@@ -33,14 +33,18 @@ pub fn end_sessions(
     if ctx.conn.dialect() == Dialect::Postgres {
         // All of them in one statement (one round trip), each guarded as one alone.
         let ids: BTreeSet<&str> = sessions.iter().map(String::as_str).collect();
-        for (session, process) in stmts::sessions_ended_postgres(ctx.conn, &ids, &machine.id, now_ms)? {
+        for (session, process) in
+            stmts::sessions_ended_postgres(ctx.conn, &ids, &machine.id, now_ms)?
+        {
             if let Some(id) = sessions.iter().find(|s| **s == session) {
                 ended.push((process, id));
             }
         }
     } else {
         for session in sessions {
-            if let Some(where_) = stmts::session_ended(ctx.conn, session, Some(&machine.id), now_ms)? {
+            if let Some(where_) =
+                stmts::session_ended(ctx.conn, session, Some(&machine.id), now_ms)?
+            {
                 ended.push((where_.process_id, session));
             }
         }
