@@ -177,6 +177,12 @@ pub fn round(ctx: &mut Ctx<'_>, request: &LeaseRequest) -> Result<LeaseRound> {
              stopping = excluded.stopping",
         args![request.replica_id, request.url, now, request.stopping],
     )?;
+    // Replicas gone for a day are forgotten (a restart is a new replica).
+    rows::run(
+        ctx.conn,
+        "DELETE FROM replicas WHERE heartbeat_at < ?1",
+        args![now - 86_400_000],
+    )?;
     let mut released = 0;
     for lease in &request.release {
         released += rows::run(
