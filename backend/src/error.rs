@@ -128,7 +128,7 @@ impl Error {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         if let Error::Store(db) = &self {
-            if db.is_closed() {
+            if db.is_closed() || db.is_transient() {
                 // The database is away (restarting, failing over): a moment's outage.
                 tracing::error!(error = %self, "request failed: the database connection is gone");
                 return Error::Unavailable {

@@ -2790,6 +2790,95 @@ mod two_replicas {
         assert_eq!(read.map(|s| s.id), Some(placed.id));
     }
 
+    /// One idempotency key placed at once through both replicas into two zones of one
+    /// fleet (the zones' fences do not serialize them): one session for the key, and every
+    /// other job of both batches answered on its own (the batch never fails).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn one_key_in_two_zones_at_once_fails_no_batch() {
+        let (a, b, tamper) = pair().await;
+        let world = world(a.as_ref(), SessionMode::Parallel, 2, 2).await;
+        // A second zone of the fleet, with one machine of two ready processes.
+        let mut second = world.zone.clone();
+        second.id = "zone-2".into();
+        second.spec.name = "us".into();
+        a.insert_zone(&second).await.unwrap();
+        let mut machine = world.machines[0].clone();
+        machine.id = "mch-us".into();
+        machine.zone_id = second.id.clone();
+        machine.status = MachineStatus::Pending;
+        a.insert_machine(&machine, "hash-us").await.unwrap();
+        let report = SyncRequest {
+            agent_pid: 300,
+            address: "127.0.0.1".into(),
+            processes: vec![
+                process("proc-us-0", AgentProcessState::Ready),
+                process("proc-us-1", AgentProcessState::Ready),
+            ],
+            ..SyncRequest::default()
+        };
+        a.apply_agent_report(&machine, &report, 1).await.unwrap();
+        for i in 0..8 {
+            let key = format!("key-{i}");
+            let mut eu = args(&world, &format!("eu-{i}"), Some(&key));
+            eu.zone = "eu".into();
+            let mut us = args(&world, &format!("us-{i}"), Some(&key));
+            us.zone = "us".into();
+            let plain: Vec<_> = (0..4)
+                .map(|j| {
+                    let store = b.clone();
+                    let args = args(&world, &format!("plain-{i}-{j}"), None);
+                    tokio::spawn(async move { store.place_session(args).await })
+                })
+                .collect();
+            let (first, second) = tokio::join!(a.place_session(eu), b.place_session(us));
+            // A refusal of that job alone: the unique index (409), or, when the two
+            // batches wait on each other (the key's insert, the zone's fence), Postgres's
+            // deadlock victim (503, retry). Never a failed batch (500).
+            let alone = |outcome: &fleetformd::Result<PlaceOutcome>| {
+                matches!(
+                    outcome,
+                    Ok(_)
+                        | Err(fleetformd::Error::Conflict { .. })
+                        | Err(fleetformd::Error::Unavailable { .. })
+                )
+            };
+            for outcome in [first, second] {
+                assert!(alone(&outcome), "round {i}: {outcome:?}");
+            }
+            for task in plain {
+                let outcome = task.await.unwrap();
+                assert!(
+                    alone(&outcome),
+                    "round {i}: an unkeyed placement: {outcome:?}"
+                );
+            }
+            assert_eq!(
+                tamper.value(&format!(
+                    "SELECT COUNT(*) FROM sessions WHERE idempotency_key = '{key}'"
+                )),
+                1,
+                "round {i}"
+            );
+            // Room for the next round.
+            tamper.run("UPDATE sessions SET status = 'ENDED' WHERE status = 'ACTIVE'");
+            tamper.run("UPDATE processes SET active_sessions = 0");
+            for id in ["mch-0", "mch-1", "mch-us"] {
+                notify_machine_in(
+                    &tamper,
+                    id,
+                    if id == "mch-us" { "zone-2" } else { "zone-1" },
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    fn notify_machine_in(tamper: &Tamper, machine: &str, zone: &str) {
+        tamper.run(&format!(
+            "SELECT pg_notify('fleetform', 'tamper|{{\"from\":\"tamper\",\"notices\":[{{\"k\":\"machine\",\"machine_id\":\"{machine}\",\"zone_id\":\"{zone}\"}}]}}')"
+        ));
+    }
+
     /// The write skew the lease-row lock prevents: a placement (on one replica) and an
     /// idle termination (on the other) each check the other's row and write their own.
     /// Without the lock both can win: a session on a machine being terminated.

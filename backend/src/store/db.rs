@@ -94,6 +94,17 @@ impl DbError {
         }
     }
 
+    /// Whether trying again may succeed: Postgres chose this transaction as a deadlock's
+    /// victim, or could not serialize it, or a lock was not to be had.
+    pub fn is_transient(&self) -> bool {
+        use postgres::error::SqlState;
+        matches!(self, DbError::Postgres(error) if error.code().is_some_and(|code| {
+            *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+        }))
+    }
+
     /// Whether the connection itself is gone (a reconnect, not a retry, helps).
     pub fn is_closed(&self) -> bool {
         matches!(self, DbError::Postgres(error) if error.is_closed())

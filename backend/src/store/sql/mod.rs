@@ -1631,6 +1631,13 @@ impl Store for SqlStore {
     }
 
     async fn place_session(&self, args: PlaceArgs) -> Result<PlaceOutcome> {
+        // On Postgres a placement with an idempotency key gets a savepoint: another
+        // replica may insert the same key at once (for another zone of the fleet, which
+        // the zone's fence does not serialize), and the unique index's refusal must fail
+        // that job alone, not the batch.
+        if args.idempotency_key.is_some() && matches!(self.database, Database::Postgres(_)) {
+            return self.writer.write(move |ctx| place::place(ctx, args)).await;
+        }
         self.writer
             .write_plain(move |ctx| place::place(ctx, args))
             .await

@@ -3,7 +3,8 @@
 //! A placement runs on the writer, inside the batch's transaction: the fleet and zone come
 //! from the picture (so a build change committed before is always seen), the process from
 //! the zone's free-slot index, and then two statements: the guarded `UPDATE` that takes
-//! the slot and the `INSERT` of the session. The guard restates every rule of
+//! the slot and the `INSERT` of the session (on Postgres one: both in a `WITH`, see
+//! `take_and_insert_postgres`). The guard restates every rule of
 //! [`ProcessRecord::takes_sessions`](crate::store::ProcessRecord::takes_sessions) and of
 //! the zone and fleet in SQL, so it holds however stale the picture is: when it refuses,
 //! the picture of that machine is reloaded and the next best process is tried.
@@ -15,13 +16,13 @@
 //!
 //! [`Writer::write_plain`]: super::writer::Writer::write_plain
 
-use crate::store::db::{args, Dialect};
 use fleetform_api::{ResourceStatus, Session, SessionStatus};
 
 use super::load;
 use super::rows::{self, SESSION_COLUMNS};
 use super::writer::Ctx;
 use crate::changes::Notice;
+use crate::store::db::{args, Dialect};
 use crate::store::{EndOutcome, PlaceArgs, PlaceOutcome};
 use crate::time::rfc3339;
 use crate::{Error, Result};

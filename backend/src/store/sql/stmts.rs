@@ -14,6 +14,14 @@ use crate::{Error, Result};
 /// Maps constraint violations to the conflict a client can act on; the rest stays internal.
 pub fn fix_error(error: Error, what: &'static str, field: &str) -> Error {
     if let Error::Store(db) = &error {
+        if db.is_transient() {
+            // Another replica's transaction and this one waited on each other: this one
+            // alone gives way (its savepoint rolls it back); the client retries.
+            return Error::Unavailable {
+                message: format!("the {what} could not be written now (another replica's write)"),
+                retry_after_secs: 1,
+            };
+        }
         match db.violation() {
             Some(Violation::Unique) => {
                 return Error::Conflict {
