@@ -150,37 +150,50 @@ pub fn listen(
                     let mut notifications = client.notifications();
                     let mut batch: Vec<Notice> = Vec::new();
                     let mut broken = false;
-                    let mut heard = notifications.timeout_iter(Duration::from_millis(500));
-                    loop {
-                        match heard.next() {
-                            Ok(None) => break,
-                            Ok(Some(notification)) => {
-                                let (from, json) =
-                                    notification.payload().split_once('|').unwrap_or(("", ""));
-                                if from == origin {
-                                    continue;
-                                }
-                                match serde_json::from_str::<Payload>(json) {
-                                    Ok(payload) if payload.from != origin => {
-                                        batch.extend(payload.notices)
+                    // Wait for one (at most half a second, to notice a dropped store),
+                    // then take whatever else is already there without waiting: a
+                    // waiter on this replica wakes as soon as the change is heard.
+                    let take = |payload: &str, batch: &mut Vec<Notice>| {
+                        let (from, json) = payload.split_once('|').unwrap_or(("", ""));
+                        if from == origin {
+                            return;
+                        }
+                        match serde_json::from_str::<Payload>(json) {
+                            Ok(payload) if payload.from != origin => batch.extend(payload.notices),
+                            Ok(_) => {}
+                            Err(error) => tracing::warn!(%error, "an unreadable notification"),
+                        }
+                    };
+                    let first = notifications
+                        .timeout_iter(Duration::from_millis(500))
+                        .next();
+                    match first {
+                        Ok(None) => {}
+                        Ok(Some(notification)) => {
+                            take(notification.payload(), &mut batch);
+                            let mut pending = notifications.iter();
+                            loop {
+                                match pending.next() {
+                                    Ok(Some(notification)) => {
+                                        take(notification.payload(), &mut batch);
+                                        if batch.len() >= 4096 {
+                                            break;
+                                        }
                                     }
-                                    Ok(_) => {}
+                                    Ok(None) => break,
                                     Err(error) => {
-                                        tracing::warn!(%error, "an unreadable notification")
+                                        tracing::warn!(%error, "the notification listener's connection broke; reconnecting");
+                                        broken = true;
+                                        break;
                                     }
                                 }
-                                if batch.len() >= 4096 {
-                                    break;
-                                }
-                            }
-                            Err(error) => {
-                                tracing::warn!(%error, "the notification listener's connection broke; reconnecting");
-                                broken = true;
-                                break;
                             }
                         }
+                        Err(error) => {
+                            tracing::warn!(%error, "the notification listener's connection broke; reconnecting");
+                            broken = true;
+                        }
                     }
-                    drop(heard);
                     drop(notifications);
                     drop(client);
                     if !batch.is_empty() {
