@@ -26,6 +26,8 @@ pub async fn run(
 ) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::Internal(format!("create {}: {e}", config.data_dir.display())))?;
+    // Shown without a password, should the URL carry one.
+    tracing::info!(database = %config.database(), "opening the store");
     let store = Arc::new(SqlStore::open_with(&config.database(), Changes::default()).await?);
     run_with_store(config, listener, store, shutdown).await
 }

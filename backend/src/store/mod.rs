@@ -705,3 +705,47 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
 /// Candidates a placement may choose among, as the store loaded them.
 pub type Candidates = Vec<Candidate>;
+
+#[cfg(test)]
+mod tests {
+    use super::Database;
+
+    #[test]
+    fn database_urls() {
+        let cases: [(&str, Result<Database, &str>); 6] = [
+            (
+                "sqlite:///var/lib/f.db",
+                Ok(Database::Sqlite("/var/lib/f.db".into())),
+            ),
+            ("sqlite://f.db", Ok(Database::Sqlite("f.db".into()))),
+            ("sqlite://", Err("the path is empty")),
+            (
+                "postgres://u@h:5432/d",
+                Ok(Database::Postgres("postgres://u@h:5432/d".into())),
+            ),
+            (
+                "postgresql://u@h/d",
+                Ok(Database::Postgres("postgresql://u@h/d".into())),
+            ),
+            (
+                "mysql://u@h/d",
+                Err("expected sqlite://PATH or postgres://"),
+            ),
+        ];
+        for (text, want) in cases {
+            match (Database::parse(text), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{text}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{text}: {got}"),
+                (got, want) => panic!("{text}: {got:?}, wanted {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_shown_postgres_url_hides_its_password() {
+        let shown = Database::Postgres("postgres://fleet:s3cret@db:5432/f".into()).to_string();
+        assert_eq!(shown, "postgres://fleet:***@db:5432/f");
+        let shown = Database::Postgres("postgres://fleet@db/f".into()).to_string();
+        assert_eq!(shown, "postgres://fleet@db/f");
+    }
+}
