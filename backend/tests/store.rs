@@ -2698,9 +2698,7 @@ mod two_replicas {
 
     /// Tells both stores, as a replica would, that the machine changed behind them.
     fn notify_machine(tamper: &Tamper, machine: &str) {
-        tamper.run(&format!(
-            "SELECT pg_notify('fleetform', 'tamper|{{\"from\":\"tamper\",\"notices\":[{{\"k\":\"machine\",\"machine_id\":\"{machine}\",\"zone_id\":\"zone-1\"}}]}}')"
-        ));
+        notify_machine_in(tamper, machine, "zone-1")
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

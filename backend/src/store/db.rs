@@ -609,6 +609,35 @@ impl Conn {
         mut map: impl FnMut(&Row<'_>) -> Result<T, E>,
     ) -> Result<Vec<T>, E> {
         let mut out = Vec::new();
+        self.each(sql, args, |row| -> Result<bool, E> {
+            out.push(map(row)?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Runs a query and maps its first row, if any (more rows are not an error).
+    pub fn first<T, E: From<DbError>>(
+        &self,
+        sql: &str,
+        args: &[&dyn ToArg],
+        mut map: impl FnMut(&Row<'_>) -> Result<T, E>,
+    ) -> Result<Option<T>, E> {
+        let mut first = None;
+        self.each(sql, args, |row| -> Result<bool, E> {
+            first = Some(map(row)?);
+            Ok(false)
+        })?;
+        Ok(first)
+    }
+
+    /// Runs a query, handing its rows in order to `each` until it answers false.
+    fn each<E: From<DbError>>(
+        &self,
+        sql: &str,
+        args: &[&dyn ToArg],
+        mut each: impl FnMut(&Row<'_>) -> Result<bool, E>,
+    ) -> Result<(), E> {
         match self {
             Conn::Sqlite(conn) => {
                 let mut statement = conn
@@ -620,58 +649,26 @@ impl Conn {
                     ))
                     .map_err(DbError::from)?;
                 while let Some(row) = rows.next().map_err(DbError::from)? {
-                    out.push(map(&Row::Sqlite(row))?);
+                    if !each(&Row::Sqlite(row))? {
+                        break;
+                    }
                 }
             }
             Conn::Postgres(pg) => {
+                // Every row is read, so the statement has finished (its error, if any, is
+                // seen here) before the next one is sent.
                 let statement = pg.statement(sql)?;
                 let bound = pg_args(args);
                 let rows =
                     pg.failing(pg.client.borrow_mut().query(&statement, &pg_refs(&bound)))?;
                 for row in &rows {
-                    out.push(map(&Row::Postgres(row))?);
+                    if !each(&Row::Postgres(row))? {
+                        break;
+                    }
                 }
             }
         }
-        Ok(out)
-    }
-
-    /// Runs a query and maps its first row, if any.
-    pub fn first<T, E: From<DbError>>(
-        &self,
-        sql: &str,
-        args: &[&dyn ToArg],
-        mut map: impl FnMut(&Row<'_>) -> Result<T, E>,
-    ) -> Result<Option<T>, E> {
-        match self {
-            Conn::Sqlite(conn) => {
-                let mut statement = conn
-                    .prepare_cached(&to_sqlite(sql))
-                    .map_err(DbError::from)?;
-                let mut rows = statement
-                    .query(rusqlite::params_from_iter(
-                        args.iter().map(|a| SqliteArg(a.arg())),
-                    ))
-                    .map_err(DbError::from)?;
-                match rows.next().map_err(DbError::from)? {
-                    Some(row) => Ok(Some(map(&Row::Sqlite(row))?)),
-                    None => Ok(None),
-                }
-            }
-            Conn::Postgres(pg) => {
-                let statement = pg.statement(sql)?;
-                let bound = pg_args(args);
-                let row = pg.failing(
-                    pg.client
-                        .borrow_mut()
-                        .query_opt(&statement, &pg_refs(&bound)),
-                )?;
-                match row {
-                    Some(row) => Ok(Some(map(&Row::Postgres(&row))?)),
-                    None => Ok(None),
-                }
-            }
-        }
+        Ok(())
     }
 
     /// One value of the first row (`None` when there is no row).

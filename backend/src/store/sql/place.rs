@@ -22,7 +22,7 @@ use super::load;
 use super::rows::{self, SESSION_COLUMNS};
 use super::writer::Ctx;
 use crate::changes::Notice;
-use crate::store::db::{args, Dialect};
+use crate::store::db::{args, Dialect, ToArg};
 use crate::store::{EndOutcome, PlaceArgs, PlaceOutcome};
 use crate::time::rfc3339;
 use crate::{Error, Result};
@@ -150,36 +150,31 @@ pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
         };
         let port = i64::from(session.port);
         let max_players = args.max_players.map(i64::from);
+        // The session's columns, in `INSERT_SESSION`'s order.
+        let columns = args![
+            session.id,
+            session.fleet_id,
+            session.zone_id,
+            session.zone,
+            session.data_center,
+            session.machine_id,
+            session.process_id,
+            session.build_id,
+            session.address,
+            port,
+            max_players,
+            properties,
+            args.idempotency_key,
+            args.now_ms
+        ];
+        let take = args![candidate.process_id, fleet.id, args.now_ms];
         let taken = match ctx.conn.dialect() {
-            Dialect::Postgres => rows::run(
-                ctx.conn,
-                take_and_insert_postgres(),
-                args![
-                    candidate.process_id,
-                    fleet.id,
-                    args.now_ms,
-                    session.id,
-                    session.fleet_id,
-                    session.zone_id,
-                    session.zone,
-                    session.data_center,
-                    session.machine_id,
-                    session.process_id,
-                    session.build_id,
-                    session.address,
-                    port,
-                    max_players,
-                    properties,
-                    args.idempotency_key,
-                    args.now_ms
-                ],
-            )
-            .map_err(|e| super::stmts::fix_error(e, "session", "id"))?,
-            Dialect::Sqlite => rows::run(
-                ctx.conn,
-                TAKE_SLOT,
-                args![candidate.process_id, fleet.id, args.now_ms],
-            )?,
+            Dialect::Postgres => {
+                let both: Vec<&dyn ToArg> = take.iter().chain(columns).copied().collect();
+                rows::run(ctx.conn, take_and_insert_postgres(), &both)
+                    .map_err(|e| super::stmts::fix_error(e, "session", "id"))?
+            }
+            Dialect::Sqlite => rows::run(ctx.conn, TAKE_SLOT, take)?,
         };
         if taken == 0 {
             // The picture was wrong about this process: read its machine again.
@@ -191,27 +186,8 @@ pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
             continue;
         }
         if ctx.conn.dialect() == Dialect::Sqlite {
-            rows::run(
-                ctx.conn,
-                INSERT_SESSION,
-                args![
-                    session.id,
-                    session.fleet_id,
-                    session.zone_id,
-                    session.zone,
-                    session.data_center,
-                    session.machine_id,
-                    session.process_id,
-                    session.build_id,
-                    session.address,
-                    port,
-                    max_players,
-                    properties,
-                    args.idempotency_key,
-                    args.now_ms
-                ],
-            )
-            .map_err(|e| super::stmts::fix_error(e, "session", "id"))?;
+            rows::run(ctx.conn, INSERT_SESSION, columns)
+                .map_err(|e| super::stmts::fix_error(e, "session", "id"))?;
         }
         ctx.machine_changed(&session.machine_id, &zone_id);
         ctx.hot

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::store::db::{args, Conn, Dialect};
+use crate::store::db::{args, Conn};
 use fleetform_api::agent::{AgentProcessState, SyncRequest};
 use fleetform_api::MachineStatus;
 
@@ -29,29 +29,10 @@ pub fn end_sessions(
     now_ms: i64,
 ) -> Result<u32> {
     super::leases::fence(ctx, &machine.zone_id)?;
-    let mut ended: Vec<(String, &String)> = Vec::new();
-    if ctx.conn.dialect() == Dialect::Postgres {
-        // All of them in one statement (one round trip), each guarded as one alone.
-        let ids: BTreeSet<&str> = sessions.iter().map(String::as_str).collect();
-        for (session, process) in
-            stmts::sessions_ended_postgres(ctx.conn, &ids, &machine.id, now_ms)?
-        {
-            if let Some(id) = sessions.iter().find(|s| **s == session) {
-                ended.push((process, id));
-            }
-        }
-    } else {
-        for session in sessions {
-            if let Some(where_) =
-                stmts::session_ended(ctx.conn, session, Some(&machine.id), now_ms)?
-            {
-                ended.push((where_.process_id, session));
-            }
-        }
-    }
+    let ended = stmts::sessions_ended(ctx.conn, sessions, &machine.id, now_ms)?;
     if !ended.is_empty() {
         if let Some(zone) = ctx.hot.zone_of_machine(&machine.id) {
-            for (process_id, session) in &ended {
+            for (session, process_id) in &ended {
                 zone.ended(&machine.id, process_id, session);
             }
         }
@@ -120,30 +101,15 @@ pub fn apply(
 
     // Sessions the game servers ended, before exits: a process that ends its session and
     // then exits (simple mode) has not lost it.
-    if conn.dialect() == Dialect::Postgres {
-        // In one statement (one round trip), each session guarded as alone.
-        let ids: BTreeSet<&str> = report.ended_sessions.iter().map(String::as_str).collect();
-        for (session_id, process_id) in
-            stmts::sessions_ended_postgres(conn, &ids, &machine.id, now_ms)?
-        {
-            placement_changed = true;
-            sessions_ended += 1;
-            edits.push(Edit::Ended {
-                process_id,
-                session_id,
-            });
-        }
-    } else {
-        for session in &report.ended_sessions {
-            if let Some(ended) = stmts::session_ended(conn, session, Some(&machine.id), now_ms)? {
-                placement_changed = true;
-                sessions_ended += 1;
-                edits.push(Edit::Ended {
-                    process_id: ended.process_id,
-                    session_id: session.clone(),
-                });
-            }
-        }
+    for (session_id, process_id) in
+        stmts::sessions_ended(conn, &report.ended_sessions, &machine.id, now_ms)?
+    {
+        placement_changed = true;
+        sessions_ended += 1;
+        edits.push(Edit::Ended {
+            process_id,
+            session_id,
+        });
     }
     // Whether the fleet's crash-loop verdict may change: a new crash, or a process that
     // became READY.

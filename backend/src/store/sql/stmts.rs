@@ -153,21 +153,31 @@ pub fn session_ended(
     Ok(ended)
 }
 
-/// Ends the active sessions of `machine` among `sessions` in one statement (Postgres): the
-/// same guards as [`session_ended`] for each (`ACTIVE` now, this machine's), each process
-/// freed of as many slots as it had sessions ended, never below zero. The (session,
-/// process) pairs that ended.
-pub fn sessions_ended_postgres(
+/// Ends the active sessions of `machine` among `sessions` (an agent's report): for each,
+/// the guards of [`session_ended`] (`ACTIVE` now, this machine's), its process freed of a
+/// slot, never below zero. The (session, process) pairs that ended. On Postgres in one
+/// statement (one round trip for them all), on SQLite one session at a time.
+pub fn sessions_ended(
     conn: &Conn,
-    sessions: &std::collections::BTreeSet<&str>,
+    sessions: &[String],
     machine: &str,
     now_ms: i64,
 ) -> Result<Vec<(String, String)>> {
     if sessions.is_empty() {
         return Ok(Vec::new());
     }
-    // Session ids have no commas (`sess-` and hex).
-    let ids: Vec<&str> = sessions.iter().copied().collect();
+    if conn.dialect() == Dialect::Sqlite {
+        let mut ended = Vec::new();
+        for session in sessions {
+            if let Some(where_) = session_ended(conn, session, Some(machine), now_ms)? {
+                ended.push((session.clone(), where_.process_id));
+            }
+        }
+        return Ok(ended);
+    }
+    // Session ids have no commas (`sess-` and hex); a repeated id ends once.
+    let ids: std::collections::BTreeSet<&str> = sessions.iter().map(String::as_str).collect();
+    let ids: Vec<&str> = ids.into_iter().collect();
     rows::all(
         conn,
         "WITH ended AS (
