@@ -217,9 +217,11 @@ pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
 
 /// Postgres's session end: the guarded `UPDATE`, the slot freed (never below zero) and
 /// the ended row, in one statement.
-fn end_postgres() -> String {
-    format!(
-        "WITH ended AS (
+fn end_postgres() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "WITH ended AS (
             UPDATE sessions SET status = 'ENDED', ended_at = ?1 WHERE id = ?2 AND status = 'ACTIVE'
             RETURNING *
          ), freed AS (
@@ -228,7 +230,8 @@ fn end_postgres() -> String {
             RETURNING processes.id
          )
          SELECT {SESSION_COLUMNS} FROM ended"
-    )
+        )
+    })
 }
 
 /// See [`Store::end_session`](crate::store::Store::end_session). Guards: only an `ACTIVE`
@@ -250,7 +253,7 @@ pub fn end(ctx: &mut Ctx<'_>, session_id: &str, now_ms: i64) -> Result<Option<En
         // One statement (one round trip): the guarded end, the freed slot, the row.
         let ended = rows::first(
             ctx.conn,
-            &end_postgres(),
+            end_postgres(),
             args![now_ms, session_id],
             rows::session,
         )?;
