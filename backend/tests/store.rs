@@ -32,7 +32,30 @@ async fn postgres() -> (String, Arc<dyn Store>) {
 
 fn postgres_tamper(url: String) -> Tamper {
     let read = url.clone();
+    let locker = url.clone();
     Tamper {
+        hold: Arc::new(move |how_long| {
+            // The placement statement's UPDATE of processes waits for this lock.
+            let url = locker.clone();
+            let sql = format!(
+                "BEGIN; LOCK TABLE processes IN EXCLUSIVE MODE; SELECT pg_sleep({}); COMMIT;",
+                how_long.as_secs_f64()
+            );
+            let thread = std::thread::spawn(move || {
+                fleetform_pgtest::psql(&url, &sql).unwrap();
+            });
+            let held = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                WHERE c.relname = 'processes' AND l.mode = 'ExclusiveLock' AND l.granted";
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while fleetform_pgtest::psql(&locker, held).unwrap() != "1" {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the lock was never held"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            thread
+        }),
         exec: Arc::new(move |sql: &str| {
             fleetform_pgtest::psql(&url, sql).unwrap();
         }),
@@ -52,6 +75,9 @@ fn postgres_tamper(url: String) -> Tamper {
 struct Tamper {
     exec: Arc<dyn Fn(&str) + Send + Sync>,
     value: Arc<dyn Fn(&str) -> i64 + Send + Sync>,
+    /// Holds a lock that stops the store's next write for a while: returns once the
+    /// lock is held, with the thread that releases it.
+    hold: Arc<dyn Fn(std::time::Duration) -> std::thread::JoinHandle<()> + Send + Sync>,
 }
 
 impl Tamper {
@@ -64,6 +90,11 @@ impl Tamper {
     fn value(&self, sql: &str) -> i64 {
         (self.value)(sql)
     }
+
+    /// Stops the store's writes for `how_long` (a lock another writer holds).
+    fn hold(&self, how_long: std::time::Duration) -> std::thread::JoinHandle<()> {
+        (self.hold)(how_long)
+    }
 }
 
 fn sqlite_tamper(path: std::path::PathBuf) -> Tamper {
@@ -74,7 +105,21 @@ fn sqlite_tamper(path: std::path::PathBuf) -> Tamper {
         conn
     };
     let read = open.clone();
+    let locker = open.clone();
     Tamper {
+        hold: Arc::new(move |how_long| {
+            // The writer's BEGIN IMMEDIATE waits for this write lock.
+            let conn = locker();
+            let (held, is_held) = std::sync::mpsc::channel();
+            let thread = std::thread::spawn(move || {
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                held.send(()).unwrap();
+                std::thread::sleep(how_long);
+                conn.execute_batch("COMMIT").unwrap();
+            });
+            is_held.recv().unwrap();
+            thread
+        }),
         exec: Arc::new(move |sql: &str| open().execute_batch(sql).unwrap()),
         value: Arc::new(move |sql: &str| read().query_row(sql, [], |row| row.get(0)).unwrap()),
     }
@@ -2152,6 +2197,51 @@ async fn suite_guard_placement_rechecks_the_slots(store: Arc<dyn Store>, tamper:
     assert_eq!(place_until_full(store.as_ref(), &world).await, ["proc-0-0"]);
 }
 
+/// Placements queued together: on Postgres one statement takes every slot they chose,
+/// counted per process (`active_sessions + need.n`), all of a process's or none; so a
+/// stale picture that offers more slots than a process has left never places more
+/// sessions on it than it has.
+async fn suite_guard_placements_of_one_batch_count_their_slots(
+    store: Arc<dyn Store>,
+    tamper: Tamper,
+) {
+    // Two processes of four slots; another writer took three of each behind the
+    // picture, which still sees four free on each.
+    let world = Arc::new(pictured_world(store.as_ref(), SessionMode::Parallel, 2).await);
+    tamper.run("UPDATE processes SET active_sessions = 3");
+    // The first placement waits for the lock; the others queue behind it and run as
+    // one batch after it.
+    let held = tamper.hold(std::time::Duration::from_millis(500));
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, world) = (store.clone(), world.clone());
+            tokio::spawn(async move {
+                store
+                    .place_session(args(&world, &format!("b{i}"), None))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut placed = 0;
+    for task in tasks {
+        if let PlaceOutcome::Placed(_) = task.await.unwrap() {
+            placed += 1;
+        }
+    }
+    held.join().unwrap();
+    assert_eq!(
+        tamper.value("SELECT MAX(active_sessions) FROM processes"),
+        4,
+        "a process took more sessions than its slots"
+    );
+    assert_eq!(placed, 2, "one slot was left on each process");
+    assert_eq!(
+        tamper.value("SELECT COUNT(*) FROM sessions WHERE status = 'ACTIVE'"),
+        2
+    );
+}
+
 /// Placement: the fleet's current build is read in the statement.
 async fn suite_guard_placement_rechecks_the_build(store: Arc<dyn Store>, tamper: Tamper) {
     let world = pictured_world(store.as_ref(), SessionMode::Parallel, 2).await;
@@ -2627,6 +2717,7 @@ macro_rules! whole_suite {
         guard_suite!($open;
             suite_guard_placement_rechecks_each_process,
             suite_guard_placement_rechecks_the_slots,
+            suite_guard_placements_of_one_batch_count_their_slots,
             suite_guard_placement_rechecks_the_build,
             suite_guard_placement_rechecks_the_zone,
             suite_guard_an_end_rechecks_the_session,

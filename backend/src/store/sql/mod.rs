@@ -1638,9 +1638,7 @@ impl Store for SqlStore {
         if args.idempotency_key.is_some() && matches!(self.database, Database::Postgres(_)) {
             return self.writer.write(move |ctx| place::place(ctx, args)).await;
         }
-        self.writer
-            .write_plain(move |ctx| place::place(ctx, args))
-            .await
+        self.writer.place(args).await
     }
 
     async fn get_session(&self, id: &str) -> Result<Option<Session>> {

@@ -87,14 +87,11 @@ fn refresh(ctx: &mut Ctx<'_>, notices: &[Notice]) -> Result<()> {
     let mut seen = HashSet::new();
     for notice in notices.iter().filter(|n| seen.insert(*n)) {
         match notice {
-            Notice::Machine {
-                machine_id,
-                zone_id,
-            } => {
-                if ctx.hot.zones.contains_key(zone_id) {
-                    load::machine(ctx, machine_id)?;
-                }
-            }
+            // The zone's picture is forgotten, not its machine read again: another
+            // replica wrote it, most likely the zone's holder, whose placements and
+            // reports would otherwise cost this replica a read of the machine (and all
+            // its sessions) each. The zone loads again when this replica next needs it.
+            Notice::Machine { zone_id, .. } => ctx.hot.drop_zone(zone_id),
             Notice::Zone { zone_id } => load::zone_row(ctx, zone_id)?,
             Notice::Fleet { fleet_id } => load::fleet_again(ctx, fleet_id)?,
             Notice::Capacity { .. } | Notice::Pool { .. } | Notice::Leases => {}

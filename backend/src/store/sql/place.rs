@@ -2,27 +2,34 @@
 //!
 //! A placement runs on the writer, inside the batch's transaction: the fleet and zone come
 //! from the picture (so a build change committed before is always seen), the process from
-//! the zone's free-slot index, and then two statements: the guarded `UPDATE` that takes
-//! the slot and the `INSERT` of the session (on Postgres one: both in a `WITH`, see
-//! `take_and_insert_postgres`). The guard restates every rule of
+//! the zone's free-slot index, and then the guarded `UPDATE` that takes the slot and the
+//! `INSERT` of the session. The guard restates every rule of
 //! [`ProcessRecord::takes_sessions`](crate::store::ProcessRecord::takes_sessions) and of
 //! the zone and fleet in SQL, so it holds however stale the picture is: when it refuses,
 //! the picture of that machine is reloaded and the next best process is tried.
 //!
-//! Both run without a savepoint of their own ([`Writer::write_plain`]): each statement is
+//! On SQLite those are two statements per placement (`TAKE_SLOT`, `INSERT_SESSION`). On
+//! Postgres, where a round trip costs more than either, the placements queued together
+//! are one statement ([`place_many`], `PLACE_ALL_POSTGRES`): each chooses from the
+//! picture in turn, and the statement takes every chosen slot under the same guard,
+//! counted per process.
+//!
+//! Placements run without a savepoint of their own ([`Writer::place`]): each statement is
 //! atomic, and every error they return comes before their first change, but for a failed
 //! `INSERT` of a session after its slot was taken (a duplicate session id), which fails
 //! the batch rather than commit half a placement.
 //!
-//! [`Writer::write_plain`]: super::writer::Writer::write_plain
+//! [`Writer::place`]: super::writer::Writer::place
 
-use fleetform_api::{ResourceStatus, Session, SessionStatus};
+use std::sync::Arc;
+
+use fleetform_api::{Fleet, ResourceStatus, Session, SessionStatus};
 
 use super::load;
 use super::rows::{self, SESSION_COLUMNS};
 use super::writer::Ctx;
 use crate::changes::Notice;
-use crate::store::db::{args, Dialect, ToArg};
+use crate::store::db::{args, Dialect};
 use crate::store::{EndOutcome, PlaceArgs, PlaceOutcome};
 use crate::time::rfc3339;
 use crate::{Error, Result};
@@ -53,23 +60,84 @@ const INSERT_SESSION: &str = "INSERT INTO sessions (id, fleet_id, zone_id, zone_
         idempotency_key, created_at)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'ACTIVE', ?11, ?12, ?13, ?14)";
 
-/// Postgres takes the slot and inserts the session in one statement (one round trip
-/// instead of two; a round trip costs more than either statement): `TAKE_SLOT` in a `WITH`,
-/// the `INSERT` of the session from its `RETURNING`, so a refused slot inserts nothing.
-/// Parameters: `?1`–`?3` as in `TAKE_SLOT`, then the session's columns as in
-/// `INSERT_SESSION`, from `?4`.
-fn take_and_insert_postgres() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        format!(
-            "WITH taken AS ({TAKE_SLOT} RETURNING processes.id)
-             INSERT INTO sessions (id, fleet_id, zone_id, zone_name, data_center,
-                 machine_id, process_id, build_id, address, port, status, max_players, properties,
-                 idempotency_key, created_at)
-             SELECT ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'ACTIVE', ?14, ?15, ?16, ?17
-             FROM taken"
-        )
-    })
+/// Postgres places a whole run of queued placements in one statement (one round trip and
+/// one statement for the batch's placements, where one each cost more than the work): the
+/// sessions chosen from the picture arrive as a JSON array; `TAKE_SLOTS` takes, per
+/// process, as many slots as sessions chose it — all or none, the guard of `TAKE_SLOT`
+/// with the count in place of one — and the sessions of the processes it took are
+/// inserted from its `RETURNING`, so a refused process inserts none of its sessions.
+/// Parameter `?1`: the sessions, each an object of `INSERT_SESSION`'s columns.
+const PLACE_ALL_POSTGRES: &str = "WITH input AS (
+        SELECT * FROM json_to_recordset(?1::text::json) AS t(
+            id TEXT, fleet_id TEXT, zone_id TEXT, zone_name TEXT, data_center TEXT,
+            machine_id TEXT, process_id TEXT, build_id TEXT, address TEXT, port BIGINT,
+            max_players BIGINT, properties TEXT, idempotency_key TEXT, created_at BIGINT)
+    ), need AS (
+        SELECT process_id, fleet_id, count(*) AS n, max(created_at) AS now
+        FROM input GROUP BY process_id, fleet_id
+    ), taken AS (
+        UPDATE processes
+        SET active_sessions = active_sessions + need.n,
+            sessions_started = sessions_started + need.n
+        FROM need
+        WHERE processes.id = need.process_id AND agent_state = 'READY' AND NOT restart_requested
+          AND EXISTS (
+            SELECT 1 FROM fleets f
+            WHERE f.id = need.fleet_id AND f.id = processes.fleet_id AND f.build_id = processes.build_id
+              AND (f.process_restart_hours = 0 OR processes.started_at >= need.now - f.process_restart_hours * 3600000)
+              AND processes.active_sessions + need.n <=
+                  CASE WHEN f.session_mode = 'simple' OR f.sessions_per_process < 1 THEN 1 ELSE f.sessions_per_process END
+              AND (f.session_mode <> 'simple' OR processes.sessions_started = 0))
+          AND EXISTS (SELECT 1 FROM machines m WHERE m.id = processes.machine_id AND m.status = 'ACTIVE')
+          AND EXISTS (SELECT 1 FROM zones z WHERE z.id = processes.zone_id AND NOT z.deleting)
+        RETURNING processes.id
+    )
+    INSERT INTO sessions (id, fleet_id, zone_id, zone_name, data_center,
+        machine_id, process_id, build_id, address, port, status, max_players, properties,
+        idempotency_key, created_at)
+    SELECT i.id, i.fleet_id, i.zone_id, i.zone_name, i.data_center, i.machine_id,
+        i.process_id, i.build_id, i.address, i.port, 'ACTIVE', i.max_players, i.properties,
+        i.idempotency_key, i.created_at
+    FROM input i JOIN taken ON taken.id = i.process_id
+    RETURNING sessions.id";
+
+/// A session chosen from the picture for a placement, on its way to the database.
+struct Chosen {
+    session: Session,
+    /// Its properties as stored (JSON text).
+    properties: String,
+    idempotency_key: Option<String>,
+    now_ms: i64,
+}
+
+impl Chosen {
+    /// Its row for `PLACE_ALL_POSTGRES`.
+    fn json(&self) -> serde_json::Value {
+        let s = &self.session;
+        serde_json::json!({
+            "id": s.id, "fleet_id": s.fleet_id, "zone_id": s.zone_id, "zone_name": s.zone,
+            "data_center": s.data_center, "machine_id": s.machine_id,
+            "process_id": s.process_id, "build_id": s.build_id, "address": s.address,
+            "port": s.port, "max_players": s.max_players, "properties": self.properties,
+            "idempotency_key": self.idempotency_key, "created_at": self.now_ms,
+        })
+    }
+}
+
+/// Sessions taken in one statement on Postgres: the ids of those whose process took
+/// them (see `PLACE_ALL_POSTGRES`).
+fn insert_all_postgres(
+    ctx: &mut Ctx<'_>,
+    chosen: &[&Chosen],
+) -> Result<std::collections::HashSet<String>> {
+    let rows = serde_json::Value::Array(chosen.iter().map(|c| c.json()).collect()).to_string();
+    let ids = ctx
+        .conn
+        .all(PLACE_ALL_POSTGRES, args![rows], |row| -> Result<String> {
+            Ok(row.get(0)?)
+        })
+        .map_err(|e| super::stmts::fix_error(e, "session", "id"))?;
+    Ok(ids.into_iter().collect())
 }
 
 /// The zone a placement names, loaded into the picture.
@@ -91,21 +159,98 @@ fn zone_of(ctx: &mut Ctx<'_>, fleet_id: &str, fleet_name: &str, zone: &str) -> R
     Ok(id)
 }
 
-/// See [`Store::place_session`](crate::store::Store::place_session).
-pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
+/// What every placement checks before it chooses: its fleet and zone (loaded into the
+/// picture), the zone's fence, and that the zone is not being deleted.
+fn prepare(ctx: &mut Ctx<'_>, args: &PlaceArgs) -> Result<(Arc<Fleet>, String)> {
     let fleet =
         load::fleet(ctx, &args.fleet)?.ok_or_else(|| Error::not_found("fleet", &args.fleet))?;
     let zone_id = zone_of(ctx, &fleet.id, &fleet.name, &args.zone)?;
     super::leases::fence(ctx, &zone_id)?;
-    {
-        let zone = &ctx.hot.zones[&zone_id];
-        if zone.record.deleting {
-            return Err(Error::conflict(
-                "zone_deleting",
-                format!("zone {} is being deleted", zone.record.zone.spec.name),
-            ));
-        }
+    let zone = &ctx.hot.zones[&zone_id];
+    if zone.record.deleting {
+        return Err(Error::conflict(
+            "zone_deleting",
+            format!("zone {} is being deleted", zone.record.zone.spec.name),
+        ));
     }
+    Ok((fleet, zone_id))
+}
+
+/// The best process of the picture for a placement, as the session it would host (the
+/// picture is not changed).
+fn choose(ctx: &mut Ctx<'_>, fleet: &Fleet, zone_id: &str, args: &PlaceArgs) -> Option<Chosen> {
+    let zone = ctx.hot.zones.get_mut(zone_id)?;
+    let candidate = zone.choose(&args.latencies_ms, args.max_latency_ms, args.now_ms)?;
+    let machine = &zone.machines[&candidate.machine_id];
+    let process = &machine.processes()[&candidate.process_id];
+    let session = Session {
+        id: args.session_id.clone(),
+        fleet_id: fleet.id.clone(),
+        zone: zone.record.zone.spec.name.clone(),
+        zone_id: zone_id.to_string(),
+        data_center: candidate.data_center.clone(),
+        machine_id: candidate.machine_id.clone(),
+        process_id: candidate.process_id.clone(),
+        build_id: process.record.build_id.clone(),
+        address: machine.record().address.clone().unwrap_or_default(),
+        port: process.record.port,
+        status: SessionStatus::Active,
+        max_players: args.max_players,
+        properties: args.properties.clone(),
+        created_at: rfc3339(args.now_ms),
+        ended_at: None,
+        reason: None,
+    };
+    // A map of strings always serializes.
+    let properties = serde_json::to_string(&args.properties).unwrap_or_else(|_| "{}".into());
+    Some(Chosen {
+        session,
+        properties,
+        idempotency_key: args.idempotency_key.clone(),
+        now_ms: args.now_ms,
+    })
+}
+
+/// Takes the slot and inserts the session: on Postgres one statement, on SQLite the two.
+/// Whether the process took it.
+fn take_one(ctx: &mut Ctx<'_>, chosen: &Chosen) -> Result<bool> {
+    if ctx.conn.dialect() == Dialect::Postgres {
+        return Ok(!insert_all_postgres(ctx, &[chosen])?.is_empty());
+    }
+    let s = &chosen.session;
+    let take = args![s.process_id, s.fleet_id, chosen.now_ms];
+    if rows::run(ctx.conn, TAKE_SLOT, take)? == 0 {
+        return Ok(false);
+    }
+    let port = i64::from(s.port);
+    let max_players = s.max_players.map(i64::from);
+    rows::run(
+        ctx.conn,
+        INSERT_SESSION,
+        args![
+            s.id,
+            s.fleet_id,
+            s.zone_id,
+            s.zone,
+            s.data_center,
+            s.machine_id,
+            s.process_id,
+            s.build_id,
+            s.address,
+            port,
+            max_players,
+            chosen.properties,
+            chosen.idempotency_key,
+            chosen.now_ms
+        ],
+    )
+    .map_err(|e| super::stmts::fix_error(e, "session", "id"))?;
+    Ok(true)
+}
+
+/// See [`Store::place_session`](crate::store::Store::place_session).
+pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
+    let (fleet, zone_id) = prepare(ctx, &args)?;
     if let Some(key) = &args.idempotency_key {
         let earlier = rows::first(
             ctx.conn,
@@ -119,100 +264,152 @@ pub fn place(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<PlaceOutcome> {
             return Ok(PlaceOutcome::Repeated(session));
         }
     }
-    let properties =
-        serde_json::to_string(&args.properties).map_err(|e| Error::Internal(e.to_string()))?;
+    place_chosen(ctx, &fleet, &zone_id, &args)
+}
+
+/// Tries the picture's best processes in turn until one takes the session.
+fn place_chosen(
+    ctx: &mut Ctx<'_>,
+    fleet: &Fleet,
+    zone_id: &str,
+    args: &PlaceArgs,
+) -> Result<PlaceOutcome> {
     for _ in 0..MAX_TRIES {
-        let zone = ctx.hot.zones.get_mut(&zone_id).expect("loaded above");
-        let Some(candidate) = zone.choose(&args.latencies_ms, args.max_latency_ms, args.now_ms)
-        else {
+        let Some(chosen) = choose(ctx, fleet, zone_id, args) else {
             break;
         };
-        let zone_name = zone.record.zone.spec.name.clone();
-        let machine = &zone.machines[&candidate.machine_id];
-        let process = &machine.processes()[&candidate.process_id];
-        let session = Session {
-            id: args.session_id.clone(),
-            fleet_id: fleet.id.clone(),
-            zone: zone_name,
-            zone_id: zone_id.clone(),
-            data_center: candidate.data_center.clone(),
-            machine_id: candidate.machine_id.clone(),
-            process_id: candidate.process_id.clone(),
-            build_id: process.record.build_id.clone(),
-            address: machine.record().address.clone().unwrap_or_default(),
-            port: process.record.port,
-            status: SessionStatus::Active,
-            max_players: args.max_players,
-            properties: args.properties.clone(),
-            created_at: rfc3339(args.now_ms),
-            ended_at: None,
-            reason: None,
-        };
-        let port = i64::from(session.port);
-        let max_players = args.max_players.map(i64::from);
-        // The session's columns, in `INSERT_SESSION`'s order.
-        let columns = args![
-            session.id,
-            session.fleet_id,
-            session.zone_id,
-            session.zone,
-            session.data_center,
-            session.machine_id,
-            session.process_id,
-            session.build_id,
-            session.address,
-            port,
-            max_players,
-            properties,
-            args.idempotency_key,
-            args.now_ms
-        ];
-        let take = args![candidate.process_id, fleet.id, args.now_ms];
-        let taken = match ctx.conn.dialect() {
-            Dialect::Postgres => {
-                let both: Vec<&dyn ToArg> = take.iter().chain(columns).copied().collect();
-                rows::run(ctx.conn, take_and_insert_postgres(), &both)
-                    .map_err(|e| super::stmts::fix_error(e, "session", "id"))?
-            }
-            Dialect::Sqlite => rows::run(ctx.conn, TAKE_SLOT, take)?,
-        };
-        if taken == 0 {
+        if !take_one(ctx, &chosen)? {
             // The picture was wrong about this process: read its machine again.
-            tracing::debug!(process = %candidate.process_id, "placement guard refused a process; reloading its machine");
-            load::machine(ctx, &candidate.machine_id)?;
-            if let Some(zone) = ctx.hot.zones.get_mut(&zone_id) {
-                zone.refuse(&candidate.process_id);
+            let process = &chosen.session.process_id;
+            tracing::debug!(%process, "placement guard refused a process; reloading its machine");
+            load::machine(ctx, &chosen.session.machine_id)?;
+            if let Some(zone) = ctx.hot.zones.get_mut(zone_id) {
+                zone.refuse(process);
             }
             continue;
         }
-        if ctx.conn.dialect() == Dialect::Sqlite {
-            rows::run(ctx.conn, INSERT_SESSION, columns)
-                .map_err(|e| super::stmts::fix_error(e, "session", "id"))?;
+        ctx.machine_changed(&chosen.session.machine_id, zone_id);
+        if let Some(zone) = ctx.hot.zones.get_mut(zone_id) {
+            zone.placed(chosen.session.clone());
         }
-        ctx.machine_changed(&session.machine_id, &zone_id);
-        ctx.hot
-            .zones
-            .get_mut(&zone_id)
-            .expect("loaded above")
-            .placed(session.clone());
-        return Ok(PlaceOutcome::Placed(session));
+        return Ok(PlaceOutcome::Placed(chosen.session));
     }
-    // No capacity. A zone in cooldown wakes: its idle clock restarts, so the plan brings
-    // back its initial processes.
-    let zone = ctx.hot.zones.get_mut(&zone_id).expect("loaded above");
+    no_capacity(ctx, zone_id, args.now_ms)
+}
+
+/// No process may take it. A zone in cooldown wakes: its idle clock restarts, so the plan
+/// brings back its initial processes.
+fn no_capacity(ctx: &mut Ctx<'_>, zone_id: &str, now_ms: i64) -> Result<PlaceOutcome> {
+    let zone = ctx.hot.zones.get_mut(zone_id).expect("loaded by prepare");
     if zone.record.zone.status == ResourceStatus::AvailableCooldown {
         rows::run(
             ctx.conn,
             "UPDATE zones SET idle_since = GREATEST(COALESCE(idle_since, 0), ?1) WHERE id = ?2",
-            args![args.now_ms, zone_id],
+            args![now_ms, zone_id],
         )?;
-        let zone = ctx.hot.zones.get_mut(&zone_id).expect("loaded above");
-        zone.record.idle_since_ms = zone.record.idle_since_ms.max(args.now_ms);
+        let zone = ctx.hot.zones.get_mut(zone_id).expect("loaded by prepare");
+        zone.record.idle_since_ms = zone.record.idle_since_ms.max(now_ms);
         ctx.notice(Notice::Zone {
-            zone_id: zone_id.clone(),
+            zone_id: zone_id.to_string(),
         });
     }
-    Ok(PlaceOutcome::NoCapacity { zone_id })
+    Ok(PlaceOutcome::NoCapacity {
+        zone_id: zone_id.to_string(),
+    })
+}
+
+/// Placements queued one after another: each job's outcome (an `Err` inside is that job's
+/// refusal), or `Err` when a statement failed or a job failed after changing a row (the
+/// batch goes: nothing half-done is committed).
+///
+/// On Postgres every placement without an idempotency key chooses its process from the
+/// picture first, reserving the slot there so the next one chooses as if it were taken;
+/// one statement then takes them all (`PLACE_ALL_POSTGRES`). A process it refused (the
+/// picture was stale) is read again, and its placements, with those that found nothing
+/// in the picture and those with a key, are then placed one by one as [`place`] does.
+pub fn place_many(ctx: &mut Ctx<'_>, jobs: Vec<PlaceArgs>) -> Result<Vec<Result<PlaceOutcome>>> {
+    if ctx.conn.dialect() == Dialect::Sqlite || jobs.len() == 1 {
+        return jobs.into_iter().map(|args| one(ctx, args)).collect();
+    }
+    let mut outcomes: Vec<Option<Result<PlaceOutcome>>> = jobs.iter().map(|_| None).collect();
+    // Each job's fleet and zone, once prepared.
+    let mut prepared: Vec<Option<(Arc<Fleet>, String)>> = jobs.iter().map(|_| None).collect();
+    // Jobs placed one by one after the statement.
+    let mut later: Vec<usize> = Vec::new();
+    let mut chosen: Vec<(usize, Chosen)> = Vec::new();
+    for (i, args) in jobs.iter().enumerate() {
+        let changes = ctx.conn.total_changes();
+        match prepare(ctx, args) {
+            Ok((fleet, zone_id)) => {
+                let pick = match args.idempotency_key {
+                    None => choose(ctx, &fleet, &zone_id, args),
+                    Some(_) => None,
+                };
+                match pick {
+                    Some(pick) => {
+                        // Reserved in the picture: the next placement sees the slot taken.
+                        if let Some(zone) = ctx.hot.zones.get_mut(&zone_id) {
+                            zone.placed(pick.session.clone());
+                        }
+                        chosen.push((i, pick));
+                    }
+                    None => later.push(i),
+                }
+                prepared[i] = Some((fleet, zone_id));
+            }
+            Err(error) if ctx.conn.total_changes() == changes => outcomes[i] = Some(Err(error)),
+            Err(error) => return Err(error),
+        }
+    }
+    if !chosen.is_empty() {
+        let all: Vec<&Chosen> = chosen.iter().map(|(_, pick)| pick).collect();
+        let taken = insert_all_postgres(ctx, &all)?;
+        let mut stale = std::collections::BTreeSet::new();
+        for (i, pick) in chosen {
+            if taken.contains(&pick.session.id) {
+                ctx.machine_changed(&pick.session.machine_id, &pick.session.zone_id);
+                outcomes[i] = Some(Ok(PlaceOutcome::Placed(pick.session)));
+            } else {
+                stale.insert(pick.session.machine_id);
+                later.push(i);
+            }
+        }
+        // The picture reserved slots the database refused: read those machines again
+        // (what the statement did take on them is in the database already).
+        for machine_id in stale {
+            load::machine(ctx, &machine_id)?;
+        }
+    }
+    later.sort_unstable();
+    let mut jobs: Vec<Option<PlaceArgs>> = jobs.into_iter().map(Some).collect();
+    for i in later {
+        let args = jobs[i].take().expect("each job placed once");
+        let outcome = match (&prepared[i], &args.idempotency_key) {
+            (Some((fleet, zone_id)), None) => {
+                let (fleet, zone_id) = (Arc::clone(fleet), zone_id.clone());
+                let changes = ctx.conn.total_changes();
+                match place_chosen(ctx, &fleet, &zone_id, &args) {
+                    Err(error) if ctx.conn.total_changes() != changes => return Err(error),
+                    outcome => outcome,
+                }
+            }
+            _ => one(ctx, args)?,
+        };
+        outcomes[i] = Some(outcome);
+    }
+    Ok(outcomes
+        .into_iter()
+        .map(|outcome| outcome.expect("every job has its outcome"))
+        .collect())
+}
+
+/// One placement of a run: its refusal is its own, unless it came after it changed a row.
+fn one(ctx: &mut Ctx<'_>, args: PlaceArgs) -> Result<Result<PlaceOutcome>> {
+    let changes = ctx.conn.total_changes();
+    match place(ctx, args) {
+        Err(error) if ctx.conn.total_changes() != changes => Err(error),
+        outcome => Ok(outcome),
+    }
 }
 
 /// Postgres's session end: the guarded `UPDATE`, the slot freed (never below zero) and

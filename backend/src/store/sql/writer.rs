@@ -28,9 +28,11 @@ use crate::store::db::Conn;
 use tokio::sync::{mpsc, oneshot};
 
 use super::leases::Fenced;
+use super::place;
 use crate::changes::{Changes, Notice};
 use crate::leases::Lease;
 use crate::store::hot::Hot;
+use crate::store::{PlaceArgs, PlaceOutcome};
 use crate::{Error, Result};
 
 /// Most jobs one transaction takes: a bound on how long the first of them waits.
@@ -117,8 +119,16 @@ enum Job {
     Write(Work),
     /// A write without a savepoint: see [`Writer::write_plain`].
     Plain(Work),
+    /// A placement: run with the placements queued beside it, see [`Writer::place`].
+    Place(Placement),
     /// Reads are waiting in [`Writer::reads`]: wakes an idle writer.
     Reads,
+}
+
+/// A placement waiting in the queue.
+struct Placement {
+    args: PlaceArgs,
+    answer: oneshot::Sender<Result<PlaceOutcome>>,
 }
 
 /// Read jobs waiting for the end of the batch in progress.
@@ -144,6 +154,7 @@ impl std::fmt::Debug for Job {
         f.write_str(match self {
             Job::Write(_) => "Job::Write",
             Job::Plain(_) => "Job::Plain",
+            Job::Place(_) => "Job::Place",
             Job::Reads => "Job::Reads",
         })
     }
@@ -175,35 +186,47 @@ fn work<T: Send + 'static>(
                     "slow store job: it held up every other write"
                 );
             }
-            let doubt = result.as_ref().err().is_some_and(doubtful);
-            if let (true, Err(error)) = (doubt, &result) {
-                tracing::warn!(job = name, %error, "a store job failed, perhaps after it changed the writer's picture: the picture is dropped and reloaded");
-            }
-            Done {
-                ok: result.is_ok(),
-                doubt,
-                answer: Box::new(move |commit_error| {
-                    let _ = sender.send(match commit_error {
-                        None => result,
-                        Some(error) => {
-                            Err(Error::Internal(format!("store commit failed: {error}")))
-                        }
-                    });
-                }),
-            }
+            finished(name, result, sender)
         }
-        None => Done {
-            ok: false,
-            doubt: false,
-            answer: Box::new(move |error| {
-                let _ = sender.send(Err(Error::Internal(format!(
-                    "store transaction failed: {}",
-                    error.unwrap_or("unknown error")
-                ))));
-            }),
-        },
+        None => unrun(sender),
     });
     (work, receiver)
+}
+
+/// A job's outcome, answered once its batch commits (or with the batch's failure).
+fn finished<T: Send + 'static>(
+    name: &str,
+    result: Result<T>,
+    sender: oneshot::Sender<Result<T>>,
+) -> Done {
+    let doubt = result.as_ref().err().is_some_and(doubtful);
+    if let (true, Err(error)) = (doubt, &result) {
+        tracing::warn!(job = name, %error, "a store job failed, perhaps after it changed the writer's picture: the picture is dropped and reloaded");
+    }
+    Done {
+        ok: result.is_ok(),
+        doubt,
+        answer: Box::new(move |commit_error| {
+            let _ = sender.send(match commit_error {
+                None => result,
+                Some(error) => Err(Error::Internal(format!("store commit failed: {error}"))),
+            });
+        }),
+    }
+}
+
+/// A job that did not run: answered with its batch's failure.
+fn unrun<T: Send + 'static>(sender: oneshot::Sender<Result<T>>) -> Done {
+    Done {
+        ok: false,
+        doubt: false,
+        answer: Box::new(move |error| {
+            let _ = sender.send(Err(Error::Internal(format!(
+                "store transaction failed: {}",
+                error.unwrap_or("unknown error")
+            ))));
+        }),
+    }
 }
 
 /// The CPU time the calling thread has used.
@@ -285,6 +308,22 @@ impl Writer {
         let (work, receiver) = work(f);
         match self.queue.try_send(Job::Plain(work)) {
             Ok(()) => answer(receiver).await,
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Error::Overloaded {
+                retry_after_secs: 1,
+            }),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(Error::Internal("the store's writer has stopped".into()))
+            }
+        }
+    }
+
+    /// Places a session. Like [`Writer::write_plain`] (no savepoint; a full queue answers
+    /// [`Error::Overloaded`]), and the placements queued one after another run together
+    /// ([`place::place_many`]: on Postgres one statement for all of them).
+    pub async fn place(&self, args: PlaceArgs) -> Result<PlaceOutcome> {
+        let (answer, receiver) = oneshot::channel();
+        match self.queue.try_send(Job::Place(Placement { args, answer })) {
+            Ok(()) => self::answer(receiver).await,
             Err(mpsc::error::TrySendError::Full(_)) => Err(Error::Overloaded {
                 retry_after_secs: 1,
             }),
@@ -397,6 +436,89 @@ fn run_write(
     Ok(done)
 }
 
+/// Opens the batch's transaction unless it is open.
+fn begin(conn: &Conn, in_transaction: &mut bool) -> std::result::Result<(), String> {
+    if !*in_transaction {
+        exec(conn, conn.dialect().begin()).map_err(|error| error.to_string())?;
+        *in_transaction = true;
+    }
+    Ok(())
+}
+
+/// Runs placements queued one after another ([`place::place_many`]), without savepoints:
+/// each one's refusal is its own, but a failed statement (or a panic) fails the batch —
+/// then `Err`, and every placement is answered with the batch's failure.
+fn run_places(
+    conn: &Conn,
+    hot: &mut Hot,
+    notices: &mut Vec<Notice>,
+    fenced: &mut Fenced,
+    places: Vec<Placement>,
+    done: &mut Vec<Done>,
+) -> std::result::Result<(), String> {
+    if places.is_empty() {
+        return Ok(());
+    }
+    let (args, answers): (Vec<PlaceArgs>, Vec<_>) =
+        places.into_iter().map(|p| (p.args, p.answer)).unzip();
+    let count = args.len();
+    let errors_before = conn.total_errors();
+    let started = std::time::Instant::now();
+    let outcome = {
+        let mut ctx = Ctx {
+            conn,
+            hot: &mut *hot,
+            notices: &mut *notices,
+            lease: None,
+            fenced: &mut *fenced,
+        };
+        std::panic::catch_unwind(AssertUnwindSafe(|| place::place_many(&mut ctx, args)))
+    };
+    let took = started.elapsed();
+    if took >= SLOW_JOB {
+        tracing::warn!(
+            placements = count,
+            took_ms = took.as_secs_f64() * 1000.0,
+            "slow placements: they held up every other write"
+        );
+    }
+    let failed = match outcome {
+        // On Postgres a failed statement aborts the transaction, whoever answered it.
+        Ok(Ok(results)) if conn.total_errors() == errors_before => {
+            for zone in hot.zones.values_mut() {
+                if zone.take_capacity_gained() {
+                    notices.push(Notice::Capacity {
+                        zone_id: zone.id().to_string(),
+                    });
+                }
+            }
+            for (result, answer) in results.into_iter().zip(answers) {
+                let job = finished("place_session", result, answer);
+                if job.doubt {
+                    hot.clear();
+                }
+                done.push(job);
+            }
+            return Ok(());
+        }
+        Ok(Ok(results)) => {
+            let error = results.into_iter().find_map(|result| result.err());
+            format!(
+                "a placement's statement failed ({}); its batch is rolled back",
+                error.map_or_else(|| "unknown error".to_string(), |e| e.to_string())
+            )
+        }
+        Ok(Err(error)) => format!("placements failed: {error}"),
+        Err(_) => {
+            tracing::error!("a placement panicked; its batch is rolled back");
+            "a placement panicked".to_string()
+        }
+    };
+    hot.clear();
+    done.extend(answers.into_iter().map(unrun));
+    Err(failed)
+}
+
 /// A committed batch on its way to the flusher: its answers and notices wait for the
 /// fsync that makes it durable.
 struct Flush {
@@ -489,6 +611,8 @@ fn run(
         let mut done: Vec<Done> = Vec::new();
         let mut failure: Option<String> = None;
         let mut in_transaction = false;
+        // Placements gathered until a job of another kind, or the batch's end.
+        let mut places: Vec<Placement> = Vec::new();
         let mut next = Some(first);
         while let Some(job) = next.take() {
             let (work, plain) = match job {
@@ -497,16 +621,35 @@ fn run(
                     next = jobs.try_recv().ok();
                     continue;
                 }
+                Job::Place(placement) => {
+                    places.push(placement);
+                    if done.len() + places.len() >= MAX_BATCH {
+                        break;
+                    }
+                    next = jobs.try_recv().ok();
+                    continue;
+                }
                 Job::Write(work) => (work, false),
                 Job::Plain(work) => (work, true),
             };
-            if !in_transaction {
-                if let Err(error) = exec(&conn, conn.dialect().begin()) {
-                    failure = Some(error.to_string());
-                    done.push(work(None));
-                    break;
-                }
-                in_transaction = true;
+            if let Err(error) = begin(&conn, &mut in_transaction) {
+                failure = Some(error);
+                done.push(work(None));
+                break;
+            }
+            // The placements queued before this job run before it.
+            let gathered = std::mem::take(&mut places);
+            if let Err(error) = run_places(
+                &conn,
+                &mut hot,
+                &mut notices,
+                &mut fenced,
+                gathered,
+                &mut done,
+            ) {
+                failure = Some(error);
+                done.push(work(None));
+                break;
             }
             match run_write(&conn, &mut hot, &mut notices, &mut fenced, work, plain) {
                 Ok(job_done) => done.push(job_done),
@@ -521,6 +664,31 @@ fn run(
                 break;
             }
             next = jobs.try_recv().ok();
+        }
+        if !places.is_empty() {
+            let gathered = std::mem::take(&mut places);
+            let begun = match &failure {
+                Some(error) => Err(error.clone()),
+                None => begin(&conn, &mut in_transaction),
+            };
+            match begun {
+                Ok(()) => {
+                    if let Err(error) = run_places(
+                        &conn,
+                        &mut hot,
+                        &mut notices,
+                        &mut fenced,
+                        gathered,
+                        &mut done,
+                    ) {
+                        failure = Some(error);
+                    }
+                }
+                Err(error) => {
+                    done.extend(gathered.into_iter().map(|p| unrun(p.answer)));
+                    failure = Some(error);
+                }
+            }
         }
         // The commit (or rollback) ends the lease rows' locks.
         fenced.clear();
