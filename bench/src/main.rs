@@ -84,6 +84,24 @@ struct Options {
     /// each placement asks for the next zone in turn. With replicas, each holds some.
     #[arg(long, default_value_t = 1)]
     zones: u32,
+    /// A CPU budget for each fleetformd (in cores, e.g. `0.5`; a cgroup's CPU quota, so
+    /// this needs root and a cgroup `cpu` controller): each replica as if on a host of
+    /// its own, where without it every replica, Postgres and this load generator share
+    /// this machine's cores, and more replicas cannot add what the machine lacks.
+    #[arg(long)]
+    replica_cpus: Option<f64>,
+    /// Where a placement is sent: `any` replica (a connection's own, as behind a plain
+    /// load balancer: a replica passes on what is for a zone another holds), or the
+    /// replica `holder` of the zone's lease (as a zone-aware load balancer or matchmaker
+    /// would; no replica forwards).
+    #[arg(long, value_enum, default_value = "any")]
+    route: Route,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Route {
+    Any,
+    Holder,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -392,7 +410,7 @@ async fn scenario(
     let database = postgres.as_ref().map(|(_, url)| url.as_str());
     let mut servers = Vec::new();
     for _ in 0..options.replicas.max(1) {
-        servers.push(Server::start(binary, session_length, database).await?);
+        servers.push(Server::start(binary, session_length, database, options.replica_cpus).await?);
     }
     let server = &servers[0];
     let api = server.client()?;
@@ -476,7 +494,7 @@ async fn scenario(
         }
     }
     println!(
-        "zone create → AVAILABLE: {:.2} s ({} machines, {} processes, {} zone{}, {} replica{} on {})",
+        "zone create → AVAILABLE: {:.2} s ({} machines, {} processes, {} zone{}, {} replica{} on {}{})",
         to_available.as_secs_f64(),
         scenario.machines,
         processes,
@@ -487,6 +505,10 @@ async fn scenario(
         match options.database {
             DatabaseKind::Sqlite => "SQLite",
             DatabaseKind::Postgres => "Postgres",
+        },
+        match options.replica_cpus {
+            Some(cores) => format!(", each held to {cores} CPU"),
+            None => String::new(),
         },
     );
     if scenario.history && postgres.is_some() {
@@ -514,13 +536,45 @@ async fn scenario(
         .iter()
         .map(|name| client::placement_body(name))
         .collect();
+    // The zones (their placement bodies) each replica is sent.
+    let mut routes: Vec<Vec<bytes::Bytes>> = vec![bodies.clone(); servers.len()];
+    if let (Route::Holder, Some((_, url))) = (options.route, &postgres) {
+        let holders = fleetform_pgtest::psql(
+            url,
+            "SELECT z.name || ' ' || l.holder_url FROM zone_leases l JOIN zones z ON z.id = l.zone_id",
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut held: Vec<Vec<bytes::Bytes>> = vec![Vec::new(); servers.len()];
+        for line in holders.lines() {
+            let Some((name, holder)) = line.split_once(' ') else {
+                continue;
+            };
+            let replica = servers.iter().position(|s| {
+                holder
+                    .trim_end_matches('/')
+                    .ends_with(&format!(":{}", s.address().port()))
+            });
+            let body = zone_names
+                .iter()
+                .position(|n| n == name)
+                .map(|i| bodies[i].clone());
+            if let (Some(replica), Some(body)) = (replica, body) {
+                held[replica].push(body);
+            }
+        }
+        for (route, held) in routes.iter_mut().zip(held) {
+            if !held.is_empty() {
+                *route = held;
+            }
+        }
+    }
     for index in 0..options.connections {
         let replica = index % servers.len();
         workers.push(Worker {
             connection: Connection::open(servers[replica].address(), server::TOKEN).await?,
             replica,
             // Connections start on different zones, so each zone gets its share at once.
-            zones: bodies.clone(),
+            zones: routes[replica].clone(),
             next_zone: index,
             latency_us: histogram(),
             codes: BTreeMap::new(),
@@ -647,6 +701,12 @@ async fn main() -> anyhow::Result<()> {
         options.replicas <= 1 || options.database == DatabaseKind::Postgres,
         "--replicas {} needs --database postgres",
         options.replicas
+    );
+    anyhow::ensure!(
+        options
+            .replica_cpus
+            .is_none_or(|cores| cores > 0.0 && cores.is_finite()),
+        "--replica-cpus: a number of cores above 0, such as 0.5"
     );
     anyhow::ensure!(
         binary.exists(),

@@ -30,15 +30,79 @@ pub struct Server {
     child: Child,
     address: SocketAddr,
     dir: tempfile::TempDir,
+    /// Removed after the child is gone (fields drop after `Drop::drop` killed it).
+    _cpu: Option<CpuGroup>,
+}
+
+/// A CPU budget for one fleetformd: a cgroup whose CFS quota is `cores` of CPU time per
+/// period, as if the replica ran on a host of its own with that many cores (on this
+/// machine every process of the benchmark otherwise shares the same cores).
+struct CpuGroup {
+    dir: PathBuf,
+}
+
+impl CpuGroup {
+    /// Puts `pid` (all its threads) in a new group of `cores` CPUs: cgroup v2 where its
+    /// `cpu` controller is enabled, else v1's `cpu` hierarchy.
+    fn limit(pid: u32, cores: f64) -> anyhow::Result<CpuGroup> {
+        let name = format!("fleetform-bench-{pid}");
+        let period: u64 = 100_000;
+        let quota = (cores * period as f64).round().max(1000.0) as u64;
+        let v2 = Path::new("/sys/fs/cgroup");
+        let v2_has_cpu = std::fs::read_to_string(v2.join("cgroup.subtree_control"))
+            .is_ok_and(|controllers| controllers.split_whitespace().any(|c| c == "cpu"));
+        let (dir, settings) = if v2_has_cpu {
+            (
+                v2.join(&name),
+                vec![("cpu.max", format!("{quota} {period}"))],
+            )
+        } else {
+            (
+                Path::new("/sys/fs/cgroup/cpu").join(&name),
+                vec![
+                    ("cpu.cfs_period_us", period.to_string()),
+                    ("cpu.cfs_quota_us", quota.to_string()),
+                ],
+            )
+        };
+        std::fs::create_dir(&dir).with_context(|| {
+            format!(
+                "--replica-cpus needs a writable cgroup cpu controller: create {}",
+                dir.display()
+            )
+        })?;
+        let group = CpuGroup { dir };
+        for (file, value) in settings {
+            std::fs::write(group.dir.join(file), value)
+                .with_context(|| format!("write {}", group.dir.join(file).display()))?;
+        }
+        std::fs::write(group.dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("move fleetformd into {}", group.dir.display()))?;
+        Ok(group)
+    }
+}
+
+impl Drop for CpuGroup {
+    fn drop(&mut self) {
+        // Empty once its process exited; a group still in use is left for the kernel.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Server {
     /// Starts fleetformd; `session_length`: its game servers end each session after so
-    /// long; `database`: a Postgres URL (a replica), else its embedded SQLite.
+    /// long; `database`: a Postgres URL (a replica), else its embedded SQLite; `cpus`: a
+    /// CPU budget of its own (see [`CpuGroup`]).
     pub async fn start(
         binary: &Path,
         session_length: Option<Duration>,
         database: Option<&str>,
+        cpus: Option<f64>,
     ) -> anyhow::Result<Server> {
         let dir = tempfile::Builder::new()
             .prefix("fleetform-bench")
@@ -66,6 +130,15 @@ impl Server {
             .stderr(log)
             .spawn()
             .with_context(|| format!("start {}", binary.display()))?;
+        let cpu = match cpus.map(|cores| CpuGroup::limit(child.id(), cores)) {
+            None => None,
+            Some(Ok(group)) => Some(group),
+            Some(Err(error)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(error);
+            }
+        };
         let stdout = child.stdout.take().context("fleetformd's stdout")?;
         let (found, lines) = tokio::task::spawn_blocking(move || {
             let mut lines = BufReader::new(stdout).lines();
@@ -89,6 +162,7 @@ impl Server {
             child,
             address: address.parse()?,
             dir,
+            _cpu: cpu,
         })
     }
 
