@@ -565,18 +565,39 @@ async fn the_quickstart_against_two_replicas() -> Result<()> {
     )?;
     tf.apply()?;
     let fleet_id = tf.output("fleet_id")?;
-    // A placement through either replica lands on a real game server.
+    // A placement through either replica lands on a real game server, and its answer
+    // names the replica serving the zone (the holder of its lease), through both.
+    let holder = sql_i64(
+        &db,
+        &format!(
+            "SELECT CASE WHEN holder_url = '{}' THEN 0 ELSE 1 END FROM zone_leases",
+            a.url
+        ),
+    )?;
+    let holder_url = [&a.url, &b.url][holder as usize].clone();
+    let http = reqwest::Client::new();
     for server in [&a, &b] {
-        let session = server
-            .client()
-            .place_session(
-                &fleet_id,
-                &PlacementRequest {
-                    zone: "local".into(),
-                    ..PlacementRequest::default()
-                },
-            )
+        let answer = http
+            .post(format!("{}/v1/fleets/{fleet_id}/sessions", server.url))
+            .bearer_auth(fleetform_e2e::TOKEN)
+            .json(&PlacementRequest {
+                zone: "local".into(),
+                ..PlacementRequest::default()
+            })
+            .send()
             .await?;
+        ensure!(answer.status() == 201, "placement: {}", answer.status());
+        let named = answer
+            .headers()
+            .get("x-fleetform-zone-replica")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string);
+        ensure!(
+            named.as_deref() == Some(holder_url.as_str()),
+            "the answer through {} names {named:?} as the zone's replica, not {holder_url}",
+            server.url
+        );
+        let session: fleetform_api::Session = answer.json().await?;
         until_on_game_server(&session).await?;
         server.client().end_session(&session.id).await?;
     }

@@ -17,6 +17,12 @@ use super::AppState;
 /// The header a forwarded request carries.
 pub const FORWARDED: &str = "x-fleetform-forwarded";
 
+/// The header of a placement's answer that names the replica serving its zone (its
+/// `--replica-url`), on Postgres, where zones have leases: a client or router that sends the zone's
+/// next placements there saves the hop through another replica, and one that cannot
+/// reach it loses nothing (any replica still serves every zone).
+pub const ZONE_REPLICA: &str = "x-fleetform-zone-replica";
+
 /// The HTTP client replicas forward with.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
@@ -81,10 +87,14 @@ pub async fn send(
         Err(error) => return Some(cut_off(&error, base, path)),
     };
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let retry_after = answer
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|value| HeaderValue::from_bytes(value.as_bytes()).ok());
+    let relayed = |name: &str| {
+        answer
+            .headers()
+            .get(name)
+            .and_then(|value| HeaderValue::from_bytes(value.as_bytes()).ok())
+    };
+    let retry_after = relayed(reqwest::header::RETRY_AFTER.as_str());
+    let zone_replica = relayed(ZONE_REPLICA);
     let bytes = match answer.bytes().await {
         Ok(bytes) => bytes,
         Err(error) => return Some(cut_off(&error, base, path)),
@@ -94,6 +104,9 @@ pub async fn send(
         .header(axum::http::header::CONTENT_TYPE, "application/json");
     if let Some(retry_after) = retry_after {
         response = response.header(axum::http::header::RETRY_AFTER, retry_after);
+    }
+    if let Some(zone_replica) = zone_replica {
+        response = response.header(ZONE_REPLICA, zone_replica);
     }
     Some(response.body(Body::from(bytes)).expect("a valid response"))
 }

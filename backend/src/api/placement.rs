@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleetform_api::validate::validate_placement;
@@ -68,7 +68,13 @@ pub async fn place(
         }
         let zone_id = match outcome {
             PlaceOutcome::Placed(session) | PlaceOutcome::Repeated(session) => {
-                return Ok((StatusCode::CREATED, Json(session)).into_response())
+                let mut answer = (StatusCode::CREATED, Json(&session)).into_response();
+                if state.leases.held(&session.zone_id).is_some() {
+                    if let Ok(url) = HeaderValue::from_str(&state.leases.url) {
+                        answer.headers_mut().insert(forward::ZONE_REPLICA, url);
+                    }
+                }
+                return Ok(answer);
             }
             PlaceOutcome::NoCapacity { zone_id } => zone_id,
         };
