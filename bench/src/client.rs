@@ -18,6 +18,13 @@ pub struct Connection {
     host: String,
 }
 
+/// A placement's answer.
+pub struct Placement {
+    pub status: StatusCode,
+    pub id: Option<String>,
+    pub zone_replica: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct Placed {
     id: String,
@@ -46,7 +53,11 @@ impl Connection {
         })
     }
 
-    async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<(StatusCode, Bytes)> {
+    async fn post(
+        &mut self,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<(StatusCode, hyper::HeaderMap, Bytes)> {
         self.sender.ready().await?;
         let request = Request::builder()
             .method(Method::POST)
@@ -57,18 +68,16 @@ impl Connection {
             .body(Full::new(body))?;
         let response = self.sender.send_request(request).await?;
         let status = response.status();
+        let headers = response.headers().clone();
         let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, body))
+        Ok((status, headers, body))
     }
 
-    /// Places a session (`body`: see [`placement_body`]) in `fleet`: the answer's status
-    /// and, on a 201, the session's id.
-    pub async fn place(
-        &mut self,
-        fleet: &str,
-        body: Bytes,
-    ) -> anyhow::Result<(StatusCode, Option<String>)> {
-        let (status, body) = self
+    /// Places a session (`body`: see [`placement_body`]) in `fleet`: the answer's status,
+    /// on a 201 the session's id, and the replica the answer names as its zone's
+    /// (`x-fleetform-zone-replica`).
+    pub async fn place(&mut self, fleet: &str, body: Bytes) -> anyhow::Result<Placement> {
+        let (status, headers, body) = self
             .post(&format!("/v1/fleets/{fleet}/sessions"), body)
             .await?;
         let id = if status == StatusCode::CREATED {
@@ -76,12 +85,20 @@ impl Connection {
         } else {
             None
         };
-        Ok((status, id))
+        let zone_replica = headers
+            .get("x-fleetform-zone-replica")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string);
+        Ok(Placement {
+            status,
+            id,
+            zone_replica,
+        })
     }
 
     /// Ends a session.
     pub async fn end(&mut self, session: &str) -> anyhow::Result<StatusCode> {
-        let (status, _) = self
+        let (status, _, _) = self
             .post(&format!("/v1/sessions/{session}/end"), Bytes::new())
             .await?;
         Ok(status)

@@ -31,6 +31,7 @@ mod server;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -172,9 +173,13 @@ struct RunReport {
 
 /// One connection's share of a run.
 struct Worker {
-    connection: Connection,
-    /// Which replica it talks to.
+    /// Its connection to its replica, then (with `--route holder`) to each other.
+    connections: Vec<Connection>,
+    /// Which replica it talks to first.
     replica: usize,
+    /// With `--route holder`: the replica each zone's placements go to (its own, until an
+    /// answer names the zone's), and each replica's port.
+    routes: Option<(Vec<usize>, Arc<Vec<u16>>)>,
     /// A placement body per zone, asked for in turn.
     zones: Vec<bytes::Bytes>,
     next_zone: usize,
@@ -191,16 +196,29 @@ struct Worker {
 
 impl Worker {
     async fn place(&mut self, fleet: &str, due: Instant, counting: bool) {
-        let body = self.zones[self.next_zone % self.zones.len()].clone();
+        let zone = self.next_zone % self.zones.len();
+        let body = self.zones[zone].clone();
         self.next_zone += 1;
-        let answer = self.connection.place(fleet, body).await;
+        let target = self.routes.as_ref().map_or(0, |(routes, _)| routes[zone]);
+        let answer = self.connections[target].place(fleet, body).await;
         let latency = due.elapsed();
         let code = match answer {
-            Ok((status, id)) => {
-                if let (Some(id), Some(hold)) = (id, self.hold) {
+            Ok(placement) => {
+                if let (Some(id), Some(hold)) = (placement.id, self.hold) {
                     self.live.push_back((id, Instant::now() + hold));
                 }
-                status.as_u16().to_string()
+                if let (Some((routes, ports)), Some(url)) =
+                    (&mut self.routes, &placement.zone_replica)
+                {
+                    // Where the zone is served: its next placements go there.
+                    if let Some(replica) = ports
+                        .iter()
+                        .position(|port| url.trim_end_matches('/').ends_with(&format!(":{port}")))
+                    {
+                        routes[zone] = replica;
+                    }
+                }
+                placement.status.as_u16().to_string()
             }
             Err(error) => format!("error: {error}"),
         };
@@ -225,7 +243,7 @@ impl Worker {
             return false;
         }
         let (id, _) = self.live.pop_front().expect("checked");
-        let code = match self.connection.end(&id).await {
+        let code = match self.connections[0].end(&id).await {
             Ok(status) => status.as_u16().to_string(),
             Err(error) => format!("error: {error}"),
         };
@@ -536,45 +554,28 @@ async fn scenario(
         .iter()
         .map(|name| client::placement_body(name))
         .collect();
-    // The zones (their placement bodies) each replica is sent.
-    let mut routes: Vec<Vec<bytes::Bytes>> = vec![bodies.clone(); servers.len()];
-    if let (Route::Holder, Some((_, url))) = (options.route, &postgres) {
-        let holders = fleetform_pgtest::psql(
-            url,
-            "SELECT z.name || ' ' || l.holder_url FROM zone_leases l JOIN zones z ON z.id = l.zone_id",
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut held: Vec<Vec<bytes::Bytes>> = vec![Vec::new(); servers.len()];
-        for line in holders.lines() {
-            let Some((name, holder)) = line.split_once(' ') else {
-                continue;
-            };
-            let replica = servers.iter().position(|s| {
-                holder
-                    .trim_end_matches('/')
-                    .ends_with(&format!(":{}", s.address().port()))
-            });
-            let body = zone_names
-                .iter()
-                .position(|n| n == name)
-                .map(|i| bodies[i].clone());
-            if let (Some(replica), Some(body)) = (replica, body) {
-                held[replica].push(body);
-            }
-        }
-        for (route, held) in routes.iter_mut().zip(held) {
-            if !held.is_empty() {
-                *route = held;
-            }
-        }
-    }
+    let ports: Arc<Vec<u16>> = Arc::new(servers.iter().map(|s| s.address().port()).collect());
     for index in 0..options.connections {
         let replica = index % servers.len();
+        let mut connections =
+            vec![Connection::open(servers[replica].address(), server::TOKEN).await?];
+        let mut routes = None;
+        if options.route == Route::Holder && servers.len() > 1 {
+            // Index 0 is its own replica; then every replica by its index, so a route
+            // names the connection to use as `1 + replica`.
+            for other in &servers {
+                connections.push(Connection::open(other.address(), server::TOKEN).await?);
+            }
+            let mut ports_by_connection = vec![servers[replica].address().port()];
+            ports_by_connection.extend(ports.iter().copied());
+            routes = Some((vec![0; bodies.len()], Arc::new(ports_by_connection)));
+        }
         workers.push(Worker {
-            connection: Connection::open(servers[replica].address(), server::TOKEN).await?,
+            connections,
             replica,
+            routes,
             // Connections start on different zones, so each zone gets its share at once.
-            zones: routes[replica].clone(),
+            zones: bodies.clone(),
             next_zone: index,
             latency_us: histogram(),
             codes: BTreeMap::new(),
