@@ -13,7 +13,9 @@
 //! starts N fleetformd replicas on it and spreads its connections over them; `--zones N`
 //! splits the scenario's machines into N zones, which the replicas share out through
 //! their leases (each placement asks for the next zone, so a replica forwards the ones
-//! another holds). It then prints each replica's share too.
+//! another holds, unless `--route holder` sends each zone's placements where its answers
+//! say it is served). It then prints each replica's share too. `--replica-cpus` holds each
+//! fleetformd to a CPU budget of its own (a cgroup quota), as if each ran on its own host.
 //!
 //! Runs are closed loop (`0`: every connection places as fast as answers come) or open
 //! loop at a fixed rate (latency counted from when each request was due, so a slow server
@@ -23,6 +25,8 @@
 //! cargo build --release -p fleetformd --no-default-features -p fleetform-bench
 //! target/release/fleetform-bench --scenario all
 //! target/release/fleetform-bench --scenario parallel-600 --database postgres --zones 2 --replicas 2
+//! target/release/fleetform-bench --scenario parallel-600 --database postgres --zones 2 \
+//!     --replicas 2 --route holder --replica-cpus 0.5
 //! ```
 
 mod client;

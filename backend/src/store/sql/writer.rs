@@ -5,7 +5,9 @@
 //! open transaction, the picture, the notices to send). The writer takes the first job
 //! from its bounded queue, then every job already waiting behind it (never sleeping to
 //! gather more), runs each in its own `SAVEPOINT` (a job that fails is rolled back alone
-//! and answers its error), and commits once. A commit that fails fails the whole batch and
+//! and answers its error), and commits once. Placements are jobs of their own kind
+//! ([`Writer::place`]): those queued one after another run together, without savepoints
+//! (`place::place_many`; on Postgres one statement for all of them). A commit that fails fails the whole batch and
 //! drops the picture, which reloads from the database.
 //!
 //! Durability is pipelined: the commit writes the batch to the write-ahead log (so a kill
@@ -306,31 +308,32 @@ impl Writer {
         f: impl FnOnce(&mut Ctx<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (work, receiver) = work(f);
-        match self.queue.try_send(Job::Plain(work)) {
-            Ok(()) => answer(receiver).await,
-            Err(mpsc::error::TrySendError::Full(_)) => Err(Error::Overloaded {
-                retry_after_secs: 1,
-            }),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Err(Error::Internal("the store's writer has stopped".into()))
-            }
-        }
+        self.send_now(Job::Plain(work))?;
+        answer(receiver).await
     }
 
     /// Places a session. Like [`Writer::write_plain`] (no savepoint; a full queue answers
     /// [`Error::Overloaded`]), and the placements queued one after another run together
     /// ([`place::place_many`]: on Postgres one statement for all of them).
     pub async fn place(&self, args: PlaceArgs) -> Result<PlaceOutcome> {
-        let (answer, receiver) = oneshot::channel();
-        match self.queue.try_send(Job::Place(Placement { args, answer })) {
-            Ok(()) => self::answer(receiver).await,
-            Err(mpsc::error::TrySendError::Full(_)) => Err(Error::Overloaded {
+        let (reply, receiver) = oneshot::channel();
+        self.send_now(Job::Place(Placement {
+            args,
+            answer: reply,
+        }))?;
+        answer(receiver).await
+    }
+
+    /// Queues a job without waiting for room: a full queue is [`Error::Overloaded`].
+    fn send_now(&self, job: Job) -> Result<()> {
+        self.queue.try_send(job).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => Error::Overloaded {
                 retry_after_secs: 1,
-            }),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Err(Error::Internal("the store's writer has stopped".into()))
+            },
+            mpsc::error::TrySendError::Closed(_) => {
+                Error::Internal("the store's writer has stopped".into())
             }
-        }
+        })
     }
 
     /// Runs `f` on the writer after the current batch, outside a transaction, without
