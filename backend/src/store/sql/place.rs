@@ -60,12 +60,12 @@ const INSERT_SESSION: &str = "INSERT INTO sessions (id, fleet_id, zone_id, zone_
         idempotency_key, created_at)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'ACTIVE', ?11, ?12, ?13, ?14)";
 
-/// Postgres places a whole run of queued placements in one statement (one round trip and
-/// one statement for the batch's placements, where one each cost more than the work): the
-/// sessions chosen from the picture arrive as a JSON array; `TAKE_SLOTS` takes, per
-/// process, as many slots as sessions chose it — all or none, the guard of `TAKE_SLOT`
-/// with the count in place of one — and the sessions of the processes it took are
-/// inserted from its `RETURNING`, so a refused process inserts none of its sessions.
+/// Postgres places a whole run of queued placements in one statement (a round trip and a
+/// statement each cost more than one placement's work): the sessions chosen from the
+/// picture arrive as a JSON array; its `UPDATE` takes, per process, as many slots as
+/// sessions chose it — all or none, the guard of `TAKE_SLOT` with the count in place of
+/// one — and the sessions of the processes it took are inserted from its `RETURNING`, so
+/// a refused process inserts none of its sessions.
 /// Parameter `?1`: the sessions, each an object of `INSERT_SESSION`'s columns.
 const PLACE_ALL_POSTGRES: &str = "WITH input AS (
         SELECT * FROM json_to_recordset(?1::text::json) AS t(
