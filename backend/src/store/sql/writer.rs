@@ -448,6 +448,25 @@ fn begin(conn: &Conn, in_transaction: &mut bool) -> std::result::Result<(), Stri
     Ok(())
 }
 
+/// Opens the batch's transaction unless it is open, then runs the placements gathered so
+/// far (answered with the failure when the transaction cannot be opened).
+fn open_and_place(
+    conn: &Conn,
+    in_transaction: &mut bool,
+    hot: &mut Hot,
+    notices: &mut Vec<Notice>,
+    fenced: &mut Fenced,
+    places: &mut Vec<Placement>,
+    done: &mut Vec<Done>,
+) -> std::result::Result<(), String> {
+    let gathered = std::mem::take(places);
+    if let Err(error) = begin(conn, in_transaction) {
+        done.extend(gathered.into_iter().map(|p| unrun(p.answer)));
+        return Err(error);
+    }
+    run_places(conn, hot, notices, fenced, gathered, done)
+}
+
 /// Runs placements queued one after another ([`place::place_many`]), without savepoints:
 /// each one's refusal is its own, but a failed statement (or a panic) fails the batch —
 /// then `Err`, and every placement is answered with the batch's failure.
@@ -635,19 +654,14 @@ fn run(
                 Job::Write(work) => (work, false),
                 Job::Plain(work) => (work, true),
             };
-            if let Err(error) = begin(&conn, &mut in_transaction) {
-                failure = Some(error);
-                done.push(work(None));
-                break;
-            }
-            // The placements queued before this job run before it.
-            let gathered = std::mem::take(&mut places);
-            if let Err(error) = run_places(
+            // The transaction, and in it the placements queued before this job.
+            if let Err(error) = open_and_place(
                 &conn,
+                &mut in_transaction,
                 &mut hot,
                 &mut notices,
                 &mut fenced,
-                gathered,
+                &mut places,
                 &mut done,
             ) {
                 failure = Some(error);
@@ -669,28 +683,18 @@ fn run(
             next = jobs.try_recv().ok();
         }
         if !places.is_empty() {
-            let gathered = std::mem::take(&mut places);
-            let begun = match &failure {
-                Some(error) => Err(error.clone()),
-                None => begin(&conn, &mut in_transaction),
-            };
-            match begun {
-                Ok(()) => {
-                    if let Err(error) = run_places(
-                        &conn,
-                        &mut hot,
-                        &mut notices,
-                        &mut fenced,
-                        gathered,
-                        &mut done,
-                    ) {
-                        failure = Some(error);
-                    }
-                }
-                Err(error) => {
-                    done.extend(gathered.into_iter().map(|p| unrun(p.answer)));
-                    failure = Some(error);
-                }
+            if failure.is_some() {
+                done.extend(places.drain(..).map(|p| unrun(p.answer)));
+            } else if let Err(error) = open_and_place(
+                &conn,
+                &mut in_transaction,
+                &mut hot,
+                &mut notices,
+                &mut fenced,
+                &mut places,
+                &mut done,
+            ) {
+                failure = Some(error);
             }
         }
         // The commit (or rollback) ends the lease rows' locks.
