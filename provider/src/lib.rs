@@ -10,6 +10,7 @@
 pub mod client;
 pub mod data_sources;
 pub mod diag;
+pub mod handshake;
 pub mod provider;
 pub mod resources;
 pub mod schema;
