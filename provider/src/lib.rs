@@ -11,6 +11,8 @@ pub mod client;
 pub mod data_sources;
 pub mod diag;
 pub mod handshake;
+pub mod plugin;
+pub mod proto;
 pub mod provider;
 pub mod resources;
 pub mod schema;
