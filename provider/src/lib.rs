@@ -38,8 +38,11 @@ pub fn quiet_diagnostic_backtraces() {
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
 }
 
-/// Serves the provider to Terraform until it is told to stop.
+/// Serves the provider to Terraform until it is told to stop. SIGINT is ignored (a
+/// Ctrl-C in the terminal reaches the provider too; Terraform stops it through the
+/// protocol, where killing it mid-apply could lose what it created).
 pub async fn serve() -> anyhow::Result<()> {
+    plugin::ignore_interrupts();
     tf_provider::serve(PROVIDER_NAME, FleetformProvider::new()).await
 }
 

@@ -288,9 +288,17 @@ pub async fn serve(
     Ok(())
 }
 
-/// SIGINT is for Terraform, which stops the provider through the protocol.
-fn ignore_interrupts() {
-    tokio::spawn(async { while tokio::signal::ctrl_c().await.is_ok() {} });
+/// SIGINT is for Terraform, which stops the provider through the protocol. The handler
+/// is in place when this returns (a SIGINT right after is ignored too); call it within
+/// the runtime.
+pub fn ignore_interrupts() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::interrupt()) {
+        Ok(mut interrupts) => {
+            tokio::spawn(async move { while interrupts.recv().await.is_some() {} });
+        }
+        Err(error) => eprintln!("[WARN] SIGINT cannot be ignored: {error}"),
+    }
 }
 
 /// `plugin.GRPCController`: `Shutdown` stops the server.
