@@ -79,6 +79,10 @@ pub fn data_source_schemas() -> Vec<(String, Schema)> {
             format!("{PROVIDER_NAME}_locations"),
             data_sources::locations::locations_schema(),
         ),
+        (
+            format!("{PROVIDER_NAME}_fleet"),
+            data_sources::fleet::fleet_data_schema(),
+        ),
     ]
 }
 

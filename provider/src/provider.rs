@@ -10,6 +10,7 @@ use tf_provider::value::{Value, ValueEmpty};
 use tf_provider::{AttributePath, Diagnostics, DynamicDataSource, DynamicResource, Provider};
 
 use crate::client::SharedClient;
+use crate::data_sources::fleet::FleetDataSource;
 use crate::data_sources::locations::LocationsDataSource;
 use crate::data_sources::zone_status::ZoneStatusDataSource;
 use crate::resources::bare_metal_machine::BareMetalMachineResource;
@@ -159,6 +160,12 @@ impl Provider for FleetformProvider {
             (
                 "locations".to_string(),
                 Box::new(LocationsDataSource {
+                    client: self.client.clone(),
+                }),
+            ),
+            (
+                "fleet".to_string(),
+                Box::new(FleetDataSource {
                     client: self.client.clone(),
                 }),
             ),
