@@ -18,6 +18,7 @@ pub mod resources;
 pub mod schema;
 pub mod state;
 pub mod timeouts;
+pub mod wire;
 
 use tf_provider::schema::Schema;
 
