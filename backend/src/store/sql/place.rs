@@ -110,17 +110,45 @@ struct Chosen {
     now_ms: i64,
 }
 
+/// A chosen session's row for `PLACE_ALL_POSTGRES`, borrowed: serialized straight into
+/// the statement's JSON text.
+#[derive(serde::Serialize)]
+struct Row<'a> {
+    id: &'a str,
+    fleet_id: &'a str,
+    zone_id: &'a str,
+    zone_name: &'a str,
+    data_center: &'a str,
+    machine_id: &'a str,
+    process_id: &'a str,
+    build_id: &'a str,
+    address: &'a str,
+    port: u16,
+    max_players: Option<u32>,
+    properties: &'a str,
+    idempotency_key: Option<&'a str>,
+    created_at: i64,
+}
+
 impl Chosen {
-    /// Its row for `PLACE_ALL_POSTGRES`.
-    fn json(&self) -> serde_json::Value {
+    fn row(&self) -> Row<'_> {
         let s = &self.session;
-        serde_json::json!({
-            "id": s.id, "fleet_id": s.fleet_id, "zone_id": s.zone_id, "zone_name": s.zone,
-            "data_center": s.data_center, "machine_id": s.machine_id,
-            "process_id": s.process_id, "build_id": s.build_id, "address": s.address,
-            "port": s.port, "max_players": s.max_players, "properties": self.properties,
-            "idempotency_key": self.idempotency_key, "created_at": self.now_ms,
-        })
+        Row {
+            id: &s.id,
+            fleet_id: &s.fleet_id,
+            zone_id: &s.zone_id,
+            zone_name: &s.zone,
+            data_center: &s.data_center,
+            machine_id: &s.machine_id,
+            process_id: &s.process_id,
+            build_id: &s.build_id,
+            address: &s.address,
+            port: s.port,
+            max_players: s.max_players,
+            properties: &self.properties,
+            idempotency_key: self.idempotency_key.as_deref(),
+            created_at: self.now_ms,
+        }
     }
 }
 
@@ -130,7 +158,8 @@ fn insert_all_postgres(
     ctx: &mut Ctx<'_>,
     chosen: &[&Chosen],
 ) -> Result<std::collections::HashSet<String>> {
-    let rows = serde_json::Value::Array(chosen.iter().map(|c| c.json()).collect()).to_string();
+    let rows: Vec<Row<'_>> = chosen.iter().map(|c| c.row()).collect();
+    let rows = serde_json::to_string(&rows).map_err(|e| Error::Internal(e.to_string()))?;
     let ids = ctx
         .conn
         .all(PLACE_ALL_POSTGRES, args![rows], |row| -> Result<String> {
