@@ -177,8 +177,11 @@ struct RunReport {
 
 /// One connection's share of a run.
 struct Worker {
-    /// Its connection to its replica, then (with `--route holder`) to each other.
+    /// Its connection to its replica, or (with `--route holder`) one to each replica, by
+    /// replica.
     connections: Vec<Connection>,
+    /// Which of `connections` goes to its own replica.
+    home: usize,
     /// Which replica it talks to first.
     replica: usize,
     /// With `--route holder`: the replica each zone's placements go to (its own, until an
@@ -203,7 +206,10 @@ impl Worker {
         let zone = self.next_zone % self.zones.len();
         let body = self.zones[zone].clone();
         self.next_zone += 1;
-        let target = self.routes.as_ref().map_or(0, |(routes, _)| routes[zone]);
+        let target = self
+            .routes
+            .as_ref()
+            .map_or(self.home, |(routes, _)| routes[zone]);
         let answer = self.connections[target].place(fleet, body).await;
         let latency = due.elapsed();
         let code = match answer {
@@ -247,7 +253,7 @@ impl Worker {
             return false;
         }
         let (id, _) = self.live.pop_front().expect("checked");
-        let code = match self.connections[0].end(&id).await {
+        let code = match self.connections[self.home].end(&id).await {
             Ok(status) => status.as_u16().to_string(),
             Err(error) => format!("error: {error}"),
         };
@@ -561,21 +567,20 @@ async fn scenario(
     let ports: Arc<Vec<u16>> = Arc::new(servers.iter().map(|s| s.address().port()).collect());
     for index in 0..options.connections {
         let replica = index % servers.len();
-        let mut connections =
-            vec![Connection::open(servers[replica].address(), server::TOKEN).await?];
-        let mut routes = None;
-        if options.route == Route::Holder && servers.len() > 1 {
-            // Index 0 is its own replica; then every replica by its index, so a route
-            // names the connection to use as `1 + replica`.
-            for other in &servers {
-                connections.push(Connection::open(other.address(), server::TOKEN).await?);
+        let (connections, home, routes) = if options.route == Route::Holder && servers.len() > 1 {
+            let mut connections = Vec::with_capacity(servers.len());
+            for server in &servers {
+                connections.push(Connection::open(server.address(), server::TOKEN).await?);
             }
-            let mut ports_by_connection = vec![servers[replica].address().port()];
-            ports_by_connection.extend(ports.iter().copied());
-            routes = Some((vec![0; bodies.len()], Arc::new(ports_by_connection)));
-        }
+            let routes = (vec![replica; bodies.len()], Arc::clone(&ports));
+            (connections, replica, Some(routes))
+        } else {
+            let own = Connection::open(servers[replica].address(), server::TOKEN).await?;
+            (vec![own], 0, None)
+        };
         workers.push(Worker {
             connections,
+            home,
             replica,
             routes,
             // Connections start on different zones, so each zone gets its share at once.
