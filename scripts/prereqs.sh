@@ -8,7 +8,7 @@ as_root() {
 }
 
 apt_packages=()
-# tf-provider compiles the Terraform plugin protocol's .proto files at build time.
+# The provider compiles the Terraform plugin protocols' .proto files at build time.
 command -v protoc >/dev/null 2>&1 || apt_packages+=(protobuf-compiler)
 command -v curl >/dev/null 2>&1 || apt_packages+=(curl)
 # The store suite and the replica tests run a throwaway Postgres (Debian's, 15 on bookworm).

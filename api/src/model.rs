@@ -81,11 +81,31 @@ wire_enum!(
     EventProducer { Fleet => "FLEET", Zone => "ZONE", Machine => "MACHINE" }
 );
 
+/// The values the server gives what a body leaves out, where the type's own default is not
+/// it. Clients that plan a default (the Terraform provider) take it from here, so the two
+/// cannot drift apart. Enums default through `Default` (`UpdateMode::default()`, …).
+pub mod defaults {
+    /// `FleetSpec::sessions_per_process`.
+    pub const SESSIONS_PER_PROCESS: u32 = 1;
+    /// `FleetSpec::storage_gb`.
+    pub const STORAGE_GB: u32 = 50;
+    /// `FleetSpec::process_restart_hours` (off).
+    pub const PROCESS_RESTART_HOURS: u32 = 0;
+    /// `FleetSpec::force_destroy`.
+    pub const FORCE_DESTROY: bool = false;
+    /// `ZoneSpec::cooldown_minutes`.
+    pub const COOLDOWN_MINUTES: u32 = 0;
+    /// `BufferRule::min_active_sessions`.
+    pub const MIN_ACTIVE_SESSIONS: u32 = 0;
+    /// `DataCenterSpec::priority`.
+    pub const PRIORITY: u32 = 0;
+}
+
 fn default_one() -> u32 {
-    1
+    defaults::SESSIONS_PER_PROCESS
 }
 fn default_storage_gb() -> u32 {
-    50
+    defaults::STORAGE_GB
 }
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
@@ -703,4 +723,35 @@ pub struct CrashList {
     /// Pass as `cursor` to get the next page; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the server fills in for a body that leaves everything optional out is what
+    /// `defaults` says (the provider plans these values).
+    #[test]
+    fn left_out_fields_take_the_published_defaults() {
+        let fleet: FleetSpec = serde_json::from_value(serde_json::json!({
+            "name": "f", "build_id": "bld-1", "launch_path": "server"
+        }))
+        .unwrap();
+        assert_eq!(fleet.sessions_per_process, defaults::SESSIONS_PER_PROCESS);
+        assert_eq!(fleet.storage_gb, defaults::STORAGE_GB);
+        assert_eq!(fleet.process_restart_hours, defaults::PROCESS_RESTART_HOURS);
+        assert_eq!(fleet.force_destroy, defaults::FORCE_DESTROY);
+        let zone: ZoneSpec = serde_json::from_value(serde_json::json!({
+            "fleet_id": "flt-1", "name": "z", "initial_server_processes": 1,
+            "buffer_rules": [{"available_servers": 1}],
+            "data_centers": [{"name": "a", "location": "local"}]
+        }))
+        .unwrap();
+        assert_eq!(zone.cooldown_minutes, defaults::COOLDOWN_MINUTES);
+        assert_eq!(
+            zone.buffer_rules[0].min_active_sessions,
+            defaults::MIN_ACTIVE_SESSIONS
+        );
+        assert_eq!(zone.data_centers[0].priority, defaults::PRIORITY);
+    }
 }

@@ -1,4 +1,11 @@
-//! Terraform provider for fleetform (plugin protocol 6, crate `tf-provider`).
+//! Terraform provider for fleetform, serving plugin protocol 5 or 6 (whichever is the
+//! highest both Terraform and the provider speak) from one core.
+//!
+//! Layers, outside in: `plugin.rs` (go-plugin's socket, mTLS and services) serves one of
+//! `protocol::v5`/`protocol::v6`, thin adapters over `core::Core`, which dispatches to the
+//! resource types of the registry (`core::Registry::all`): each an `ApiResource`
+//! (`resource.rs`) over `fleetform_api::Client`. `tf-provider` lends its value, schema and
+//! diagnostic types; its server is not used.
 //!
 //! The provider talks to fleetformd only through `fleetform_api::Client`, and checks
 //! configurations at plan with the server's own rules (`fleetform_api::validate`), so a
@@ -8,21 +15,29 @@
 //! no I/O; only read, apply, import and data sources call fleetformd.
 
 pub mod client;
+pub mod core;
 pub mod data_sources;
 pub mod diag;
 pub mod handshake;
 pub mod plugin;
 pub mod proto;
+pub mod protocol;
 pub mod provider;
+pub mod resource;
 pub mod resources;
 pub mod schema;
 pub mod state;
 pub mod timeouts;
 pub mod wire;
 
-use tf_provider::schema::Schema;
+use std::io::Write;
+use std::sync::Arc;
 
-pub use provider::FleetformProvider;
+use tf_provider::schema::Schema;
+use tonic::service::Routes;
+
+use crate::core::Core;
+use crate::handshake::Settings;
 
 /// The provider's name: type names are `fleetform_build`, `fleetform_zone_status`, ….
 pub const PROVIDER_NAME: &str = "fleetform";
@@ -39,60 +54,50 @@ pub fn quiet_diagnostic_backtraces() {
     std::env::set_var("RUST_LIB_BACKTRACE", "0");
 }
 
-/// Serves the provider to Terraform until it is told to stop. SIGINT is ignored (a
-/// Ctrl-C in the terminal reaches the provider too; Terraform stops it through the
-/// protocol, where killing it mid-apply could lose what it created).
-pub async fn serve() -> anyhow::Result<()> {
-    plugin::ignore_interrupts();
-    tf_provider::serve(PROVIDER_NAME, FleetformProvider::new()).await
+/// Serves the provider to Terraform, on the protocol version the handshake chose, until
+/// Terraform shuts it down. SIGINT is ignored (a Ctrl-C in the terminal reaches the
+/// provider too; Terraform stops it through the protocol, where killing it mid-apply could
+/// lose what it created).
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let core = Arc::new(Core::new());
+    let routes = match settings.protocol {
+        5 => Routes::new(protocol::v5::ProviderV5::service(core)),
+        _ => Routes::new(protocol::v6::ProviderV6::service(core)),
+    };
+    plugin::serve(&settings, routes, |line| {
+        let mut stdout = std::io::stdout().lock();
+        // go-plugin reads the handshake as one line on stdout.
+        let _ = writeln!(stdout, "{line}");
+        let _ = stdout.flush();
+    })
+    .await
 }
 
 /// The schemas of the provider's resources by type name (`fleetform_build`, …).
 pub fn resource_schemas() -> Vec<(String, Schema)> {
-    vec![
-        (
-            format!("{PROVIDER_NAME}_build"),
-            resources::build::build_schema(),
-        ),
-        (
-            format!("{PROVIDER_NAME}_fleet"),
-            resources::fleet::fleet_schema(),
-        ),
-        (
-            format!("{PROVIDER_NAME}_zone"),
-            resources::zone::zone_schema(),
-        ),
-        (
-            format!("{PROVIDER_NAME}_bare_metal_machine"),
-            resources::bare_metal_machine::bare_metal_machine_schema(),
-        ),
-    ]
+    let registry = core::Registry::all();
+    registry
+        .resources
+        .iter()
+        .map(|(name, resource)| (name.clone(), resource.schema()))
+        .collect()
 }
 
 /// The schemas of the provider's data sources by type name.
 pub fn data_source_schemas() -> Vec<(String, Schema)> {
-    vec![
-        (
-            format!("{PROVIDER_NAME}_zone_status"),
-            data_sources::zone_status::zone_status_schema(),
-        ),
-        (
-            format!("{PROVIDER_NAME}_locations"),
-            data_sources::locations::locations_schema(),
-        ),
-        (
-            format!("{PROVIDER_NAME}_fleet"),
-            data_sources::fleet::fleet_data_schema(),
-        ),
-    ]
+    let registry = core::Registry::all();
+    registry
+        .data_sources
+        .iter()
+        .map(|(name, data)| (name.clone(), data.schema()))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
     use std::process::Command;
 
-    use tf_provider::{AttributePath, Diagnostic, Diagnostics, DynamicProvider};
+    use tf_provider::{AttributePath, Diagnostic};
 
     use super::*;
 
@@ -142,23 +147,22 @@ mod tests {
 
     #[test]
     fn type_names_are_prefixed_with_fleetform() {
-        let provider = FleetformProvider::new();
-        let mut diags = Diagnostics::default();
-        let resources: BTreeSet<String> = provider
-            .get_resources(&mut diags)
-            .unwrap()
-            .into_keys()
-            .map(|name| format!("{PROVIDER_NAME}_{name}"))
+        let names: Vec<String> = resource_schemas()
+            .into_iter()
+            .chain(data_source_schemas())
+            .map(|(name, _)| name)
             .collect();
-        let listed: BTreeSet<String> = resource_schemas().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(resources, listed);
-        let data: BTreeSet<String> = provider
-            .get_data_sources(&mut diags)
-            .unwrap()
-            .into_keys()
-            .map(|name| format!("{PROVIDER_NAME}_{name}"))
-            .collect();
-        let listed: BTreeSet<String> = data_source_schemas().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(data, listed);
+        assert_eq!(
+            names,
+            [
+                "fleetform_bare_metal_machine",
+                "fleetform_build",
+                "fleetform_fleet",
+                "fleetform_zone",
+                "fleetform_fleet",
+                "fleetform_locations",
+                "fleetform_zone_status",
+            ]
+        );
     }
 }

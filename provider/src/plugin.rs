@@ -119,6 +119,7 @@ pub fn tls(client_cert_pem: &str) -> anyhow::Result<Tls> {
     let cert = params.self_signed(&key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(HostOnly {
+        p521: p521_key(&host),
         host,
         provider: Arc::clone(&provider),
     });
@@ -141,10 +142,74 @@ pub fn tls(client_cert_pem: &str) -> anyhow::Result<Tls> {
 /// refuses as a client's certificate (`CaUsedAsEndEntity`); pinning the exact
 /// certificate (and checking the handshake's signature with its key) is what the host
 /// means by handing it over, and admits no other.
-#[derive(Debug)]
+///
+/// go-plugin's key is ECDSA on P-521, which ring (rustls's provider here) does not verify:
+/// offered only ring's schemes, Go's client finds none its key can sign and sends no
+/// certificate at all. So P-521 signatures are checked with the `p521` crate and its
+/// scheme offered alongside ring's. (tf-provider's server made the client certificate
+/// optional instead, so it served any local process that reached its port.)
 struct HostOnly {
     host: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+    /// The host's key, when it is a P-521 one.
+    p521: Option<p521::ecdsa::VerifyingKey>,
     provider: Arc<tokio_rustls::rustls::crypto::CryptoProvider>,
+}
+
+impl std::fmt::Debug for HostOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostOnly")
+            .field("host_cert_bytes", &self.host.len())
+            .field("p521", &self.p521.is_some())
+            .finish()
+    }
+}
+
+/// The P-521 public key of a certificate (DER), if that is its key.
+fn p521_key(cert: &[u8]) -> Option<p521::ecdsa::VerifyingKey> {
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(cert).ok()?;
+    let key = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key;
+    p521::ecdsa::VerifyingKey::from_sec1_bytes(key.raw_bytes()).ok()
+}
+
+impl HostOnly {
+    /// Checks a P-521 handshake signature by the host's certificate; `None` when the
+    /// scheme is another (left to ring).
+    fn verify_p521(
+        &self,
+        message: &[u8],
+        cert: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Option<
+        Result<
+            tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+            tokio_rustls::rustls::Error,
+        >,
+    > {
+        use p521::ecdsa::signature::Verifier;
+        use tokio_rustls::rustls::{self, client::danger::HandshakeSignatureValid};
+        if dss.scheme != rustls::SignatureScheme::ECDSA_NISTP521_SHA512 {
+            return None;
+        }
+        let bad = || rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature);
+        let Some(key) = self
+            .p521
+            .as_ref()
+            .filter(|_| cert.as_ref() == self.host.as_ref())
+        else {
+            return Some(Err(bad()));
+        };
+        Some(
+            p521::ecdsa::Signature::from_der(dss.signature())
+                .ok()
+                .filter(|signature| key.verify(message, signature).is_ok())
+                .map(|_| HandshakeSignatureValid::assertion())
+                .ok_or_else(bad),
+        )
+    }
 }
 
 impl tokio_rustls::rustls::server::danger::ClientCertVerifier for HostOnly {
@@ -179,6 +244,9 @@ impl tokio_rustls::rustls::server::danger::ClientCertVerifier for HostOnly {
         tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
         tokio_rustls::rustls::Error,
     > {
+        if let Some(verdict) = self.verify_p521(message, cert, dss) {
+            return verdict;
+        }
         tokio_rustls::rustls::crypto::verify_tls12_signature(
             message,
             cert,
@@ -196,6 +264,9 @@ impl tokio_rustls::rustls::server::danger::ClientCertVerifier for HostOnly {
         tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
         tokio_rustls::rustls::Error,
     > {
+        if let Some(verdict) = self.verify_p521(message, cert, dss) {
+            return verdict;
+        }
         tokio_rustls::rustls::crypto::verify_tls13_signature(
             message,
             cert,
@@ -205,9 +276,14 @@ impl tokio_rustls::rustls::server::danger::ClientCertVerifier for HostOnly {
     }
 
     fn supported_verify_schemes(&self) -> Vec<tokio_rustls::rustls::SignatureScheme> {
-        self.provider
+        let mut schemes = self
+            .provider
             .signature_verification_algorithms
-            .supported_schemes()
+            .supported_schemes();
+        if self.p521.is_some() {
+            schemes.push(tokio_rustls::rustls::SignatureScheme::ECDSA_NISTP521_SHA512);
+        }
+        schemes
     }
 }
 

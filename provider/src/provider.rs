@@ -1,22 +1,11 @@
-//! The provider block (`endpoint`, `token`) and the list of resources and data sources.
+//! The provider block (`endpoint`, `token`): its schema, checks and the client it makes.
 
-use std::collections::HashMap;
-
-use async_trait::async_trait;
 use fleetform_api::Client;
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{AttributeType, Schema};
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{AttributePath, Diagnostics, DynamicDataSource, DynamicResource, Provider};
+use tf_provider::value::Value;
+use tf_provider::{AttributePath, Diagnostics};
 
-use crate::client::SharedClient;
-use crate::data_sources::fleet::FleetDataSource;
-use crate::data_sources::locations::LocationsDataSource;
-use crate::data_sources::zone_status::ZoneStatusDataSource;
-use crate::resources::bare_metal_machine::BareMetalMachineResource;
-use crate::resources::build::BuildResource;
-use crate::resources::fleet::FleetResource;
-use crate::resources::zone::ZoneResource;
 use crate::schema::{block, optional, schema, sensitive};
 
 /// Where fleetformd listens when neither the configuration nor the environment says.
@@ -28,21 +17,10 @@ pub const TOKEN_ENV: &str = "FLEETFORM_TOKEN";
 
 /// The provider block.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ProviderConfig {
     pub endpoint: Value<String>,
     pub token: Value<String>,
-}
-
-/// The fleetform provider. Its resources share the client that `configure` builds.
-#[derive(Debug, Clone, Default)]
-pub struct FleetformProvider {
-    client: SharedClient,
-}
-
-impl FleetformProvider {
-    pub fn new() -> Self {
-        Self::default()
-    }
 }
 
 /// The endpoint and token to use: the configuration's, else the environment's, else the
@@ -81,95 +59,30 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
     }
 }
 
-#[async_trait]
-impl Provider for FleetformProvider {
-    type Config<'a> = ProviderConfig;
-    type MetaState<'a> = ValueEmpty;
-
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
-        Some(provider_schema())
-    }
-
-    async fn validate<'a>(&self, diags: &mut Diagnostics, config: ProviderConfig) -> Option<()> {
-        if let Value::Value(endpoint) = &config.endpoint {
-            if let Err(why) = check_endpoint(endpoint) {
-                diags.error("Invalid endpoint", why, AttributePath::new("endpoint"));
-            }
+/// Plan-time checks of the provider block.
+pub fn validate(config: &ProviderConfig, diags: &mut Diagnostics) {
+    if let Value::Value(endpoint) = &config.endpoint {
+        if let Err(why) = check_endpoint(endpoint) {
+            diags.error("Invalid endpoint", why, AttributePath::new("endpoint"));
         }
-        Some(())
     }
+}
 
-    async fn configure<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        _terraform_version: String,
-        config: ProviderConfig,
-    ) -> Option<()> {
-        let (endpoint, token) = match resolve(&config, |name| std::env::var(name).ok()) {
-            Ok(resolved) => resolved,
-            Err((path, why)) => {
-                diags.error(format!("Invalid provider {path}"), why, path);
-                return Some(());
-            }
-        };
-        match Client::new(&endpoint, &token) {
-            Ok(client) => self.client.set(client),
-            Err(error) => {
-                diags.root_error("Could not build the fleetformd client", error.to_string())
-            }
+/// The client the configuration asks for (`None` with the reason in `diags`).
+pub fn configure(config: &ProviderConfig, diags: &mut Diagnostics) -> Option<Client> {
+    let (endpoint, token) = match resolve(config, |name| std::env::var(name).ok()) {
+        Ok(resolved) => resolved,
+        Err((path, why)) => {
+            diags.error(format!("Invalid provider {path}"), why, path);
+            return None;
         }
-        Some(())
-    }
-
-    fn get_resources(
-        &self,
-        _diags: &mut Diagnostics,
-    ) -> Option<HashMap<String, Box<dyn DynamicResource>>> {
-        let client = || self.client.clone();
-        Some(HashMap::from([
-            (
-                "build".to_string(),
-                Box::new(BuildResource { client: client() }) as Box<dyn DynamicResource>,
-            ),
-            (
-                "fleet".to_string(),
-                Box::new(FleetResource { client: client() }),
-            ),
-            (
-                "zone".to_string(),
-                Box::new(ZoneResource { client: client() }),
-            ),
-            (
-                "bare_metal_machine".to_string(),
-                Box::new(BareMetalMachineResource { client: client() }),
-            ),
-        ]))
-    }
-
-    fn get_data_sources(
-        &self,
-        _diags: &mut Diagnostics,
-    ) -> Option<HashMap<String, Box<dyn DynamicDataSource>>> {
-        Some(HashMap::from([
-            (
-                "zone_status".to_string(),
-                Box::new(ZoneStatusDataSource {
-                    client: self.client.clone(),
-                }) as Box<dyn DynamicDataSource>,
-            ),
-            (
-                "locations".to_string(),
-                Box::new(LocationsDataSource {
-                    client: self.client.clone(),
-                }),
-            ),
-            (
-                "fleet".to_string(),
-                Box::new(FleetDataSource {
-                    client: self.client.clone(),
-                }),
-            ),
-        ]))
+    };
+    match Client::new(&endpoint, &token) {
+        Ok(client) => Some(client),
+        Err(error) => {
+            diags.root_error("Could not build the fleetformd client", error.to_string());
+            None
+        }
     }
 }
 

@@ -16,6 +16,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// The `timeouts` block: each field a duration string, null for the default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TimeoutsState {
     pub create: Value<String>,
     pub update: Value<String>,

@@ -27,8 +27,6 @@ fn started_by_a_host_it_announces_itself_and_outlives_sigint() {
     let mut child = Command::new(BINARY)
         .env(MAGIC_COOKIE_KEY, MAGIC_COOKIE_VALUE)
         .env("PLUGIN_PROTOCOL_VERSIONS", "5,6")
-        .env("PLUGIN_MIN_PORT", "10000")
-        .env("PLUGIN_MAX_PORT", "25000")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

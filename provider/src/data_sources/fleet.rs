@@ -3,19 +3,20 @@
 //! a check).
 
 use async_trait::async_trait;
-use fleetform_api::Fleet;
+use fleetform_api::{Client, Fleet};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{AttributeType, Schema};
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{AttributePath, DataSource, Diagnostics};
+use tf_provider::value::Value;
+use tf_provider::{AttributePath, Diagnostics};
 
-use crate::client::SharedClient;
-use crate::diag::client_error;
+use crate::diag::{client_error, Problems};
+use crate::resource::ApiDataSource;
 use crate::resources::fleet::FleetState;
 use crate::schema::{block, computed, defaulted, schema};
 
 /// Terraform state of a `fleetform_fleet` read: the fleet's attributes and its status.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct FleetDataState {
     pub id: Value<String>,
     pub name: Value<String>,
@@ -92,34 +93,31 @@ pub fn lookup(config: &FleetDataState) -> Result<String, (AttributePath, String)
 }
 
 /// The `fleetform_fleet` data source.
-pub struct FleetDataSource {
-    pub client: SharedClient,
-}
+pub struct FleetDataSource;
 
 #[async_trait]
-impl DataSource for FleetDataSource {
-    type State<'a> = FleetDataState;
-    type ProviderMetaState<'a> = ValueEmpty;
+impl ApiDataSource for FleetDataSource {
+    type State = FleetDataState;
+    const NAME: &'static str = "fleet";
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
-        Some(fleet_data_schema())
+    fn schema() -> Schema {
+        fleet_data_schema()
     }
 
-    async fn validate<'a>(&self, diags: &mut Diagnostics, config: FleetDataState) -> Option<()> {
+    fn validate(config: &FleetDataState) -> Problems {
+        let mut problems = Problems::default();
         // Unknown values are fine at validation (they are known by the read).
         let unknown = config.id.is_unknown() || config.name.is_unknown();
-        if let (false, Err((path, message))) = (unknown, lookup(&config)) {
-            diags.error_short(message, path);
-            return None;
+        if let (false, Err((path, message))) = (unknown, lookup(config)) {
+            problems.rule(path, Err(message));
         }
-        Some(())
+        problems
     }
 
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
+    async fn read(
+        client: &Client,
         config: FleetDataState,
-        _meta: ValueEmpty,
+        diags: &mut Diagnostics,
     ) -> Option<FleetDataState> {
         let wanted = match lookup(&config) {
             Ok(wanted) => wanted,
@@ -128,7 +126,6 @@ impl DataSource for FleetDataSource {
                 return None;
             }
         };
-        let client = self.client.get(diags)?;
         match client.get_fleet(&wanted).await {
             Ok(fleet) => Some(FleetDataState::from_fleet(fleet)),
             Err(error) => {

@@ -5,14 +5,14 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use fleetform_api::Location;
+use fleetform_api::{Client, Location};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{AttributeType, Schema};
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{DataSource, Diagnostics};
+use tf_provider::value::Value;
+use tf_provider::Diagnostics;
 
-use crate::client::SharedClient;
 use crate::diag::client_error;
+use crate::resource::ApiDataSource;
 use crate::schema::{block, computed, schema};
 
 /// The data source's `id`. There is one list per server, and Terraform needs an id for
@@ -21,6 +21,7 @@ pub const LOCATIONS_ID: &str = "locations";
 
 /// Terraform state of a `fleetform_locations` read.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LocationsState {
     pub id: Value<String>,
     pub locations: Value<Vec<LocationState>>,
@@ -29,6 +30,7 @@ pub struct LocationsState {
 
 /// One element of `locations`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LocationState {
     pub name: Value<String>,
     pub driver: Value<String>,
@@ -69,26 +71,22 @@ impl LocationsState {
 }
 
 /// The `fleetform_locations` data source.
-pub struct LocationsDataSource {
-    pub client: SharedClient,
-}
+pub struct LocationsDataSource;
 
 #[async_trait]
-impl DataSource for LocationsDataSource {
-    type State<'a> = LocationsState;
-    type ProviderMetaState<'a> = ValueEmpty;
+impl ApiDataSource for LocationsDataSource {
+    type State = LocationsState;
+    const NAME: &'static str = "locations";
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
-        Some(locations_schema())
+    fn schema() -> Schema {
+        locations_schema()
     }
 
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
+    async fn read(
+        client: &Client,
         _config: LocationsState,
-        _meta: ValueEmpty,
+        diags: &mut Diagnostics,
     ) -> Option<LocationsState> {
-        let client = self.client.get(diags)?;
         match client.locations().await {
             Ok(locations) => Some(LocationsState::from_locations(locations)),
             Err(error) => {

@@ -4,19 +4,20 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use fleetform_api::ZoneStatus;
+use fleetform_api::{Client, ZoneStatus};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{AttributeType, Schema};
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{AttributePath, DataSource, Diagnostics};
+use tf_provider::value::Value;
+use tf_provider::{AttributePath, Diagnostics};
 
-use crate::client::SharedClient;
 use crate::diag::client_error;
+use crate::resource::ApiDataSource;
 use crate::schema::{block, computed, required, schema};
 use crate::state::number;
 
 /// Terraform state of a `fleetform_zone_status` read.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ZoneStatusState {
     pub zone_id: Value<String>,
     pub id: Value<String>,
@@ -62,26 +63,22 @@ impl ZoneStatusState {
 }
 
 /// The `fleetform_zone_status` data source.
-pub struct ZoneStatusDataSource {
-    pub client: SharedClient,
-}
+pub struct ZoneStatusDataSource;
 
 #[async_trait]
-impl DataSource for ZoneStatusDataSource {
-    type State<'a> = ZoneStatusState;
-    type ProviderMetaState<'a> = ValueEmpty;
+impl ApiDataSource for ZoneStatusDataSource {
+    type State = ZoneStatusState;
+    const NAME: &'static str = "zone_status";
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
-        Some(zone_status_schema())
+    fn schema() -> Schema {
+        zone_status_schema()
     }
 
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
+    async fn read(
+        client: &Client,
         config: ZoneStatusState,
-        _meta: ValueEmpty,
+        diags: &mut Diagnostics,
     ) -> Option<ZoneStatusState> {
-        let client = self.client.get(diags)?;
         let Value::Value(zone_id) = &config.zone_id else {
             diags.error_short("`zone_id` must be known", AttributePath::new("zone_id"));
             return None;

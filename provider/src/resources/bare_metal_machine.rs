@@ -9,14 +9,14 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use fleetform_api::validate;
-use fleetform_api::{BareMetalMachine, BareMetalMachineSpec};
+use fleetform_api::{BareMetalMachine, BareMetalMachineSpec, Client, ClientError};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{AttributeType, Schema};
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{AttributePath, Diagnostics, Resource};
+use tf_provider::value::Value;
+use tf_provider::AttributePath;
 
-use crate::client::SharedClient;
-use crate::diag::{client_error, or_report, Problems};
+use crate::diag::Problems;
+use crate::resource::{ApiResource, Report};
 use crate::schema::{block, computed, defaulted, optional, required, schema, sensitive};
 use crate::state::{changes, known, known_optional_u32, optional_number, or_default};
 
@@ -25,6 +25,7 @@ pub type Labels = BTreeMap<String, Value<String>>;
 
 /// Terraform state of a `fleetform_bare_metal_machine`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BareMetalMachineState {
     pub id: Value<String>,
     pub name: Value<String>,
@@ -99,11 +100,12 @@ impl BareMetalMachineState {
         }
     }
 
-    /// The state after an update: the server's answer, with the agent token the plan
-    /// promised (the prior one) so an answer that left it out can't break the promise.
-    fn after_update(machine: BareMetalMachine, planned: &Self) -> Self {
+    /// The state from the server's answer, with the agent token the plan or prior state
+    /// holds (known once the machine exists) so an answer that left it out can't break
+    /// the promise.
+    fn from_answer(machine: BareMetalMachine, local: Option<&Self>) -> Self {
         let mut state = Self::from_machine(machine);
-        if let Value::Value(token) = &planned.agent_token {
+        if let Some(Value::Value(token)) = local.map(|local| &local.agent_token) {
             state.agent_token = Value::Value(token.clone());
         }
         state
@@ -165,183 +167,93 @@ pub fn validate_bare_metal_machine(config: &BareMetalMachineState) -> Problems {
 }
 
 /// The `fleetform_bare_metal_machine` resource.
-pub struct BareMetalMachineResource {
-    pub client: SharedClient,
-}
+pub struct BareMetalMachineResource;
 
 #[async_trait]
-impl Resource for BareMetalMachineResource {
-    type State<'a> = BareMetalMachineState;
-    type PrivateState<'a> = ValueEmpty;
-    type ProviderMetaState<'a> = ValueEmpty;
+impl ApiResource for BareMetalMachineResource {
+    type State = BareMetalMachineState;
+    type Remote = BareMetalMachine;
+    type Spec = BareMetalMachineSpec;
+    const NAME: &'static str = "bare_metal_machine";
+    const NOUN: &'static str = "bare-metal machine";
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
-        Some(bare_metal_machine_schema())
+    fn schema() -> Schema {
+        bare_metal_machine_schema()
     }
 
-    async fn validate<'a>(
-        &self,
-        diags: &mut Diagnostics,
+    fn validate(config: &BareMetalMachineState) -> Problems {
+        validate_bare_metal_machine(config)
+    }
+
+    fn plan(
         config: BareMetalMachineState,
-    ) -> Option<()> {
-        validate_bare_metal_machine(&config).report(diags);
-        Some(())
+        prior: Option<&BareMetalMachineState>,
+    ) -> BareMetalMachineState {
+        BareMetalMachineState::plan(config, prior)
     }
 
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        state: BareMetalMachineState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<(BareMetalMachineState, ValueEmpty)> {
-        let client = self.client.get(diags)?;
-        let id = known(&state.id, "id").ok()?;
-        match client.get_bare_metal_machine(&id).await {
-            Ok(machine) => Some((BareMetalMachineState::from_machine(machine), private)),
-            // Removed outside Terraform: forget it, so the next plan registers it again.
-            Err(error) if error.is_not_found() => None,
-            Err(error) => {
-                client_error(diags, "Could not read bare-metal machine", &error);
-                Some((state, private))
-            }
-        }
-    }
-
-    async fn plan_create<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _proposed: BareMetalMachineState,
-        config: BareMetalMachineState,
-        _meta: ValueEmpty,
-    ) -> Option<(BareMetalMachineState, ValueEmpty)> {
-        Some((BareMetalMachineState::plan(config, None), ValueEmpty::Null))
-    }
-
-    async fn plan_update<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        prior: BareMetalMachineState,
-        _proposed: BareMetalMachineState,
-        config: BareMetalMachineState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<(BareMetalMachineState, ValueEmpty, Vec<AttributePath>)> {
-        let planned = BareMetalMachineState::plan(config, Some(&prior));
-        let mut replace = Vec::new();
+    fn replaced_by(
+        prior: &BareMetalMachineState,
+        planned: &BareMetalMachineState,
+    ) -> Vec<AttributePath> {
         // A machine at another site is another machine.
         if changes(&prior.location, &planned.location) {
-            replace.push(AttributePath::new("location"));
-        }
-        Some((planned, private, replace))
-    }
-
-    async fn plan_destroy<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _prior: BareMetalMachineState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<ValueEmpty> {
-        Some(private)
-    }
-
-    async fn create<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        planned: BareMetalMachineState,
-        _config: BareMetalMachineState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<(BareMetalMachineState, ValueEmpty)> {
-        let client = self.client.get(diags)?;
-        let spec = or_report(diags, planned.spec())?;
-        match client.create_bare_metal_machine(&spec).await {
-            Ok(machine) => Some((BareMetalMachineState::from_machine(machine), private)),
-            Err(error) => {
-                client_error(diags, "Could not register bare-metal machine", &error);
-                None
-            }
+            vec![AttributePath::new("location")]
+        } else {
+            Vec::new()
         }
     }
 
-    async fn update<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        prior: BareMetalMachineState,
-        planned: BareMetalMachineState,
-        _config: BareMetalMachineState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<(BareMetalMachineState, ValueEmpty)> {
-        let client = self.client.get(diags)?;
-        let spec = or_report(diags, planned.spec())?;
-        let id = or_report(diags, known(&prior.id, "id"))?;
-        match client.update_bare_metal_machine(&id, &spec).await {
-            Ok(machine) => Some((
-                BareMetalMachineState::after_update(machine, &planned),
-                private,
-            )),
-            Err(error) => {
-                client_error(diags, "Could not update bare-metal machine", &error);
-                None
-            }
-        }
+    fn id(state: &BareMetalMachineState) -> &Value<String> {
+        &state.id
     }
 
-    async fn destroy<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        prior: BareMetalMachineState,
-        _private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<()> {
-        let client = self.client.get(diags)?;
-        let id = or_report(diags, known(&prior.id, "id"))?;
-        match client.delete_bare_metal_machine(&id).await {
-            Ok(()) => Some(()),
-            Err(error) if error.is_not_found() => Some(()),
-            Err(error) if error.status().map(|status| status.as_u16()) == Some(409) => {
-                diags.root_error(
-                    "Bare-metal machine hosts active sessions",
-                    format!(
-                        "{error}\n\nfleetformd refuses to remove a machine from the pool while \
-                         it hosts active sessions. Wait for them to end, or first lower \
-                         `bare_metal_machines` of the zone that uses it (or destroy that \
-                         zone), then destroy the machine. A zone that takes machines from \
-                         this pool should `depends_on` them, so Terraform destroys the zone \
-                         first."
-                    ),
-                );
-                None
-            }
-            Err(error) => {
-                client_error(diags, "Could not delete bare-metal machine", &error);
-                None
-            }
-        }
+    fn spec(planned: &BareMetalMachineState) -> Result<BareMetalMachineSpec, String> {
+        planned.spec()
     }
 
-    async fn import<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        id: String,
-    ) -> Option<(BareMetalMachineState, ValueEmpty)> {
-        let client = self.client.get(diags)?;
-        match client.get_bare_metal_machine(&id).await {
-            Ok(machine) => Some((
-                BareMetalMachineState::from_machine(machine),
-                ValueEmpty::Null,
-            )),
-            Err(error) => {
-                client_error(
-                    diags,
-                    &format!("Could not import bare-metal machine {id:?}"),
-                    &error,
-                );
-                None
-            }
-        }
+    fn state(
+        machine: BareMetalMachine,
+        local: Option<&BareMetalMachineState>,
+    ) -> BareMetalMachineState {
+        BareMetalMachineState::from_answer(machine, local)
+    }
+
+    async fn get(client: &Client, id: &str) -> Result<BareMetalMachine, ClientError> {
+        client.get_bare_metal_machine(id).await
+    }
+
+    async fn create(
+        client: &Client,
+        spec: &BareMetalMachineSpec,
+    ) -> Result<BareMetalMachine, ClientError> {
+        client.create_bare_metal_machine(spec).await
+    }
+
+    async fn update(
+        client: &Client,
+        id: &str,
+        spec: &BareMetalMachineSpec,
+    ) -> Result<BareMetalMachine, ClientError> {
+        client.update_bare_metal_machine(id, spec).await
+    }
+
+    async fn delete(client: &Client, id: &str) -> Result<(), ClientError> {
+        client.delete_bare_metal_machine(id).await
+    }
+
+    fn delete_refused(error: &ClientError) -> Option<Report> {
+        Some(Report::new(
+            "Bare-metal machine hosts active sessions",
+            format!(
+                "{error}\n\nfleetformd refuses to remove a machine from the pool while \
+                 it hosts active sessions. Wait for them to end, or first lower \
+                 `bare_metal_machines` of the zone that uses it (or destroy that \
+                 zone), then destroy the machine. A zone that takes machines from \
+                 this pool should `depends_on` them, so Terraform destroys the zone \
+                 first."
+            ),
+        ))
     }
 }
 
@@ -583,7 +495,7 @@ mod tests {
         assert_eq!(planned.agent_token, prior.agent_token);
         let mut answered = answer(planned.spec().unwrap());
         answered.agent_token = String::new();
-        let state = BareMetalMachineState::after_update(answered, &planned);
+        let state = BareMetalMachineState::from_answer(answered, Some(&planned));
         assert_eq!(state.agent_token, Value::Value("agt-secret".into()));
         assert_eq!(state.address, Value::Value("10.0.0.2".into()));
     }

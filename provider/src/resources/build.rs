@@ -2,19 +2,20 @@
 
 use async_trait::async_trait;
 use fleetform_api::validate;
-use fleetform_api::{Build, BuildSpec, OperatingSystem};
+use fleetform_api::{Build, BuildSpec, Client, ClientError, OperatingSystem};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{AttributeType, Schema};
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{AttributePath, Diagnostics, Resource};
+use tf_provider::value::Value;
+use tf_provider::AttributePath;
 
-use crate::client::SharedClient;
-use crate::diag::{client_error, or_report, Problems};
+use crate::diag::Problems;
+use crate::resource::ApiResource;
 use crate::schema::{block, computed, defaulted, optional, required, schema};
 use crate::state::{changes, known, known_optional, or_default};
 
 /// Terraform state of a `fleetform_build`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BuildState {
     pub id: Value<String>,
     pub name: Value<String>,
@@ -107,154 +108,62 @@ pub fn validate_build(config: &BuildState) -> Problems {
 }
 
 /// The `fleetform_build` resource.
-pub struct BuildResource {
-    pub client: SharedClient,
-}
+pub struct BuildResource;
 
 #[async_trait]
-impl Resource for BuildResource {
-    type State<'a> = BuildState;
-    type PrivateState<'a> = ValueEmpty;
-    type ProviderMetaState<'a> = ValueEmpty;
+impl ApiResource for BuildResource {
+    type State = BuildState;
+    type Remote = Build;
+    type Spec = BuildSpec;
+    const NAME: &'static str = "build";
+    const NOUN: &'static str = "build";
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
-        Some(build_schema())
+    fn schema() -> Schema {
+        build_schema()
     }
 
-    async fn validate<'a>(&self, diags: &mut Diagnostics, config: BuildState) -> Option<()> {
-        validate_build(&config).report(diags);
-        Some(())
+    fn validate(config: &BuildState) -> Problems {
+        validate_build(config)
     }
 
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        state: BuildState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<(BuildState, ValueEmpty)> {
-        let client = self.client.get(diags)?;
-        let id = known(&state.id, "id").ok()?;
-        match client.get_build(&id).await {
-            Ok(build) => Some((BuildState::from_build(build), private)),
-            Err(error) if error.is_not_found() => None,
-            Err(error) => {
-                client_error(diags, "Could not read build", &error);
-                Some((state, private))
-            }
-        }
+    fn plan(config: BuildState, prior: Option<&BuildState>) -> BuildState {
+        BuildState::plan(config, prior)
     }
 
-    async fn plan_create<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _proposed: BuildState,
-        config: BuildState,
-        _meta: ValueEmpty,
-    ) -> Option<(BuildState, ValueEmpty)> {
-        Some((BuildState::plan(config, None), ValueEmpty::Null))
-    }
-
-    async fn plan_update<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        prior: BuildState,
-        _proposed: BuildState,
-        config: BuildState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<(BuildState, ValueEmpty, Vec<AttributePath>)> {
-        let planned = BuildState::plan(config, Some(&prior));
-        let replace = IMMUTABLE
+    fn replaced_by(prior: &BuildState, planned: &BuildState) -> Vec<AttributePath> {
+        IMMUTABLE
             .iter()
             .filter(|name| changes(prior.immutable(name), planned.immutable(name)))
             .map(|name| AttributePath::new(*name))
-            .collect();
-        Some((planned, private, replace))
+            .collect()
     }
 
-    async fn plan_destroy<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _prior: BuildState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<ValueEmpty> {
-        Some(private)
+    fn id(state: &BuildState) -> &Value<String> {
+        &state.id
     }
 
-    async fn create<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        planned: BuildState,
-        _config: BuildState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<(BuildState, ValueEmpty)> {
-        let client = self.client.get(diags)?;
-        let spec = or_report(diags, planned.spec())?;
-        match client.create_build(&spec).await {
-            Ok(build) => Some((BuildState::from_build(build), private)),
-            Err(error) => {
-                client_error(diags, "Could not create build", &error);
-                None
-            }
-        }
+    fn spec(planned: &BuildState) -> Result<BuildSpec, String> {
+        planned.spec()
     }
 
-    async fn update<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        prior: BuildState,
-        planned: BuildState,
-        _config: BuildState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<(BuildState, ValueEmpty)> {
-        let client = self.client.get(diags)?;
-        let spec = or_report(diags, planned.spec())?;
-        let id = or_report(diags, known(&prior.id, "id"))?;
-        match client.update_build(&id, &spec).await {
-            Ok(build) => Some((BuildState::from_build(build), private)),
-            Err(error) => {
-                client_error(diags, "Could not update build", &error);
-                None
-            }
-        }
+    fn state(build: Build, _local: Option<&BuildState>) -> BuildState {
+        BuildState::from_build(build)
     }
 
-    async fn destroy<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        prior: BuildState,
-        _private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<()> {
-        let client = self.client.get(diags)?;
-        let id = or_report(diags, known(&prior.id, "id"))?;
-        match client.delete_build(&id).await {
-            Ok(()) => Some(()),
-            Err(error) if error.is_not_found() => Some(()),
-            Err(error) => {
-                client_error(diags, "Could not delete build", &error);
-                None
-            }
-        }
+    async fn get(client: &Client, id: &str) -> Result<Build, ClientError> {
+        client.get_build(id).await
     }
 
-    async fn import<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        id: String,
-    ) -> Option<(BuildState, ValueEmpty)> {
-        let client = self.client.get(diags)?;
-        match client.get_build(&id).await {
-            Ok(build) => Some((BuildState::from_build(build), ValueEmpty::Null)),
-            Err(error) => {
-                client_error(diags, &format!("Could not import build {id:?}"), &error);
-                None
-            }
-        }
+    async fn create(client: &Client, spec: &BuildSpec) -> Result<Build, ClientError> {
+        client.create_build(spec).await
+    }
+
+    async fn update(client: &Client, id: &str, spec: &BuildSpec) -> Result<Build, ClientError> {
+        client.update_build(id, spec).await
+    }
+
+    async fn delete(client: &Client, id: &str) -> Result<(), ClientError> {
+        client.delete_build(id).await
     }
 }
 

@@ -2,19 +2,20 @@
 
 use async_trait::async_trait;
 use fleetform_api::validate;
-use fleetform_api::{Fleet, FleetSpec, SessionMode, UpdateMode};
+use fleetform_api::{defaults, Client, ClientError, Fleet, FleetSpec, SessionMode, UpdateMode};
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{AttributeType, Schema};
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{AttributePath, Diagnostics, Resource};
+use tf_provider::value::Value;
+use tf_provider::AttributePath;
 
-use crate::client::SharedClient;
-use crate::diag::{client_error, or_report, Problems};
+use crate::diag::Problems;
+use crate::resource::{ApiResource, Report};
 use crate::schema::{block, computed, defaulted, optional, required, schema};
 use crate::state::{changes, known, known_optional, known_u32, number, or_default};
 
 /// Terraform state of a `fleetform_fleet`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct FleetState {
     pub id: Value<String>,
     pub name: Value<String>,
@@ -29,11 +30,6 @@ pub struct FleetState {
     pub storage_gb: Value<i64>,
     pub force_destroy: Value<bool>,
 }
-
-/// Server defaults, planned when the configuration leaves an attribute out.
-const DEFAULT_PROCESS_RESTART_HOURS: i64 = 0;
-const DEFAULT_SESSIONS_PER_PROCESS: i64 = 1;
-const DEFAULT_STORAGE_GB: i64 = 50;
 
 impl FleetState {
     /// State of a fleet as the server knows it (its live status is left out).
@@ -78,15 +74,15 @@ impl FleetState {
             update_mode: or_default(config.update_mode, UpdateMode::default().to_string()),
             process_restart_hours: or_default(
                 config.process_restart_hours,
-                DEFAULT_PROCESS_RESTART_HOURS,
+                defaults::PROCESS_RESTART_HOURS.into(),
             ),
             session_mode: or_default(config.session_mode, SessionMode::default().to_string()),
             sessions_per_process: or_default(
                 config.sessions_per_process,
-                DEFAULT_SESSIONS_PER_PROCESS,
+                defaults::SESSIONS_PER_PROCESS.into(),
             ),
-            storage_gb: or_default(config.storage_gb, DEFAULT_STORAGE_GB),
-            force_destroy: or_default(config.force_destroy, false),
+            storage_gb: or_default(config.storage_gb, defaults::STORAGE_GB.into()),
+            force_destroy: or_default(config.force_destroy, defaults::FORCE_DESTROY),
             ..config
         }
     }
@@ -144,64 +140,29 @@ pub fn validate_fleet(config: &FleetState) -> Problems {
 }
 
 /// The `fleetform_fleet` resource.
-pub struct FleetResource {
-    pub client: SharedClient,
-}
+pub struct FleetResource;
 
 #[async_trait]
-impl Resource for FleetResource {
-    type State<'a> = FleetState;
-    type PrivateState<'a> = ValueEmpty;
-    type ProviderMetaState<'a> = ValueEmpty;
+impl ApiResource for FleetResource {
+    type State = FleetState;
+    type Remote = Fleet;
+    type Spec = FleetSpec;
+    const NAME: &'static str = "fleet";
+    const NOUN: &'static str = "fleet";
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
-        Some(fleet_schema())
+    fn schema() -> Schema {
+        fleet_schema()
     }
 
-    async fn validate<'a>(&self, diags: &mut Diagnostics, config: FleetState) -> Option<()> {
-        validate_fleet(&config).report(diags);
-        Some(())
+    fn validate(config: &FleetState) -> Problems {
+        validate_fleet(config)
     }
 
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        state: FleetState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<(FleetState, ValueEmpty)> {
-        let client = self.client.get(diags)?;
-        let id = known(&state.id, "id").ok()?;
-        match client.get_fleet(&id).await {
-            Ok(fleet) => Some((FleetState::from_fleet(fleet), private)),
-            Err(error) if error.is_not_found() => None,
-            Err(error) => {
-                client_error(diags, "Could not read fleet", &error);
-                Some((state, private))
-            }
-        }
+    fn plan(config: FleetState, prior: Option<&FleetState>) -> FleetState {
+        FleetState::plan(config, prior)
     }
 
-    async fn plan_create<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _proposed: FleetState,
-        config: FleetState,
-        _meta: ValueEmpty,
-    ) -> Option<(FleetState, ValueEmpty)> {
-        Some((FleetState::plan(config, None), ValueEmpty::Null))
-    }
-
-    async fn plan_update<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        prior: FleetState,
-        _proposed: FleetState,
-        config: FleetState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<(FleetState, ValueEmpty, Vec<AttributePath>)> {
-        let planned = FleetState::plan(config, Some(&prior));
+    fn replaced_by(prior: &FleetState, planned: &FleetState) -> Vec<AttributePath> {
         let mut replace = Vec::new();
         if changes(&prior.name, &planned.name) {
             replace.push(AttributePath::new("name"));
@@ -209,103 +170,49 @@ impl Resource for FleetResource {
         if changes(&prior.session_mode, &planned.session_mode) {
             replace.push(AttributePath::new("session_mode"));
         }
-        Some((planned, private, replace))
+        replace
     }
 
-    async fn plan_destroy<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _prior: FleetState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<ValueEmpty> {
-        Some(private)
+    fn id(state: &FleetState) -> &Value<String> {
+        &state.id
     }
 
-    async fn create<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        planned: FleetState,
-        _config: FleetState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<(FleetState, ValueEmpty)> {
-        let client = self.client.get(diags)?;
-        let spec = or_report(diags, planned.spec())?;
-        match client.create_fleet(&spec).await {
-            Ok(fleet) => Some((FleetState::from_fleet(fleet), private)),
-            Err(error) => {
-                client_error(diags, "Could not create fleet", &error);
-                None
-            }
-        }
+    fn spec(planned: &FleetState) -> Result<FleetSpec, String> {
+        planned.spec()
     }
 
-    async fn update<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        prior: FleetState,
-        planned: FleetState,
-        _config: FleetState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<(FleetState, ValueEmpty)> {
-        let client = self.client.get(diags)?;
-        let spec = or_report(diags, planned.spec())?;
-        let id = or_report(diags, known(&prior.id, "id"))?;
-        match client.update_fleet(&id, &spec).await {
-            Ok(fleet) => Some((FleetState::from_fleet(fleet), private)),
-            Err(error) => {
-                client_error(diags, "Could not update fleet", &error);
-                None
-            }
-        }
+    fn state(fleet: Fleet, _local: Option<&FleetState>) -> FleetState {
+        FleetState::from_fleet(fleet)
     }
 
-    async fn destroy<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        prior: FleetState,
-        _private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<()> {
-        let client = self.client.get(diags)?;
-        let id = or_report(diags, known(&prior.id, "id"))?;
-        match client.delete_fleet(&id).await {
-            Ok(()) => Some(()),
-            Err(error) if error.is_not_found() => Some(()),
-            Err(error) if error.status().map(|status| status.as_u16()) == Some(409) => {
-                diags.error(
-                    "Fleet has active sessions",
-                    format!(
-                        "{error}\n\nfleetformd refuses to destroy a fleet while sessions are \
-                         active. Wait for them to end, or set `force_destroy = true`, apply, \
-                         and destroy again."
-                    ),
-                    AttributePath::new("force_destroy"),
-                );
-                None
-            }
-            Err(error) => {
-                client_error(diags, "Could not delete fleet", &error);
-                None
-            }
-        }
+    async fn get(client: &Client, id: &str) -> Result<Fleet, ClientError> {
+        client.get_fleet(id).await
     }
 
-    async fn import<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        id: String,
-    ) -> Option<(FleetState, ValueEmpty)> {
-        let client = self.client.get(diags)?;
-        match client.get_fleet(&id).await {
-            Ok(fleet) => Some((FleetState::from_fleet(fleet), ValueEmpty::Null)),
-            Err(error) => {
-                client_error(diags, &format!("Could not import fleet {id:?}"), &error);
-                None
-            }
-        }
+    async fn create(client: &Client, spec: &FleetSpec) -> Result<Fleet, ClientError> {
+        client.create_fleet(spec).await
+    }
+
+    async fn update(client: &Client, id: &str, spec: &FleetSpec) -> Result<Fleet, ClientError> {
+        client.update_fleet(id, spec).await
+    }
+
+    async fn delete(client: &Client, id: &str) -> Result<(), ClientError> {
+        client.delete_fleet(id).await
+    }
+
+    fn delete_refused(error: &ClientError) -> Option<Report> {
+        Some(
+            Report::new(
+                "Fleet has active sessions",
+                format!(
+                    "{error}\n\nfleetformd refuses to destroy a fleet while sessions are \
+                     active. Wait for them to end, or set `force_destroy = true`, apply, \
+                     and destroy again."
+                ),
+            )
+            .on(AttributePath::new("force_destroy")),
+        )
     }
 }
 

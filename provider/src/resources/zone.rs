@@ -10,29 +10,31 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fleetform_api::validate;
+use fleetform_api::{defaults, ClientError};
 use fleetform_api::{
     BufferRule, Client, DataCenterSpec, MachineModel, MachineType, PlacementStrategy,
     ResourceStatus, ScalingMode, Zone, ZoneSpec, ZoneStatus,
 };
 use serde::{Deserialize, Serialize};
 use tf_provider::schema::{AttributeType, NestedBlock, Schema};
-use tf_provider::value::{Value, ValueEmpty};
-use tf_provider::{AttributePath, Diagnostics, Resource};
+use tf_provider::value::Value;
+use tf_provider::AttributePath;
 
-use crate::client::SharedClient;
-use crate::diag::{client_error, or_report, Problems};
+use crate::diag::Problems;
+use crate::resource::{ApiResource, Operation, Report};
 use crate::schema::{block, computed, defaulted, optional, required, schema};
 use crate::state::{
     changes, known, known_optional_u32, known_u32, number, optional_number, or_default,
     plan_blocks, to_u32,
 };
-use crate::timeouts::{self, timeout, Operation, TimeoutsState};
+use crate::timeouts::{self, timeout, TimeoutsState};
 
 /// How often create, update and destroy ask the server whether the zone got there.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Terraform state of a `fleetform_zone`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ZoneState {
     pub id: Value<String>,
     pub fleet_id: Value<String>,
@@ -53,6 +55,7 @@ pub struct ZoneState {
 
 /// One `buffer_rule` block.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BufferRuleState {
     pub min_active_sessions: Value<i64>,
     pub available_servers: Value<i64>,
@@ -62,6 +65,7 @@ pub struct BufferRuleState {
 
 /// One `data_center` block.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DataCenterState {
     pub name: Value<String>,
     pub location: Value<String>,
@@ -74,6 +78,7 @@ pub struct DataCenterState {
 
 /// One `machine_model` block of a data center.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MachineModelState {
     pub instance_type: Value<String>,
     pub processes_per_machine: Value<i64>,
@@ -220,17 +225,23 @@ impl ZoneState {
             id: prior.map_or(Value::Unknown, |prior| prior.id.clone()),
             scaling_mode: or_default(config.scaling_mode, ScalingMode::default().to_string()),
             buffer_rule: plan_blocks(config.buffer_rule, |rule| BufferRuleState {
-                min_active_sessions: or_default(rule.min_active_sessions, 0),
+                min_active_sessions: or_default(
+                    rule.min_active_sessions,
+                    defaults::MIN_ACTIVE_SESSIONS.into(),
+                ),
                 ..rule
             }),
-            cooldown_minutes: or_default(config.cooldown_minutes, 0),
+            cooldown_minutes: or_default(
+                config.cooldown_minutes,
+                defaults::COOLDOWN_MINUTES.into(),
+            ),
             placement_strategy: or_default(
                 config.placement_strategy,
                 PlacementStrategy::default().to_string(),
             ),
             wait_for_capacity: or_default(config.wait_for_capacity, true),
             data_center: plan_blocks(config.data_center, |dc| DataCenterState {
-                priority: or_default(dc.priority, 0),
+                priority: or_default(dc.priority, defaults::PRIORITY.into()),
                 machine_type: or_default(dc.machine_type, MachineType::default().to_string()),
                 machine_model: plan_blocks(dc.machine_model, |model| model),
                 ..dc
@@ -615,68 +626,29 @@ async fn wait_until_gone(client: &Client, id: &str, limit: Duration) -> Result<(
 // Resource
 
 /// The `fleetform_zone` resource.
-pub struct ZoneResource {
-    pub client: SharedClient,
-}
+pub struct ZoneResource;
 
 #[async_trait]
-impl Resource for ZoneResource {
-    type State<'a> = ZoneState;
-    type PrivateState<'a> = ValueEmpty;
-    type ProviderMetaState<'a> = ValueEmpty;
+impl ApiResource for ZoneResource {
+    type State = ZoneState;
+    type Remote = Zone;
+    type Spec = ZoneSpec;
+    const NAME: &'static str = "zone";
+    const NOUN: &'static str = "zone";
 
-    fn schema(&self, _diags: &mut Diagnostics) -> Option<Schema> {
-        Some(zone_schema())
+    fn schema() -> Schema {
+        zone_schema()
     }
 
-    async fn validate<'a>(&self, diags: &mut Diagnostics, config: ZoneState) -> Option<()> {
-        validate_zone(&config).report(diags);
-        Some(())
+    fn validate(config: &ZoneState) -> Problems {
+        validate_zone(config)
     }
 
-    async fn read<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        state: ZoneState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<(ZoneState, ValueEmpty)> {
-        let client = self.client.get(diags)?;
-        let id = known(&state.id, "id").ok()?;
-        match client.get_zone(&id).await {
-            Ok(zone) => {
-                let wait = or_default(state.wait_for_capacity, true);
-                let timeouts = plan_blocks(state.timeouts.clone(), |timeouts| timeouts);
-                Some((ZoneState::from_zone(zone, wait, timeouts), private))
-            }
-            Err(error) if error.is_not_found() => None,
-            Err(error) => {
-                client_error(diags, "Could not read zone", &error);
-                Some((state, private))
-            }
-        }
+    fn plan(config: ZoneState, prior: Option<&ZoneState>) -> ZoneState {
+        ZoneState::plan(config, prior)
     }
 
-    async fn plan_create<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _proposed: ZoneState,
-        config: ZoneState,
-        _meta: ValueEmpty,
-    ) -> Option<(ZoneState, ValueEmpty)> {
-        Some((ZoneState::plan(config, None), ValueEmpty::Null))
-    }
-
-    async fn plan_update<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        prior: ZoneState,
-        _proposed: ZoneState,
-        config: ZoneState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<(ZoneState, ValueEmpty, Vec<AttributePath>)> {
-        let planned = ZoneState::plan(config, Some(&prior));
+    fn replaced_by(prior: &ZoneState, planned: &ZoneState) -> Vec<AttributePath> {
         let mut replace = Vec::new();
         if changes(&prior.fleet_id, &planned.fleet_id) {
             replace.push(AttributePath::new("fleet_id"));
@@ -684,141 +656,88 @@ impl Resource for ZoneResource {
         if changes(&prior.name, &planned.name) {
             replace.push(AttributePath::new("name"));
         }
-        Some((planned, private, replace))
+        replace
     }
 
-    async fn plan_destroy<'a>(
-        &self,
-        _diags: &mut Diagnostics,
-        _prior: ZoneState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<ValueEmpty> {
-        Some(private)
+    fn id(state: &ZoneState) -> &Value<String> {
+        &state.id
     }
 
-    async fn create<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        planned: ZoneState,
-        _config: ZoneState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<(ZoneState, ValueEmpty)> {
-        let client = self.client.get(diags)?;
-        let spec = or_report(diags, planned.spec())?;
-        let zone = match client.create_zone(&spec).await {
-            Ok(zone) => zone,
-            Err(error) => {
-                client_error(diags, "Could not create zone", &error);
-                return None;
-            }
-        };
-        let id = zone.id.clone();
-        let state = ZoneState::from_zone(zone, planned.wait_for_capacity, planned.timeouts.clone());
-        if planned.waits() {
-            let limit = timeout(&planned.timeouts, Operation::Create);
-            if let Err(why) = wait_for_capacity(&client, &id, limit).await {
-                // Returning the state with an error makes Terraform keep the zone as
-                // tainted, so the next apply replaces it instead of losing track of it.
-                diags.root_error(
+    fn spec(planned: &ZoneState) -> Result<ZoneSpec, String> {
+        planned.spec()
+    }
+
+    /// The provider-only attributes come from `local`; an import gets their defaults.
+    fn state(zone: Zone, local: Option<&ZoneState>) -> ZoneState {
+        match local {
+            Some(local) => ZoneState::from_zone(
+                zone,
+                or_default(local.wait_for_capacity, true),
+                plan_blocks(local.timeouts.clone(), |timeouts| timeouts),
+            ),
+            None => ZoneState::from_zone(zone, Value::Value(true), Value::Value(Vec::new())),
+        }
+    }
+
+    async fn get(client: &Client, id: &str) -> Result<Zone, ClientError> {
+        client.get_zone(id).await
+    }
+
+    async fn create(client: &Client, spec: &ZoneSpec) -> Result<Zone, ClientError> {
+        client.create_zone(spec).await
+    }
+
+    async fn update(client: &Client, id: &str, spec: &ZoneSpec) -> Result<Zone, ClientError> {
+        client.update_zone(id, spec).await
+    }
+
+    async fn delete(client: &Client, id: &str) -> Result<(), ClientError> {
+        client.delete_zone(id).await
+    }
+
+    /// Create and update wait for the warm capacity (unless `wait_for_capacity = false`),
+    /// delete until the zone is gone, each within its `timeouts` entry.
+    async fn settle(
+        client: &Client,
+        operation: Operation,
+        id: &str,
+        state: &ZoneState,
+    ) -> Result<(), Report> {
+        let limit = timeout(&state.timeouts, operation);
+        match operation {
+            Operation::Create | Operation::Update if !state.waits() => Ok(()),
+            // Returned with the state, a create's error makes Terraform keep the zone as
+            // tainted, so the next apply replaces it instead of losing track of it.
+            Operation::Create => wait_for_capacity(client, id, limit).await.map_err(|why| {
+                let processes = state.initial_server_processes.as_ref_option().copied();
+                Report::new(
                     "Zone capacity not ready",
                     format!(
                         "Zone {id} was created, but its {} initial server processes are \
                          {why}.\n\nThe zone is tainted and the next apply replaces it. Raise \
                          `timeouts.create`, or set `wait_for_capacity = false` to skip the \
                          wait; the `fleetform_zone_status` data source shows the live figures.",
-                        spec.initial_server_processes
+                        processes.unwrap_or_default()
                     ),
-                );
-            }
-        }
-        Some((state, private))
-    }
-
-    async fn update<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        prior: ZoneState,
-        planned: ZoneState,
-        _config: ZoneState,
-        private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<(ZoneState, ValueEmpty)> {
-        let client = self.client.get(diags)?;
-        let spec = or_report(diags, planned.spec())?;
-        let id = or_report(diags, known(&prior.id, "id"))?;
-        // A change of `wait_for_capacity` or `timeouts` alone is the provider's business:
-        // nothing to send and nothing to wait for.
-        if prior.spec().ok().as_ref() == Some(&spec) {
-            return Some((planned, private));
-        }
-        let zone = match client.update_zone(&id, &spec).await {
-            Ok(zone) => zone,
-            Err(error) => {
-                client_error(diags, "Could not update zone", &error);
-                return None;
-            }
-        };
-        let state = ZoneState::from_zone(zone, planned.wait_for_capacity, planned.timeouts.clone());
-        if planned.waits() {
-            let limit = timeout(&planned.timeouts, Operation::Update);
-            if let Err(why) = wait_for_capacity(&client, &id, limit).await {
-                diags.root_error(
+                )
+            }),
+            Operation::Update => wait_for_capacity(client, id, limit).await.map_err(|why| {
+                Report::new(
                     "Zone capacity not ready",
                     format!(
                         "Zone {id} was updated, but its capacity is {why}.\n\nRaise \
                          `timeouts.update`, or set `wait_for_capacity = false` to skip the wait."
                     ),
-                );
-            }
-        }
-        Some((state, private))
-    }
-
-    async fn destroy<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        prior: ZoneState,
-        _private: ValueEmpty,
-        _meta: ValueEmpty,
-    ) -> Option<()> {
-        let client = self.client.get(diags)?;
-        let id = or_report(diags, known(&prior.id, "id"))?;
-        match client.delete_zone(&id).await {
-            Ok(()) => {}
-            Err(error) if error.is_not_found() => return Some(()),
-            Err(error) => {
-                client_error(diags, "Could not delete zone", &error);
-                return None;
-            }
-        }
-        let limit = timeout(&prior.timeouts, Operation::Delete);
-        if let Err(why) = wait_until_gone(&client, &id, limit).await {
-            diags.root_error(
-                "Zone not deleted in time",
-                format!("Zone {id} is being deleted, but it is {why}.\n\nRaise `timeouts.delete`."),
-            );
-            return None;
-        }
-        Some(())
-    }
-
-    async fn import<'a>(
-        &self,
-        diags: &mut Diagnostics,
-        id: String,
-    ) -> Option<(ZoneState, ValueEmpty)> {
-        let client = self.client.get(diags)?;
-        match client.get_zone(&id).await {
-            Ok(zone) => Some((
-                ZoneState::from_zone(zone, Value::Value(true), Value::Value(Vec::new())),
-                ValueEmpty::Null,
-            )),
-            Err(error) => {
-                client_error(diags, &format!("Could not import zone {id:?}"), &error);
-                None
-            }
+                )
+            }),
+            Operation::Delete => wait_until_gone(client, id, limit).await.map_err(|why| {
+                Report::new(
+                    "Zone not deleted in time",
+                    format!(
+                        "Zone {id} is being deleted, but it is {why}.\n\nRaise `timeouts.delete`."
+                    ),
+                )
+            }),
         }
     }
 }
