@@ -197,6 +197,23 @@ impl<R: ApiResource> Typed<R> {
         Some(state)
     }
 
+    /// The server's complaints about a body, on the blocks of the plan they are about.
+    fn located(planned: &R::State, diags: Diagnostics) -> Diagnostics {
+        let Diagnostics { errors, warnings } = diags;
+        let locate = |diag: tf_provider::Diagnostic| {
+            let (attribute, detail) = R::locate(planned, diag.attribute, diag.detail.into_owned());
+            tf_provider::Diagnostic {
+                attribute,
+                detail: detail.into(),
+                ..diag
+            }
+        };
+        Diagnostics {
+            errors: errors.into_iter().map(locate).collect(),
+            warnings: warnings.into_iter().map(locate).collect(),
+        }
+    }
+
     /// `true` when the resource is gone.
     async fn delete(client: &Client, diags: &mut Diagnostics, prior: &R::State) -> bool {
         let Some(id) = Self::id(diags, prior) else {
@@ -229,7 +246,9 @@ impl<R: ApiResource> Typed<R> {
 #[async_trait]
 impl<R: ApiResource> DynResource for Typed<R> {
     fn schema(&self) -> Schema {
-        R::schema()
+        let mut schema = R::schema();
+        schema.version = R::VERSION;
+        schema
     }
 
     fn validate(&self, config: &Dynamic) -> Diagnostics {
@@ -339,19 +358,20 @@ impl<R: ApiResource> DynResource for Typed<R> {
         let Some(planned) = decode::<R::State>(planned, &mut diags) else {
             return Outcome::new(prior.clone(), diags);
         };
-        if prior.is_null() {
-            let value = Self::create(&client, &mut diags, planned).await;
-            return Outcome::new(value, diags);
-        }
-        let Some(prior_state) = decode::<R::State>(prior, &mut diags) else {
-            return Outcome::new(prior.clone(), diags);
+        let config = planned.clone();
+        let value = if prior.is_null() {
+            Self::create(&client, &mut diags, planned).await
+        } else {
+            let Some(prior_state) = decode::<R::State>(prior, &mut diags) else {
+                return Outcome::new(prior.clone(), diags);
+            };
+            match Self::update(&client, &mut diags, prior_state, planned).await {
+                Some(state) => encode(&state, &mut diags),
+                // Not updated: the prior state stays what Terraform knows.
+                None => prior.clone(),
+            }
         };
-        let value = match Self::update(&client, &mut diags, prior_state, planned).await {
-            Some(state) => encode(&state, &mut diags),
-            // Not updated: the prior state stays what Terraform knows.
-            None => prior.clone(),
-        };
-        Outcome::new(value, diags)
+        Outcome::new(value, Self::located(&config, diags))
     }
 
     async fn import(&self, client: &SharedClient, id: &str) -> Outcome<Dynamic> {

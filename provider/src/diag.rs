@@ -77,6 +77,23 @@ impl Problems {
         }
     }
 
+    /// The problems with each path and message passed through `locate` (a resource whose
+    /// validators number blocks differently from its schema).
+    pub fn located(
+        self,
+        locate: impl Fn(AttributePath, String) -> (AttributePath, String),
+    ) -> Self {
+        Problems(
+            self.0
+                .into_iter()
+                .map(|problem| {
+                    let (path, message) = locate(problem.path, problem.message);
+                    Problem { path, message }
+                })
+                .collect(),
+        )
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

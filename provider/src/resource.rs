@@ -93,6 +93,16 @@ pub trait ApiResource: Send + Sync + 'static {
     /// The attributes whose planned change replaces the resource.
     fn replaced_by(prior: &Self::State, planned: &Self::State) -> Vec<AttributePath>;
 
+    /// Where a problem the server reports on `path` (numbering blocks as the API does) is
+    /// in the configuration `config`, with its message. The default: where it says.
+    fn locate(
+        _config: &Self::State,
+        path: AttributePath,
+        message: String,
+    ) -> (AttributePath, String) {
+        (path, message)
+    }
+
     /// The server's identifier.
     fn id(state: &Self::State) -> &Value<String>;
 

@@ -408,15 +408,37 @@ fn used_names(hcl: &str) -> Vec<(String, String, String)> {
             }
             Some(Frame::Schema(type_name, path)) if !word.is_empty() => {
                 if rest.starts_with('=') {
-                    if !(path.is_empty() && meta.contains(&word.as_str())) {
+                    let dynamic_meta = path.ends_with("#dynamic")
+                        && ["for_each", "labels", "iterator"].contains(&word.as_str());
+                    let top_meta = path.is_empty() && meta.contains(&word.as_str());
+                    if !(dynamic_meta || top_meta) {
                         used.push((type_name.clone(), path.clone(), word.clone()));
                     }
-                } else if rest.starts_with('{') && !(path.is_empty() && word == "lifecycle") {
-                    used.push((type_name.clone(), path.clone(), word.clone()));
-                    let inner = if path.is_empty() {
-                        word.clone()
-                    } else {
-                        format!("{path}.{word}")
+                } else if line.ends_with('{') && !(path.is_empty() && word == "lifecycle") {
+                    // `name {`, a labeled `name "label" {`, or `dynamic "name" {` (whose
+                    // `content {` is the block itself; its other arguments are meta).
+                    let label = rest.split('"').nth(1).unwrap_or_default();
+                    let block = match word.as_str() {
+                        "dynamic" if !label.is_empty() => Some(label.to_string()),
+                        "content" if path.ends_with("#dynamic") => None,
+                        _ if rest.starts_with('{') || rest.starts_with('"') => Some(word.clone()),
+                        _ => None,
+                    };
+                    let inner = match block {
+                        Some(block) => {
+                            used.push((type_name.clone(), path.clone(), block.clone()));
+                            let inner = if path.is_empty() {
+                                block
+                            } else {
+                                format!("{path}.{block}")
+                            };
+                            if word == "dynamic" {
+                                format!("{inner}#dynamic")
+                            } else {
+                                inner
+                            }
+                        }
+                        None => path.trim_end_matches("#dynamic").to_string(),
                     };
                     stack.push(Frame::Schema(type_name.clone(), inner));
                     pushed = true;
@@ -632,14 +654,20 @@ resource "fleetform_zone" "z" {
   lifecycle {
     prevent_destroy = true
   }
-  data_center {
-    name = "dc"
+  data_center "dc" {
     machine_model {
       instance_typo = "local"
     }
   }
   buffer_rules {
     available_servers = 1
+  }
+  dynamic "data_center" {
+    for_each = var.dcs
+    labels   = [data_center.key]
+    content {
+      locaton = data_center.value
+    }
   }
 }
 "#;
@@ -650,6 +678,7 @@ resource "fleetform_zone" "z" {
             "t.tf: resource.fleetform_zone has no `data_center.machine_model.instance_typo`",
             "t.tf: resource.fleetform_zone has no `buffer_rules`",
             "t.tf: resource.fleetform_zone has no `buffer_rules.available_servers`",
+            "t.tf: resource.fleetform_zone has no `data_center.locaton`",
         ]
     );
 }

@@ -74,8 +74,7 @@ resource "fleetform_zone" "eu" {{
     available_servers = 2
   }}
 
-  data_center {{
-    name                = "metal"
+  data_center "metal" {{
     location            = "fra-metal"
     machine_type        = "bare_metal"
     bare_metal_machines = {bare_metal_machines}
@@ -85,8 +84,7 @@ resource "fleetform_zone" "eu" {{
     }}
   }}
 
-  data_center {{
-    name                 = "cloud"
+  data_center "cloud" {{
     location             = "local"
     max_server_processes = 4
     machine_model {{

@@ -42,8 +42,7 @@ resource "fleetform_zone" "eu" {{
     available_servers = 1
   }}
 
-  data_center {{
-    name                 = "overflow"
+  data_center "overflow" {{
     location             = "local"
     priority             = 1
     max_server_processes = 4
@@ -53,8 +52,7 @@ resource "fleetform_zone" "eu" {{
     }}
   }}
 
-  data_center {{
-    name                 = "preferred"
+  data_center "preferred" {{
     location             = "local"
     priority             = 0
     max_server_processes = 2

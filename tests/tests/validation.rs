@@ -40,8 +40,7 @@ resource "fleetform_zone" "z" {{
 }
 
 const DC: &str = r#"
-  data_center {
-    name                 = "a"
+  data_center "a" {
     location             = "local"
     max_server_processes = 2
     machine_model {
@@ -75,23 +74,35 @@ fn invalid_values_fail_at_plan_on_their_attribute() -> Result<()> {
             "sessions_per_process = 2",
         ),
         (
-            "duplicate data-center names",
-            zone(&format!("buffer_rule {{\n available_servers = 1\n}}\n{DC}{DC}")),
-            "data_center[1].name",
-            r#"name                 = "a""#,
+            "data-center name (its label) not an identifier",
+            zone(&format!(
+                "buffer_rule {{\n available_servers = 1\n}}\n{}",
+                DC.replace(r#""a""#, r#""a b""#)
+            )),
+            r#"Invalid data_center["a b"]"#,
+            // Terraform cannot point into a block's label; the message names it.
+            r#""a b" may only contain"#,
         ),
         (
             "buffer rule with both amounts",
             zone(&format!(
                 "buffer_rule {{\n available_servers = 1\n available_percent = 10\n}}\n{DC}"
             )),
-            "buffer_rule[0]",
+            "the rule from 0 active sessions",
             "resource \"fleetform_zone\" \"z\"",
         ),
         (
             "buffer rule with neither amount",
             zone(&format!("buffer_rule {{\n min_active_sessions = 0\n}}\n{DC}")),
-            "buffer_rule[0]",
+            "the rule from 0 active sessions",
+            "resource \"fleetform_zone\" \"z\"",
+        ),
+        (
+            "two buffer rules from the same threshold",
+            zone(&format!(
+                "buffer_rule {{\n available_servers = 1\n}}\nbuffer_rule {{\n min_active_sessions = 0\n available_percent = 10\n}}\n{DC}"
+            )),
+            "two rules start from 0 active sessions",
             "resource \"fleetform_zone\" \"z\"",
         ),
         (

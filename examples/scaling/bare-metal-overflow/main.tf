@@ -29,8 +29,7 @@ resource "fleetform_zone" "metal_first" {
     available_percent = 15
   }
 
-  data_center {
-    name                = "fra-metal"
+  data_center "fra-metal" {
     location            = "fra-metal"
     priority            = 0
     machine_type        = "bare_metal"
@@ -43,8 +42,7 @@ resource "fleetform_zone" "metal_first" {
     }
   }
 
-  data_center {
-    name                 = "aws-eu-central-1"
+  data_center "aws-eu-central-1" {
     location             = "eu-central-1"
     priority             = 1
     machine_type         = "vm"

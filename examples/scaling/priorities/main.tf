@@ -31,8 +31,7 @@ resource "fleetform_zone" "priorities" {
     available_percent = 20
   }
 
-  data_center {
-    name                 = "frankfurt"
+  data_center "frankfurt" {
     location             = "eu-central-1"
     priority             = 0
     max_server_processes = 600
@@ -43,8 +42,7 @@ resource "fleetform_zone" "priorities" {
     }
   }
 
-  data_center {
-    name                 = "ireland"
+  data_center "ireland" {
     location             = "eu-west-1"
     priority             = 1
     max_server_processes = 300

@@ -16,6 +16,7 @@ use fleetform_api::{
     ResourceStatus, ScalingMode, Zone, ZoneSpec, ZoneStatus,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
 use tf_provider::schema::{AttributeType, NestedBlock, Schema};
 use tf_provider::value::Value;
 use tf_provider::AttributePath;
@@ -48,6 +49,8 @@ pub struct ZoneState {
     pub placement_strategy: Value<String>,
     /// Provider-side only: kept in state, never sent.
     pub wait_for_capacity: Value<bool>,
+    /// In name order. To Terraform a map from each name (the block's label) to the rest.
+    #[serde(with = "by_name")]
     pub data_center: Value<Vec<DataCenterState>>,
     /// Provider-side only: kept in state, never sent.
     pub timeouts: Value<Vec<TimeoutsState>>,
@@ -67,6 +70,8 @@ pub struct BufferRuleState {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DataCenterState {
+    /// The block's label: the key of the map Terraform holds, not an attribute.
+    #[serde(skip)]
     pub name: Value<String>,
     pub location: Value<String>,
     pub priority: Value<i64>,
@@ -82,6 +87,138 @@ pub struct DataCenterState {
 pub struct MachineModelState {
     pub instance_type: Value<String>,
     pub processes_per_machine: Value<i64>,
+}
+
+/// `data_center` to and from Terraform's map of blocks by name.
+mod by_name {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use tf_provider::value::Value;
+
+    use super::DataCenterState;
+
+    pub fn serialize<S: Serializer>(
+        dcs: &Value<Vec<DataCenterState>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let map: Value<BTreeMap<&str, &DataCenterState>> = match dcs {
+            Value::Value(dcs) => {
+                let mut map = BTreeMap::new();
+                for dc in dcs {
+                    let Value::Value(name) = &dc.name else {
+                        return Err(serde::ser::Error::custom(
+                            "a data center without a known name",
+                        ));
+                    };
+                    map.insert(name.as_str(), dc);
+                }
+                Value::Value(map)
+            }
+            Value::Null => Value::Null,
+            Value::Unknown => Value::Unknown,
+        };
+        map.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Value<Vec<DataCenterState>>, D::Error> {
+        let map: Value<BTreeMap<String, DataCenterState>> = Value::deserialize(deserializer)?;
+        Ok(map.map(|map| {
+            map.into_iter()
+                .map(|(name, dc)| DataCenterState {
+                    name: Value::Value(name),
+                    ..dc
+                })
+                .collect()
+        }))
+    }
+}
+
+/// A version-0 state (data centers a list, each with its `name`) in version 1's layout (a
+/// map from the name to the rest). Nothing else changed.
+pub fn upgrade_from_0(mut state: Json) -> Json {
+    if let Some(Json::Array(dcs)) = state.get_mut("data_center").map(Json::take) {
+        let mut by_name = serde_json::Map::new();
+        for mut dc in dcs {
+            let name = match dc.as_object_mut().and_then(|dc| dc.remove("name")) {
+                Some(Json::String(name)) => name,
+                _ => continue,
+            };
+            by_name.insert(name, dc);
+        }
+        state["data_center"] = Json::Object(by_name);
+    }
+    state
+}
+
+/// Sorts buffer rules by threshold (a null one is the default, 0), the order the server
+/// keeps them in; Terraform holds them as a set, in an order of its own.
+fn by_threshold(rules: &mut [BufferRuleState]) {
+    rules.sort_by_key(|rule| match rule.min_active_sessions {
+        Value::Value(threshold) => threshold,
+        Value::Null => i64::from(defaults::MIN_ACTIVE_SESSIONS),
+        Value::Unknown => i64::MAX,
+    });
+}
+
+/// Where a problem found on the zone's blocks by position (as the API and the validators
+/// number them) is in Terraform's terms: a data center by its name (`data_center["eu"]`;
+/// its name is its label, so a problem with the name is one with the block), a buffer rule
+/// as the set (a set has no positions; the message says which rule). `config` holds the
+/// blocks in the order the positions count (data centers by name, rules by threshold).
+fn locate(config: &ZoneState, path: AttributePath, message: String) -> (AttributePath, String) {
+    use tf_provider::AttributePathStep::{Attribute, Index, Key};
+    let mut steps = path.steps.clone();
+    match steps.as_slice() {
+        [Attribute(block), Index(index), ..] if block == "data_center" => {
+            let name = config
+                .data_center
+                .as_ref_option()
+                .and_then(|dcs| dcs.get(usize::try_from(*index).ok()?))
+                .and_then(|dc| dc.name.as_ref_option().cloned());
+            let Some(name) = name else {
+                return (path, message);
+            };
+            steps[1] = Key(name.into());
+            if matches!(steps.get(2), Some(Attribute(attribute)) if attribute == "name") {
+                steps.truncate(2);
+            }
+            (AttributePath { steps }, message)
+        }
+        [Attribute(block), Index(index), rest @ ..] if block == "buffer_rule" => {
+            let mut rules = config
+                .buffer_rule
+                .as_ref_option()
+                .cloned()
+                .unwrap_or_default();
+            by_threshold(&mut rules);
+            let threshold = usize::try_from(*index)
+                .ok()
+                .and_then(|index| rules.get(index))
+                .and_then(|rule| rule.min_active_sessions.as_ref_option().copied())
+                .unwrap_or(i64::from(defaults::MIN_ACTIVE_SESSIONS));
+            let attribute = match rest.first() {
+                Some(Attribute(attribute)) => attribute.to_string(),
+                _ => String::new(),
+            };
+            // The order rules in a set's terms: sorted, a threshold not above the previous
+            // is a second rule from it; a first above 0 is no rule from 0.
+            let message = match attribute.as_str() {
+                "min_active_sessions" if message.starts_with("must be greater than") => {
+                    format!("two rules start from {threshold} active sessions; each threshold is used once")
+                }
+                "min_active_sessions" if message.starts_with("the first buffer rule") => {
+                    format!("no rule starts from 0 active sessions (the lowest starts from {threshold}); one must")
+                }
+                "" => format!("the rule from {threshold} active sessions: {message}"),
+                _ => format!("the rule from {threshold} active sessions, `{attribute}`: {message}"),
+            };
+            (AttributePath::new("buffer_rule"), message)
+        }
+        _ => (path, message),
+    }
 }
 
 impl ZoneState {
@@ -143,7 +280,8 @@ impl ZoneState {
 
     /// The body to send, from a fully known planned state.
     pub fn spec(&self) -> Result<ZoneSpec, String> {
-        let rules = known(&self.buffer_rule, "buffer_rule")?;
+        let mut rules = known(&self.buffer_rule, "buffer_rule")?;
+        by_threshold(&mut rules);
         let dcs = known(&self.data_center, "data_center")?;
         Ok(ZoneSpec {
             fleet_id: known(&self.fleet_id, "fleet_id")?,
@@ -378,6 +516,14 @@ fn validate_buffer_rules(
     let Some(rules) = rules.as_ref_option() else {
         return;
     };
+    // A set: checked in the server's order, by threshold (an unknown one last). Sorted, a
+    // threshold not above the previous one is a duplicate, certain between known ones;
+    // the first's (it must be 0) is uncertain while another threshold is unknown.
+    let mut rules = rules.clone();
+    by_threshold(&mut rules);
+    let order_known = rules
+        .iter()
+        .all(|rule| !rule.min_active_sessions.is_unknown());
     let mut stand_ins = Vec::with_capacity(rules.len());
     let mut uncertain = BTreeSet::new();
     let mut previous_known = true;
@@ -393,7 +539,7 @@ fn validate_buffer_rules(
             at("min_active_sessions"),
             problems,
         );
-        if threshold.is_none() || !previous_known {
+        if threshold.is_none() || !previous_known || (index == 0 && !order_known) {
             uncertain.insert(format!("buffer_rules[{index}].min_active_sessions"));
         }
         previous_known = threshold.is_some();
@@ -635,13 +781,19 @@ impl ApiResource for ZoneResource {
     type Spec = ZoneSpec;
     const NAME: &'static str = "zone";
     const NOUN: &'static str = "zone";
+    /// 1: `data_center` blocks keyed by name (0: a list, each with a `name`).
+    const VERSION: i64 = 1;
 
     fn schema() -> Schema {
         zone_schema()
     }
 
     fn validate(config: &ZoneState) -> Problems {
-        validate_zone(config)
+        validate_zone(config).located(|path, message| locate(config, path, message))
+    }
+
+    fn locate(config: &ZoneState, path: AttributePath, message: String) -> (AttributePath, String) {
+        locate(config, path, message)
     }
 
     fn plan(config: ZoneState, prior: Option<&ZoneState>) -> ZoneState {
@@ -676,6 +828,17 @@ impl ApiResource for ZoneResource {
                 plan_blocks(local.timeouts.clone(), |timeouts| timeouts),
             ),
             None => ZoneState::from_zone(zone, Value::Value(true), Value::Value(Vec::new())),
+        }
+    }
+
+    fn upgrade(version: i64, state: Json) -> Result<Json, String> {
+        match version {
+            1 => Ok(state),
+            0 => Ok(upgrade_from_0(state)),
+            other => Err(format!(
+                "the state of this zone is at schema version {other}; this provider knows \
+                 versions 0 and 1: use a provider at least as new as the one that wrote it"
+            )),
         }
     }
 
@@ -751,15 +914,17 @@ pub fn zone_schema() -> Schema {
     let buffer_rule = block(
         "A buffer rule: from `min_active_sessions` active sessions on, keep this much idle \
          capacity for new sessions. One block is a single rule; several are segment rules, \
-         the one in force being the last whose threshold the active sessions reached. At \
-         least one is required when `scaling_mode` is `auto`.",
+         the one in force being the one with the highest threshold the active sessions \
+         reached. The rules are a set: their order in the configuration does not matter, \
+         and a plan shows the one rule added, removed or changed. At least one is required \
+         when `scaling_mode` is `auto`; one has `min_active_sessions = 0`.",
         vec![
             (
                 "min_active_sessions",
                 defaulted(
                     Number,
-                    "Active sessions from which the rule applies. The first rule starts at \
-                     `0` (default); thresholds strictly increase.",
+                    "Active sessions from which the rule applies. One rule starts at `0` \
+                     (default); no two rules share a threshold.",
                 ),
             ),
             (
@@ -811,16 +976,10 @@ pub fn zone_schema() -> Schema {
         vec![],
     );
     let data_center = block(
-        "A data center of the zone; at least one is required. Names are unique within the \
-         zone.",
+        "A data center of the zone, `data_center \"<name>\" { … }`: its label is its name \
+         (letters, digits, `-` and `_`), so a plan shows the data center added, removed or \
+         changed by name whatever the order of the blocks. At least one is required.",
         vec![
-            (
-                "name",
-                required(
-                    String,
-                    "Name of the data center: letters, digits, `-` and `_`.",
-                ),
-            ),
             (
                 "location",
                 required(
@@ -938,8 +1097,8 @@ pub fn zone_schema() -> Schema {
             ),
         ],
         vec![
-            ("buffer_rule", NestedBlock::List(buffer_rule)),
-            ("data_center", NestedBlock::List(data_center)),
+            ("buffer_rule", NestedBlock::Set(buffer_rule)),
+            ("data_center", NestedBlock::Map(data_center)),
             ("timeouts", timeouts::timeouts_block()),
         ],
     ))

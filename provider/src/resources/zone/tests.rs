@@ -279,7 +279,7 @@ fn validation_paths() {
             &["buffer_rule[0].available_percent"],
         ),
         (
-            "thresholds out of order while an amount is unknown",
+            "a set: rules in any order are checked by threshold",
             config().rules(vec![
                 rule(0, Some(1), None),
                 BufferRuleState {
@@ -288,7 +288,30 @@ fn validation_paths() {
                 },
                 rule(5, Some(2), None),
             ]),
+            &[],
+        ),
+        (
+            "a duplicate threshold while an amount is unknown",
+            config().rules(vec![
+                rule(0, Some(1), None),
+                BufferRuleState {
+                    available_percent: Value::Unknown,
+                    ..rule(5, None, None)
+                },
+                rule(5, Some(2), None),
+            ]),
             &["buffer_rule[2].min_active_sessions"],
+        ),
+        (
+            "the first threshold is uncertain while another is unknown",
+            config().rules(vec![
+                rule(5, Some(1), None),
+                BufferRuleState {
+                    min_active_sessions: Value::Unknown,
+                    ..rule(0, Some(1), None)
+                },
+            ]),
+            &[],
         ),
         (
             "first threshold not 0 while the fleet and an amount are unknown",
@@ -299,7 +322,7 @@ fn validation_paths() {
             &["buffer_rule[0].min_active_sessions"],
         ),
         (
-            "a threshold after an unknown one is not compared",
+            "two known equal thresholds are a duplicate whatever the unknown one",
             config().rules(vec![
                 rule(0, Some(1), None),
                 BufferRuleState {
@@ -308,7 +331,7 @@ fn validation_paths() {
                 },
                 rule(0, Some(1), None),
             ]),
-            &[],
+            &["buffer_rule[1].min_active_sessions"],
         ),
         (
             "known thresholds around an unknown one are still compared",
@@ -590,11 +613,11 @@ fn validation_messages() {
             "set exactly one of available_servers, available_percent or available_predicted",
         ),
         (
-            "thresholds out of order",
+            "a duplicate threshold",
             config().rules(vec![
                 predicted(0, 1),
                 rule(30, Some(2), None),
-                predicted(10, 1),
+                predicted(30, 1),
             ]),
             "buffer_rule[2].min_active_sessions",
             "must be greater than the previous rule's 30 (thresholds strictly increase)",
@@ -725,4 +748,145 @@ async fn gives_up_at_the_timeout_with_what_it_saw() {
 async fn a_hanging_answer_counts_against_the_timeout() {
     let result = poll_until(Duration::from_secs(5), std::future::pending).await;
     assert!(result.unwrap_err().contains("no answer yet"));
+}
+
+/// Terraform holds data centers as a map by name: the state round-trips through it (JSON
+/// and msgpack alike), names come back from the keys, in name order.
+#[test]
+fn data_centers_are_a_map_by_name() {
+    let state = config().data_centers(vec![data_center("b"), data_center("a")]);
+    let json = serde_json::to_value(&state).unwrap();
+    let keys: Vec<&String> = json["data_center"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["a", "b"]);
+    assert!(
+        json["data_center"]["a"].get("name").is_none(),
+        "the name is the key"
+    );
+    let back: ZoneState = serde_json::from_value(json).unwrap();
+    let names: Vec<_> = back
+        .data_center
+        .as_ref_option()
+        .unwrap()
+        .iter()
+        .map(|dc| dc.name.clone())
+        .collect();
+    assert_eq!(
+        names,
+        [Value::Value("a".to_string()), Value::Value("b".to_string())]
+    );
+    let packed = rmp_serde::to_vec_named(&state).unwrap();
+    let unpacked: ZoneState = rmp_serde::from_slice(&packed).unwrap();
+    assert_eq!(unpacked, back);
+    let unknown = ZoneState {
+        data_center: Value::Unknown,
+        ..config()
+    };
+    let packed = rmp_serde::to_vec_named(&unknown).unwrap();
+    assert_eq!(
+        rmp_serde::from_slice::<ZoneState>(&packed).unwrap(),
+        unknown
+    );
+}
+
+/// A version-0 state (a list of data centers with names) upgrades to the map, and the
+/// result reads as the same zone.
+#[test]
+fn version_0_state_upgrades_to_data_centers_by_name() {
+    let current = ZoneState {
+        id: Value::Value("zone-1".into()),
+        fleet_id: Value::Value("flt-1".into()),
+        ..ZoneState::plan(
+            config().data_centers(vec![data_center("b"), data_center("a")]),
+            None,
+        )
+    };
+    let mut old = serde_json::to_value(&current).unwrap();
+    let list: Vec<serde_json::Value> = old["data_center"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|(name, dc)| {
+            let mut dc = dc.clone();
+            dc["name"] = serde_json::Value::String(name.clone());
+            dc
+        })
+        .collect();
+    old["data_center"] = serde_json::Value::Array(list);
+    let upgraded = ZoneResource::upgrade(0, old).unwrap();
+    let read: ZoneState = serde_json::from_value(upgraded).unwrap();
+    assert_eq!(
+        read,
+        serde_json::from_value(serde_json::to_value(&current).unwrap()).unwrap()
+    );
+    assert!(ZoneResource::upgrade(2, serde_json::json!({})).is_err());
+}
+
+/// Problems numbered by position land on the data center by name, and on the rule set with
+/// the rule named in the message.
+#[test]
+fn problems_are_located_by_name_and_threshold() {
+    let config = config()
+        .data_centers(vec![data_center("a"), data_center("b")])
+        .rules(vec![rule(50, Some(1), None), rule(0, Some(1), None)]);
+    let cases = [
+        (
+            "data_center[1].location",
+            "data_center[\"b\"].location",
+            "bad",
+        ),
+        ("data_center[0].name", "data_center[\"a\"]", "bad"),
+        (
+            "data_center[0].machine_model[0].instance_type",
+            "data_center[\"a\"].machine_model[0].instance_type",
+            "bad",
+        ),
+        (
+            "buffer_rule[1].available_servers",
+            "buffer_rule",
+            "the rule from 50 active sessions, `available_servers`: bad",
+        ),
+        (
+            "buffer_rule[0]",
+            "buffer_rule",
+            "the rule from 0 active sessions: bad",
+        ),
+        ("free_slots_max", "free_slots_max", "bad"),
+    ];
+    for (api, want_path, want_message) in cases {
+        let path = attribute_path(
+            &api.replace("data_center", "data_centers")
+                .replace("buffer_rule", "buffer_rules"),
+        );
+        let (path, message) = locate(&config, path, "bad".into());
+        assert_eq!(
+            (path.to_string(), message.as_str()),
+            (want_path.to_string(), want_message),
+            "{api}"
+        );
+    }
+}
+
+/// The body sends the rules by threshold whatever order the set came in.
+#[test]
+fn the_body_sends_rules_by_threshold() {
+    let planned = ZoneState {
+        fleet_id: Value::Value("flt-1".into()),
+        ..ZoneState::plan(
+            config().rules(vec![
+                rule(50, Some(3), None),
+                rule(0, Some(1), None),
+                rule(10, Some(2), None),
+            ]),
+            None,
+        )
+    };
+    let thresholds: Vec<u32> = planned
+        .spec()
+        .unwrap()
+        .buffer_rules
+        .iter()
+        .map(|rule| rule.min_active_sessions)
+        .collect();
+    assert_eq!(thresholds, [0, 10, 50]);
 }
