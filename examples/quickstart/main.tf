@@ -51,7 +51,8 @@ resource "fleetform_zone" "local" {
     available_servers = 1
   }
 
-  data_center "local-1" {
+  data_center {
+    name                 = "local-1"
     location             = "local"
     max_server_processes = 4
 

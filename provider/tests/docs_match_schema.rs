@@ -501,7 +501,7 @@ fn example_problems(file: &str, hcl: &str) -> Vec<String> {
     problems
 }
 
-/// Every `.tf` file under `examples/`, as paths relative to the repository.
+/// Every `.tf` file under `examples/` and `modules/`, as paths relative to the repository.
 fn example_files() -> Vec<String> {
     fn walk(dir: &Path, relative: &str, files: &mut Vec<String>) {
         let mut entries: Vec<_> = std::fs::read_dir(dir)
@@ -525,6 +525,8 @@ fn example_files() -> Vec<String> {
     }
     let mut files = Vec::new();
     walk(&repo().join("examples"), "examples", &mut files);
+    // The reusable modules use the schema as the examples do.
+    walk(&repo().join("modules"), "modules", &mut files);
     files
 }
 

@@ -248,7 +248,8 @@ resource "fleetform_zone" "east" {{
   scaling_mode             = "fixed"
   initial_server_processes = {processes}
 
-  data_center "use1-a" {{
+  data_center {{
+    name                 = "use1-a"
     location             = "{REGION}"
     max_server_processes = {processes}
 

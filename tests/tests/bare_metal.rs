@@ -74,7 +74,8 @@ resource "fleetform_zone" "eu" {{
     available_servers = 2
   }}
 
-  data_center "metal" {{
+  data_center {{
+    name                = "metal"
     location            = "fra-metal"
     machine_type        = "bare_metal"
     bare_metal_machines = {bare_metal_machines}
@@ -84,7 +85,8 @@ resource "fleetform_zone" "eu" {{
     }}
   }}
 
-  data_center "cloud" {{
+  data_center {{
+    name                 = "cloud"
     location             = "local"
     max_server_processes = 4
     machine_model {{

@@ -42,7 +42,8 @@ resource "fleetform_zone" "eu" {{
     available_servers = 1
   }}
 
-  data_center "overflow" {{
+  data_center {{
+    name                 = "overflow"
     location             = "local"
     priority             = 1
     max_server_processes = 4
@@ -52,7 +53,8 @@ resource "fleetform_zone" "eu" {{
     }}
   }}
 
-  data_center "preferred" {{
+  data_center {{
+    name                 = "preferred"
     location             = "local"
     priority             = 0
     max_server_processes = 2

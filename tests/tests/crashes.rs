@@ -301,7 +301,8 @@ resource "fleetform_zone" "local" {{
   # The broken build never gets a process READY: do not wait for capacity.
   wait_for_capacity        = false
 
-  data_center "local-1" {{
+  data_center {{
+    name                 = "local-1"
     location             = "local"
     max_server_processes = 2
 

@@ -122,8 +122,18 @@ impl Workspace {
             ),
         )
         .unwrap();
-        let config_dir = dir.path().join("config");
-        std::fs::create_dir(&config_dir).unwrap();
+        // Two levels down, as the examples sit in the repository, so a module source
+        // `../../modules/…` finds the repository's modules copied beside it.
+        let config_dir = dir.path().join("examples/config");
+        std::fs::create_dir_all(&config_dir).unwrap();
+        let uses_modules = files.iter().any(|file| {
+            std::fs::read_to_string(file)
+                .unwrap()
+                .contains("source = \"../../modules/")
+        });
+        if uses_modules {
+            copy_tree(&repo().join("modules"), &dir.path().join("modules"));
+        }
         for (index, file) in files.iter().enumerate() {
             // Snippets from different directories share file names (resource.tf).
             let name = format!("{index:02}-{}", file.file_name().unwrap().to_string_lossy());
@@ -143,17 +153,24 @@ impl Workspace {
             )
             .unwrap();
         }
-        Workspace {
+        let workspace = Workspace {
             dir,
             cli_config,
             endpoint: endpoint.to_string(),
+        };
+        if uses_modules {
+            // Local modules are installed by `get` (`init` would look the dev-overridden
+            // provider up in the registry).
+            let get = workspace.terraform(&["get", "-no-color"]);
+            assert!(get.status.success(), "terraform get: {}", describe(&get));
         }
+        workspace
     }
 
     fn terraform(&self, args: &[&str]) -> Output {
         Command::new("terraform")
             .args(args)
-            .current_dir(self.dir.path().join("config"))
+            .current_dir(self.dir.path().join("examples/config"))
             .env("TF_CLI_CONFIG_FILE", &self.cli_config)
             .env("TF_IN_AUTOMATION", "1")
             .env("CHECKPOINT_DISABLE", "1")
@@ -170,6 +187,24 @@ impl Workspace {
             .stdin(Stdio::null())
             .output()
             .expect("run terraform")
+    }
+}
+
+/// Copies the directory `from` to `to` (files and subdirectories; Terraform's working files
+/// left out).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(&name));
+        } else {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
     }
 }
 
@@ -193,7 +228,11 @@ async fn every_example_validates_and_plans() {
         .iter()
         .map(|(name, _)| name.as_str())
         .collect();
-    for expected in ["examples/quickstart", "examples/scaling/predictive"] {
+    for expected in [
+        "examples/quickstart",
+        "examples/scaling/predictive",
+        "examples/stack",
+    ] {
         assert!(
             names.contains(&expected),
             "{expected} not found in {names:?}"

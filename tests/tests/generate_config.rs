@@ -53,7 +53,8 @@ resource "fleetform_zone" "z" {
     available_servers   = 1
   }
 
-  data_center "dc1" {
+  data_center {
+    name                 = "dc1"
     location             = "local"
     max_server_processes = 4
 

@@ -29,7 +29,8 @@ resource "fleetform_fleet" "f" {
 fn data_center(name: &str, priority: u32) -> String {
     format!(
         r#"
-  data_center "{name}" {{
+  data_center {{
+    name                 = "{name}"
     location             = "local"
     priority             = {priority}
     max_server_processes = 2
@@ -136,25 +137,25 @@ fn one_changed_data_center_or_rule_is_all_the_plan_shows() -> Result<()> {
             r0.clone(),
             r50.clone(),
         ],
-        &[
-            "+ data_center \"a\" {",
-            "+ location             = \"local\"",
-        ],
-        &["+ data_center \"a\" {"],
+        &["+ name                 = \"a\""],
+        &["+ data_center {"],
     )?;
     review(
         &tf,
         "one data center's priority",
         &[b.clone(), data_center("d", 1), r0.clone(), r50.clone()],
-        &["~ priority             = 0 -> 1"],
-        &["~ data_center \"d\" {"],
+        &[
+            "+ priority             = 1",
+            "- priority             = 0 -> null",
+        ],
+        &["- data_center {", "+ data_center {"],
     )?;
     review(
         &tf,
         "a data center removed",
         &[d.clone(), r0.clone(), r50.clone()],
-        &["- data_center \"b\" {"],
-        &["- data_center \"b\" {"],
+        &["- name                 = \"b\" -> null"],
+        &["- data_center {"],
     )?;
     // The blocks in another order are no change at all.
     tf.write_main(&main_tf(&[r50.clone(), d.clone(), r0.clone(), b.clone()]))?;
@@ -268,7 +269,7 @@ fn a_plan_in_json_leaves_unknown_only_what_apply_decides() -> Result<()> {
         .unwrap();
     let after = &zone["change"]["after"];
     ensure!(
-        after["placement_strategy"] == "pack" && after["data_center"]["a"]["machine_type"] == "vm",
+        after["placement_strategy"] == "pack" && after["data_center"][0]["machine_type"] == "vm",
         "defaults are not in the plan: {after}"
     );
     Ok(())
@@ -282,8 +283,8 @@ fn a_version_0_zone_state_upgrades_without_a_change() -> Result<()> {
         &main_tf(&[data_center("b", 0), data_center("a", 1), rule(0, 1)]),
     )?;
     tf.apply()?;
-    // Rewrite the zone's state as version 0 of the provider wrote it: data centers a list,
-    // each with its name.
+    // Rewrite the zone's state as version 0 of the provider wrote it: the same values, its
+    // lists in the configuration's order.
     let path = tf.dir.path().join("terraform.tfstate");
     let mut state: Json = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
     let zone = state["resources"]
@@ -294,19 +295,11 @@ fn a_version_0_zone_state_upgrades_without_a_change() -> Result<()> {
         .context("the zone in the state")?;
     let instance = &mut zone["instances"][0];
     instance["schema_version"] = Json::from(0);
-    let by_name = instance["attributes"]["data_center"].take();
-    let list: Vec<Json> = by_name
-        .as_object()
-        .context("data centers by name")?
-        .iter()
-        .map(|(name, dc)| {
-            let mut dc = dc.clone();
-            dc["name"] = Json::from(name.as_str());
-            dc
-        })
-        .collect();
-    ensure!(list.len() == 2, "{by_name}");
-    instance["attributes"]["data_center"] = Json::Array(list);
+    let dcs = instance["attributes"]["data_center"]
+        .as_array_mut()
+        .context("data centers")?;
+    ensure!(dcs.len() == 2, "{dcs:?}");
+    dcs.sort_by_key(|dc| std::cmp::Reverse(dc["name"].as_str().map(str::to_string)));
     std::fs::write(&path, serde_json::to_string_pretty(&state)?)?;
 
     let (changes, plan) = tf.plan_has_changes()?;
@@ -331,7 +324,8 @@ fn a_version_0_zone_state_upgrades_without_a_change() -> Result<()> {
         .unwrap();
     ensure!(
         zone["instances"][0]["schema_version"] == 1
-            && zone["instances"][0]["attributes"]["data_center"]["a"]["priority"] == 1,
+            && zone["instances"][0]["attributes"]["data_center"][0]["name"] == "a"
+            && zone["instances"][0]["attributes"]["data_center"][0]["priority"] == 1,
         "the state after a refresh: {zone}"
     );
     Ok(())

@@ -40,7 +40,8 @@ resource "fleetform_zone" "z" {{
 }
 
 const DC: &str = r#"
-  data_center "a" {
+  data_center {
+    name                 = "a"
     location             = "local"
     max_server_processes = 2
     machine_model {
@@ -74,14 +75,14 @@ fn invalid_values_fail_at_plan_on_their_attribute() -> Result<()> {
             "sessions_per_process = 2",
         ),
         (
-            "data-center name (its label) not an identifier",
+            "duplicate data-center names",
+            // Two blocks of one name (equal blocks would be one element of the set).
             zone(&format!(
-                "buffer_rule {{\n available_servers = 1\n}}\n{}",
-                DC.replace(r#""a""#, r#""a b""#)
+                "buffer_rule {{\n available_servers = 1\n}}\n{DC}{}",
+                DC.replace("max_server_processes = 2", "max_server_processes = 3")
             )),
-            r#"Invalid data_center["a b"]"#,
-            // Terraform cannot point into a block's label; the message names it.
-            r#""a b" may only contain"#,
+            "data center \"a\", `name`",
+            "resource \"fleetform_zone\" \"z\"",
         ),
         (
             "buffer rule with both amounts",

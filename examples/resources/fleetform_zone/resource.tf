@@ -20,7 +20,8 @@ resource "fleetform_zone" "example" {
   }
 
   # Bare metal first; cloud VMs take the overflow.
-  data_center "fra-metal" {
+  data_center {
+    name                = "fra-metal"
     location            = "fra-metal"
     priority            = 0
     machine_type        = "bare_metal"
@@ -32,7 +33,8 @@ resource "fleetform_zone" "example" {
     }
   }
 
-  data_center "aws-eu-central-1" {
+  data_center {
+    name                 = "aws-eu-central-1"
     location             = "eu-central-1"
     priority             = 1
     machine_type         = "vm"

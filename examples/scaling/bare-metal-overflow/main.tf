@@ -29,7 +29,8 @@ resource "fleetform_zone" "metal_first" {
     available_percent = 15
   }
 
-  data_center "fra-metal" {
+  data_center {
+    name                = "fra-metal"
     location            = "fra-metal"
     priority            = 0
     machine_type        = "bare_metal"
@@ -42,7 +43,8 @@ resource "fleetform_zone" "metal_first" {
     }
   }
 
-  data_center "aws-eu-central-1" {
+  data_center {
+    name                 = "aws-eu-central-1"
     location             = "eu-central-1"
     priority             = 1
     machine_type         = "vm"

@@ -26,7 +26,8 @@ resource "fleetform_zone" "qa" {
   scaling_mode             = "fixed"
   initial_server_processes = 4
 
-  data_center "local-1" {
+  data_center {
+    name                 = "local-1"
     location             = "local"
     max_server_processes = 4
 

@@ -35,7 +35,8 @@ resource "fleetform_zone" "free_slots" {
     available_servers = 2
   }
 
-  data_center "aws-eu-central-1" {
+  data_center {
+    name                 = "aws-eu-central-1"
     location             = "eu-central-1"
     max_server_processes = 400
 

@@ -30,7 +30,8 @@ resource "fleetform_zone" "models" {
     available_servers = 12
   }
 
-  data_center "aws-us-east-1" {
+  data_center {
+    name                 = "aws-us-east-1"
     location             = "us-east-1"
     max_server_processes = 1000
 

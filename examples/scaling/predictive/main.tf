@@ -31,7 +31,8 @@ resource "fleetform_zone" "predictive" {
     available_predicted = 3
   }
 
-  data_center "aws-eu-central-1" {
+  data_center {
+    name                 = "aws-eu-central-1"
     location             = "eu-central-1"
     max_server_processes = 1200
 

@@ -31,7 +31,8 @@ resource "fleetform_zone" "priorities" {
     available_percent = 20
   }
 
-  data_center "frankfurt" {
+  data_center {
+    name                 = "frankfurt"
     location             = "eu-central-1"
     priority             = 0
     max_server_processes = 600
@@ -42,7 +43,8 @@ resource "fleetform_zone" "priorities" {
     }
   }
 
-  data_center "ireland" {
+  data_center {
+    name                 = "ireland"
     location             = "eu-west-1"
     priority             = 1
     max_server_processes = 300

@@ -43,7 +43,8 @@ resource "fleetform_zone" "segments" {
     available_percent   = 10
   }
 
-  data_center "aws-eu-central-1" {
+  data_center {
+    name                 = "aws-eu-central-1"
     location             = "eu-central-1"
     max_server_processes = 3000
 

@@ -29,7 +29,8 @@ resource "fleetform_zone" "single_rule" {
     available_servers = 5
   }
 
-  data_center "aws-eu-central-1" {
+  data_center {
+    name                 = "aws-eu-central-1"
     location             = "eu-central-1"
     max_server_processes = 600
 

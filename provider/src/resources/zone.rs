@@ -49,8 +49,7 @@ pub struct ZoneState {
     pub placement_strategy: Value<String>,
     /// Provider-side only: kept in state, never sent.
     pub wait_for_capacity: Value<bool>,
-    /// In name order. To Terraform a map from each name (the block's label) to the rest.
-    #[serde(with = "by_name")]
+    /// A set to Terraform; in name order here.
     pub data_center: Value<Vec<DataCenterState>>,
     /// Provider-side only: kept in state, never sent.
     pub timeouts: Value<Vec<TimeoutsState>>,
@@ -70,8 +69,6 @@ pub struct BufferRuleState {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DataCenterState {
-    /// The block's label: the key of the map Terraform holds, not an attribute.
-    #[serde(skip)]
     pub name: Value<String>,
     pub location: Value<String>,
     pub priority: Value<i64>,
@@ -89,68 +86,24 @@ pub struct MachineModelState {
     pub processes_per_machine: Value<i64>,
 }
 
-/// `data_center` to and from Terraform's map of blocks by name.
-mod by_name {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use tf_provider::value::Value;
-
-    use super::DataCenterState;
-
-    pub fn serialize<S: Serializer>(
-        dcs: &Value<Vec<DataCenterState>>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        let map: Value<BTreeMap<&str, &DataCenterState>> = match dcs {
-            Value::Value(dcs) => {
-                let mut map = BTreeMap::new();
-                for dc in dcs {
-                    let Value::Value(name) = &dc.name else {
-                        return Err(serde::ser::Error::custom(
-                            "a data center without a known name",
-                        ));
-                    };
-                    map.insert(name.as_str(), dc);
-                }
-                Value::Value(map)
-            }
-            Value::Null => Value::Null,
-            Value::Unknown => Value::Unknown,
-        };
-        map.serialize(serializer)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Value<Vec<DataCenterState>>, D::Error> {
-        let map: Value<BTreeMap<String, DataCenterState>> = Value::deserialize(deserializer)?;
-        Ok(map.map(|map| {
-            map.into_iter()
-                .map(|(name, dc)| DataCenterState {
-                    name: Value::Value(name),
-                    ..dc
-                })
-                .collect()
-        }))
-    }
-}
-
-/// A version-0 state (data centers a list, each with its `name`) in version 1's layout (a
-/// map from the name to the rest). Nothing else changed.
+/// A version-0 state (`data_center` and `buffer_rule` lists, in the configuration's
+/// order) in version 1's layout (both sets), in the order the provider keeps them: data
+/// centers by name, rules by threshold. The values are the same.
 pub fn upgrade_from_0(mut state: Json) -> Json {
-    if let Some(Json::Array(dcs)) = state.get_mut("data_center").map(Json::take) {
-        let mut by_name = serde_json::Map::new();
-        for mut dc in dcs {
-            let name = match dc.as_object_mut().and_then(|dc| dc.remove("name")) {
-                Some(Json::String(name)) => name,
-                _ => continue,
-            };
-            by_name.insert(name, dc);
-        }
-        state["data_center"] = Json::Object(by_name);
+    let key = |item: &Json, field: &str| item.get(field).cloned().unwrap_or(Json::Null);
+    if let Some(Json::Array(dcs)) = state.get_mut("data_center") {
+        dcs.sort_by_key(|dc| key(dc, "name").as_str().map(str::to_string));
+    }
+    if let Some(Json::Array(rules)) = state.get_mut("buffer_rule") {
+        rules.sort_by_key(|rule| key(rule, "min_active_sessions").as_i64().unwrap_or(0));
     }
     state
+}
+
+/// Sorts data centers by name, the order the provider keeps them in (Terraform holds them
+/// as a set, in an order of its own).
+fn by_name(dcs: &mut [DataCenterState]) {
+    dcs.sort_by(|a, b| a.name.as_ref_option().cmp(&b.name.as_ref_option()));
 }
 
 /// Sorts buffer rules by threshold (a null one is the default, 0), the order the server
@@ -164,28 +117,42 @@ fn by_threshold(rules: &mut [BufferRuleState]) {
 }
 
 /// Where a problem found on the zone's blocks by position (as the API and the validators
-/// number them) is in Terraform's terms: a data center by its name (`data_center["eu"]`;
-/// its name is its label, so a problem with the name is one with the block), a buffer rule
-/// as the set (a set has no positions; the message says which rule). `config` holds the
-/// blocks in the order the positions count (data centers by name, rules by threshold).
+/// number them) is in Terraform's terms: on the set of blocks (a set has no positions),
+/// the message naming the data center by its name and the rule by its threshold. The
+/// positions count in the order the provider keeps the blocks (data centers by name, rules
+/// by threshold), which is the order of the body it sends.
 fn locate(config: &ZoneState, path: AttributePath, message: String) -> (AttributePath, String) {
     use tf_provider::AttributePathStep::{Attribute, Index, Key};
-    let mut steps = path.steps.clone();
+    let steps = path.steps.clone();
     match steps.as_slice() {
-        [Attribute(block), Index(index), ..] if block == "data_center" => {
-            let name = config
+        [Attribute(block), Index(index), rest @ ..] if block == "data_center" => {
+            let mut dcs = config
                 .data_center
                 .as_ref_option()
-                .and_then(|dcs| dcs.get(usize::try_from(*index).ok()?))
+                .cloned()
+                .unwrap_or_default();
+            by_name(&mut dcs);
+            let name = usize::try_from(*index)
+                .ok()
+                .and_then(|index| dcs.get(index))
                 .and_then(|dc| dc.name.as_ref_option().cloned());
             let Some(name) = name else {
-                return (path, message);
+                return (AttributePath::new("data_center"), message);
             };
-            steps[1] = Key(name.into());
-            if matches!(steps.get(2), Some(Attribute(attribute)) if attribute == "name") {
-                steps.truncate(2);
-            }
-            (AttributePath { steps }, message)
+            let inner: Vec<String> = rest
+                .iter()
+                .map(|step| match step {
+                    Attribute(attribute) => format!(".{attribute}"),
+                    Key(key) => format!("[{key:?}]"),
+                    Index(index) => format!("[{index}]"),
+                })
+                .collect();
+            let inner = inner.concat();
+            let message = match inner.strip_prefix('.') {
+                Some(inner) => format!("data center {name:?}, `{inner}`: {message}"),
+                None => format!("data center {name:?}: {message}"),
+            };
+            (AttributePath::new("data_center"), message)
         }
         [Attribute(block), Index(index), rest @ ..] if block == "buffer_rule" => {
             let mut rules = config
@@ -282,7 +249,8 @@ impl ZoneState {
     pub fn spec(&self) -> Result<ZoneSpec, String> {
         let mut rules = known(&self.buffer_rule, "buffer_rule")?;
         by_threshold(&mut rules);
-        let dcs = known(&self.data_center, "data_center")?;
+        let mut dcs = known(&self.data_center, "data_center")?;
+        by_name(&mut dcs);
         Ok(ZoneSpec {
             fleet_id: known(&self.fleet_id, "fleet_id")?,
             name: known(&self.name, "name")?,
@@ -586,6 +554,9 @@ fn validate_data_centers(dcs: &Value<Vec<DataCenterState>>, problems: &mut Probl
     let Some(dcs) = dcs.as_ref_option() else {
         return;
     };
+    // A set: numbered in the provider's order, by name (as `locate` reads the numbers).
+    let mut dcs = dcs.clone();
+    by_name(&mut dcs);
     if dcs.is_empty() {
         // Same rule and words as `validate_zone_spec`.
         problems.rule(
@@ -781,7 +752,7 @@ impl ApiResource for ZoneResource {
     type Spec = ZoneSpec;
     const NAME: &'static str = "zone";
     const NOUN: &'static str = "zone";
-    /// 1: `data_center` blocks keyed by name (0: a list, each with a `name`).
+    /// 1: `data_center` and `buffer_rule` are sets (0: lists).
     const VERSION: i64 = 1;
 
     fn schema() -> Schema {
@@ -976,10 +947,18 @@ pub fn zone_schema() -> Schema {
         vec![],
     );
     let data_center = block(
-        "A data center of the zone, `data_center \"<name>\" { … }`: its label is its name \
-         (letters, digits, `-` and `_`), so a plan shows the data center added, removed or \
-         changed by name whatever the order of the blocks. At least one is required.",
+        "A data center of the zone; at least one is required. The data centers are a set, \
+         each known by its unique `name`: their order in the configuration does not matter, \
+         and a plan shows the one data center added, removed or changed.",
         vec![
+            (
+                "name",
+                required(
+                    String,
+                    "Name of the data center, unique within the zone: letters, digits, `-` \
+                     and `_`.",
+                ),
+            ),
             (
                 "location",
                 required(
@@ -1098,7 +1077,7 @@ pub fn zone_schema() -> Schema {
         ],
         vec![
             ("buffer_rule", NestedBlock::Set(buffer_rule)),
-            ("data_center", NestedBlock::Map(data_center)),
+            ("data_center", NestedBlock::Set(data_center)),
             ("timeouts", timeouts::timeouts_block()),
         ],
     ))

@@ -750,115 +750,76 @@ async fn a_hanging_answer_counts_against_the_timeout() {
     assert!(result.unwrap_err().contains("no answer yet"));
 }
 
-/// Terraform holds data centers as a map by name: the state round-trips through it (JSON
-/// and msgpack alike), names come back from the keys, in name order.
+/// A version-0 state (lists in the configuration's order) upgrades to the sets, kept in
+/// the provider's order, and reads as the same zone.
 #[test]
-fn data_centers_are_a_map_by_name() {
-    let state = config().data_centers(vec![data_center("b"), data_center("a")]);
-    let json = serde_json::to_value(&state).unwrap();
-    let keys: Vec<&String> = json["data_center"].as_object().unwrap().keys().collect();
-    assert_eq!(keys, ["a", "b"]);
-    assert!(
-        json["data_center"]["a"].get("name").is_none(),
-        "the name is the key"
-    );
-    let back: ZoneState = serde_json::from_value(json).unwrap();
-    let names: Vec<_> = back
-        .data_center
-        .as_ref_option()
-        .unwrap()
-        .iter()
-        .map(|dc| dc.name.clone())
-        .collect();
-    assert_eq!(
-        names,
-        [Value::Value("a".to_string()), Value::Value("b".to_string())]
-    );
-    let packed = rmp_serde::to_vec_named(&state).unwrap();
-    let unpacked: ZoneState = rmp_serde::from_slice(&packed).unwrap();
-    assert_eq!(unpacked, back);
-    let unknown = ZoneState {
-        data_center: Value::Unknown,
-        ..config()
-    };
-    let packed = rmp_serde::to_vec_named(&unknown).unwrap();
-    assert_eq!(
-        rmp_serde::from_slice::<ZoneState>(&packed).unwrap(),
-        unknown
-    );
-}
-
-/// A version-0 state (a list of data centers with names) upgrades to the map, and the
-/// result reads as the same zone.
-#[test]
-fn version_0_state_upgrades_to_data_centers_by_name() {
+fn version_0_state_upgrades_to_sets() {
     let current = ZoneState {
         id: Value::Value("zone-1".into()),
         fleet_id: Value::Value("flt-1".into()),
         ..ZoneState::plan(
-            config().data_centers(vec![data_center("b"), data_center("a")]),
+            config()
+                .data_centers(vec![data_center("b"), data_center("a")])
+                .rules(vec![rule(50, Some(2), None), rule(0, Some(1), None)]),
             None,
         )
     };
-    let mut old = serde_json::to_value(&current).unwrap();
-    let list: Vec<serde_json::Value> = old["data_center"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .rev()
-        .map(|(name, dc)| {
-            let mut dc = dc.clone();
-            dc["name"] = serde_json::Value::String(name.clone());
-            dc
-        })
-        .collect();
-    old["data_center"] = serde_json::Value::Array(list);
+    let old = serde_json::to_value(&current).unwrap();
     let upgraded = ZoneResource::upgrade(0, old).unwrap();
     let read: ZoneState = serde_json::from_value(upgraded).unwrap();
-    assert_eq!(
-        read,
-        serde_json::from_value(serde_json::to_value(&current).unwrap()).unwrap()
-    );
+    let names: Vec<_> = read
+        .data_center
+        .as_ref_option()
+        .unwrap()
+        .iter()
+        .map(|dc| dc.name.as_ref_option().unwrap().clone())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let thresholds: Vec<_> = read
+        .buffer_rule
+        .as_ref_option()
+        .unwrap()
+        .iter()
+        .map(|rule| rule.min_active_sessions)
+        .collect();
+    assert_eq!(thresholds, [Value::Value(0), Value::Value(50)]);
+    assert_eq!(read.spec(), current.spec(), "the same zone");
     assert!(ZoneResource::upgrade(2, serde_json::json!({})).is_err());
 }
 
-/// Problems numbered by position land on the data center by name, and on the rule set with
-/// the rule named in the message.
+/// Problems numbered by position (as the API and the validators number them, in the
+/// provider's order) land on the sets, the message naming the data center or the rule.
 #[test]
 fn problems_are_located_by_name_and_threshold() {
     let config = config()
-        .data_centers(vec![data_center("a"), data_center("b")])
+        .data_centers(vec![data_center("b"), data_center("a")])
         .rules(vec![rule(50, Some(1), None), rule(0, Some(1), None)]);
     let cases = [
         (
-            "data_center[1].location",
-            "data_center[\"b\"].location",
-            "bad",
+            "data_centers[1].location",
+            "data_center",
+            "data center \"b\", `location`: bad",
         ),
-        ("data_center[0].name", "data_center[\"a\"]", "bad"),
+        ("data_centers[0]", "data_center", "data center \"a\": bad"),
         (
-            "data_center[0].machine_model[0].instance_type",
-            "data_center[\"a\"].machine_model[0].instance_type",
-            "bad",
+            "data_centers[0].machine_models[0].instance_type",
+            "data_center",
+            "data center \"a\", `machine_model[0].instance_type`: bad",
         ),
         (
-            "buffer_rule[1].available_servers",
+            "buffer_rules[1].available_servers",
             "buffer_rule",
             "the rule from 50 active sessions, `available_servers`: bad",
         ),
         (
-            "buffer_rule[0]",
+            "buffer_rules[0]",
             "buffer_rule",
             "the rule from 0 active sessions: bad",
         ),
         ("free_slots_max", "free_slots_max", "bad"),
     ];
     for (api, want_path, want_message) in cases {
-        let path = attribute_path(
-            &api.replace("data_center", "data_centers")
-                .replace("buffer_rule", "buffer_rules"),
-        );
-        let (path, message) = locate(&config, path, "bad".into());
+        let (path, message) = locate(&config, attribute_path(api), "bad".into());
         assert_eq!(
             (path.to_string(), message.as_str()),
             (want_path.to_string(), want_message),
