@@ -26,8 +26,10 @@ provider_installation {
 RC
 export TF_CLI_CONFIG_FILE="$work/terraform.rc" TF_IN_AUTOMATION=1 CHECKPOINT_DISABLE=1
 
-mkdir "$work/fleetform" "$work/builtin"
-cat >"$work/fleetform/main.tf" <<TF
+write_configs() {
+    local suffix=$1 n=$2
+    mkdir -p "$work/fleetform$suffix" "$work/builtin$suffix"
+    cat >"$work/fleetform$suffix/main.tf" <<TF
 terraform {
   required_providers {
     fleetform = { source = "fleetform/fleetform" }
@@ -46,7 +48,7 @@ resource "fleetform_build" "b" {
   source           = "file:///opt/builds/\${count.index}"
 }
 TF
-cat >"$work/builtin/main.tf" <<TF
+    cat >"$work/builtin$suffix/main.tf" <<TF
 resource "terraform_data" "d" {
   count = $n
   input = {
@@ -56,6 +58,11 @@ resource "terraform_data" "d" {
   }
 }
 TF
+}
+write_configs "" "$n"
+# One resource each: the fixed cost of a plan (Terraform starts the provider three times:
+# for its schema, the validate walk and the plan walk).
+write_configs "-1" 1
 
 # The median wall time of `runs` plans in $1, in ms.
 median_plan_ms() {
@@ -73,9 +80,18 @@ median_plan_ms() {
 # One plan each first (Terraform's own start-up, the provider's first load).
 (cd "$work/fleetform" && "$terraform" plan -input=false -no-color -lock=false >/dev/null)
 (cd "$work/builtin" && "$terraform" plan -input=false -no-color -lock=false >/dev/null)
+(cd "$work/fleetform-1" && "$terraform" plan -input=false -no-color -lock=false >/dev/null)
 ours=$(median_plan_ms "$work/fleetform")
 builtin=$(median_plan_ms "$work/builtin")
+ours_1=$(median_plan_ms "$work/fleetform-1")
+builtin_1=$(median_plan_ms "$work/builtin-1")
 echo "terraform plan, $n resources, median of $runs ($("$terraform" version | head -1)):"
 echo "  fleetform_build: $ours ms"
 echo "  terraform_data:  $builtin ms"
 awk -v a="$ours" -v b="$builtin" 'BEGIN { printf "  ratio: %.2f×\n", a / b }'
+echo "the same with 1 resource (the fixed cost of a plan):"
+echo "  fleetform_build: $ours_1 ms"
+echo "  terraform_data:  $builtin_1 ms"
+awk -v a="$ours" -v b="$builtin" -v a1="$ours_1" -v b1="$builtin_1" -v n="$n" 'BEGIN {
+    printf "per resource beyond the first: fleetform_build %.2f ms, terraform_data %.2f ms\n",
+        (a - a1) / (n - 1), (b - b1) / (n - 1) }'

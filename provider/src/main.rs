@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(1);
         }
     };
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
         .block_on(terraform_provider_fleetform::serve(settings))

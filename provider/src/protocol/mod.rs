@@ -142,7 +142,7 @@ macro_rules! adapter {
                 diagnostics: diagnostics(diags),
                 server_capabilities: Some(wire::ServerCapabilities {
                     plan_destroy: false,
-                    get_provider_schema_optional: false,
+                    get_provider_schema_optional: true,
                     move_resource_state: false,
                     generate_resource_config: false,
                 }),
