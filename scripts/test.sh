@@ -32,8 +32,9 @@ if cargo nextest --version >/dev/null 2>&1; then
     if [ "$#" -eq 0 ]; then
         filter=$(printf ' | binary(%s)' "${terraform_tests[@]}")
         echo "==> the terraform-driven tests again, on plugin protocol 5"
-        FLEETFORM_PLUGIN_PROTOCOL=5 cargo nextest run -p fleetform-e2e --locked --no-fail-fast \
-            --test-threads 4 -E "${filter# | }"
+        # --workspace, as above: the same features, so nothing is built again.
+        FLEETFORM_PLUGIN_PROTOCOL=5 cargo nextest run --workspace --locked --no-fail-fast \
+            --test-threads 4 -E "package(fleetform-e2e) & (${filter# | })"
     fi
 else
     cargo test --workspace --locked --no-fail-fast "$@"

@@ -26,11 +26,18 @@ use crate::resource::{ApiDataSource, ApiResource, Operation};
 /// msgpack of a null value.
 const NULL: [u8; 1] = [0xc0];
 
-/// A value as Terraform sends it: msgpack, or JSON where msgpack is empty.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A value as Terraform sends it: msgpack, or JSON where msgpack is empty. The default is
+/// null (never an empty value, which Terraform reads as no value at all).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dynamic {
     pub msgpack: Vec<u8>,
     pub json: Vec<u8>,
+}
+
+impl Default for Dynamic {
+    fn default() -> Self {
+        Dynamic::null()
+    }
 }
 
 impl Dynamic {
@@ -169,7 +176,21 @@ impl<R: ApiResource> Typed<R> {
                 report.add_to(diags);
             }
         }
-        encode(&state, diags)
+        let encoded = encode(&state, diags);
+        if encoded.is_null() {
+            // Not recordable (a provider bug): say which object exists, so it can be
+            // imported or removed, rather than losing it silently.
+            diags.root_error(
+                format!("Provider error: a created {} is not in the state", R::NOUN),
+                format!(
+                    "fleetformd created {} {:?}, but its state could not be written. Import \
+                     it (`terraform import`) or delete it.",
+                    R::NOUN,
+                    R::id(&state)
+                ),
+            );
+        }
+        encoded
     }
 
     async fn update(

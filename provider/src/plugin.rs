@@ -115,7 +115,9 @@ pub fn tls(client_cert_pem: &str) -> anyhow::Result<Tls> {
     ];
     // A host whose clock is a little behind still accepts it.
     params.not_before = time::OffsetDateTime::now_utc() - time::Duration::seconds(30);
-    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    // Long-lived like go-plugin's own: a run that outlives it (a long apply) and reconnects
+    // must not meet an expired certificate.
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
     let cert = params.self_signed(&key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(HostOnly {
@@ -124,7 +126,9 @@ pub fn tls(client_cert_pem: &str) -> anyhow::Result<Tls> {
         provider: Arc::clone(&provider),
     });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+        // TLS 1.3 only (go-plugin's hosts negotiate it): in TLS 1.2 a P-521 key may sign
+        // with any ECDSA scheme offered, some of which neither ring nor `verify_p521` check.
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(
             vec![cert.der().clone()],
@@ -287,8 +291,11 @@ impl tokio_rustls::rustls::server::danger::ClientCertVerifier for HostOnly {
     }
 }
 
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Connections of `listener`, each through the TLS handshake (in a task of its own, so a
-/// client that stalls or fails it holds up no other; a failed one is dropped).
+/// client that stalls or fails it holds up no other; a failed or stalled one is dropped).
 fn tls_incoming(
     listener: tokio::net::UnixListener,
     acceptor: tokio_rustls::TlsAcceptor,
@@ -300,18 +307,23 @@ fn tls_incoming(
         loop {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
+                // A failed accept (out of descriptors, an aborted connection) is this
+                // connection's: ending the stream would end the server mid-run.
                 Err(error) => {
-                    let _ = sender.send(Err(error)).await;
-                    return;
+                    eprintln!("[WARN] plugin connection not accepted: {error}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
                 }
             };
             let (acceptor, sender) = (acceptor.clone(), sender.clone());
             tokio::spawn(async move {
-                match acceptor.accept(stream).await {
-                    Ok(tls) => {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                match handshake.await {
+                    Ok(Ok(tls)) => {
                         let _ = sender.send(Ok(tls)).await;
                     }
-                    Err(error) => eprintln!("[WARN] plugin connection refused: {error}"),
+                    Ok(Err(error)) => eprintln!("[WARN] plugin connection refused: {error}"),
+                    Err(_) => eprintln!("[WARN] plugin connection refused: no TLS handshake"),
                 }
             });
         }

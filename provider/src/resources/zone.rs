@@ -161,11 +161,19 @@ fn locate(config: &ZoneState, path: AttributePath, message: String) -> (Attribut
                 .cloned()
                 .unwrap_or_default();
             by_threshold(&mut rules);
-            let threshold = usize::try_from(*index)
+            let rule = usize::try_from(*index)
                 .ok()
-                .and_then(|index| rules.get(index))
-                .and_then(|rule| rule.min_active_sessions.as_ref_option().copied())
-                .unwrap_or(i64::from(defaults::MIN_ACTIVE_SESSIONS));
+                .and_then(|index| rules.get(index));
+            let threshold = match rule.map(|rule| &rule.min_active_sessions) {
+                Some(Value::Value(threshold)) => Some(*threshold),
+                Some(Value::Unknown) => None,
+                Some(Value::Null) | None => Some(i64::from(defaults::MIN_ACTIVE_SESSIONS)),
+            };
+            let rule = match threshold {
+                Some(threshold) => format!("the rule from {threshold} active sessions"),
+                None => "the rule whose `min_active_sessions` is not known yet".to_string(),
+            };
+            let threshold = threshold.map_or("?".to_string(), |threshold| threshold.to_string());
             let attribute = match rest.first() {
                 Some(Attribute(attribute)) => attribute.to_string(),
                 _ => String::new(),
@@ -179,8 +187,8 @@ fn locate(config: &ZoneState, path: AttributePath, message: String) -> (Attribut
                 "min_active_sessions" if message.starts_with("the first buffer rule") => {
                     format!("no rule starts from 0 active sessions (the lowest starts from {threshold}); one must")
                 }
-                "" => format!("the rule from {threshold} active sessions: {message}"),
-                _ => format!("the rule from {threshold} active sessions, `{attribute}`: {message}"),
+                "" => format!("{rule}: {message}"),
+                _ => format!("{rule}, `{attribute}`: {message}"),
             };
             (AttributePath::new("buffer_rule"), message)
         }

@@ -828,6 +828,36 @@ fn problems_are_located_by_name_and_threshold() {
     }
 }
 
+/// A rule whose threshold is not known yet is named as such, not as the rule from 0.
+#[test]
+fn a_rule_with_an_unknown_threshold_is_named_as_such() {
+    let config = config().rules(vec![
+        BufferRuleState {
+            min_active_sessions: Value::Unknown,
+            ..rule(0, Some(1), Some(2))
+        },
+        rule(0, Some(1), None),
+    ]);
+    let (path, message) = locate(&config, attribute_path("buffer_rules[1]"), "bad".into());
+    assert_eq!(path.to_string(), "buffer_rule");
+    assert_eq!(
+        message,
+        "the rule whose `min_active_sessions` is not known yet: bad"
+    );
+    let reported: Vec<String> = ZoneResource::validate(&config)
+        .describe()
+        .into_iter()
+        .map(|(_, message)| message)
+        .collect();
+    assert_eq!(
+        reported,
+        [
+            "the rule whose `min_active_sessions` is not known yet: set exactly one of \
+          available_servers, available_percent or available_predicted, not several"
+        ]
+    );
+}
+
 /// The body sends the rules by threshold whatever order the set came in.
 #[test]
 fn the_body_sends_rules_by_threshold() {
