@@ -616,3 +616,114 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::build::BuildState;
+
+    /// A core configured against a closed loopback port: every call to fleetformd fails
+    /// (connection refused), which is what these tests need.
+    fn unreachable() -> Core {
+        let core = Core::new();
+        let config = Dynamic::encode(&ProviderConfig {
+            endpoint: Value::Value("http://127.0.0.1:1".into()),
+            token: Value::Value("t".into()),
+        })
+        .unwrap();
+        assert!(core.configure(&config).errors.is_empty());
+        core
+    }
+
+    fn build(id: Value<String>) -> Dynamic {
+        Dynamic::encode(&BuildState {
+            id,
+            name: Value::Value("b".into()),
+            version: Value::Null,
+            operating_system: Value::Value("linux".into()),
+            source: Value::Value("file:///opt/b".into()),
+            sha256: Value::Null,
+            created_at: Value::Value("2026-01-01T00:00:00Z".into()),
+        })
+        .unwrap()
+    }
+
+    const BUILD: &str = "fleetform_build";
+
+    /// What Terraform keeps when a call fails: an update or a delete keeps the prior state
+    /// (returning null would make Terraform forget an object that still exists), a create
+    /// records nothing, a read keeps the state it had. Each with an error.
+    #[tokio::test]
+    async fn a_failed_call_keeps_what_exists() {
+        let core = unreachable();
+        let prior = build(Value::Value("bld-1".into()));
+        let changed = {
+            let mut state: BuildState = prior.decode().unwrap();
+            state.name = Value::Value("renamed".into());
+            Dynamic::encode(&state).unwrap()
+        };
+        let update = core.apply(BUILD, &prior, &changed).await;
+        assert_eq!(update.value, prior, "a failed update keeps the prior state");
+        assert!(!update.diags.errors.is_empty());
+
+        let delete = core.apply(BUILD, &prior, &Dynamic::null()).await;
+        assert_eq!(delete.value, prior, "a failed delete keeps the prior state");
+        assert!(!delete.diags.errors.is_empty());
+
+        let create = core.apply(BUILD, &Dynamic::null(), &changed).await;
+        assert!(create.value.is_null(), "a failed create records nothing");
+        assert!(!create.diags.errors.is_empty());
+
+        let read = core.read(BUILD, &prior).await;
+        assert_eq!(read.value, prior, "a failed read keeps the state");
+        assert!(!read.diags.errors.is_empty());
+    }
+
+    /// Plans are decided by which side is null: create (no prior), destroy (no proposal),
+    /// update (both), with the resource's replacement rules.
+    #[test]
+    fn plans_follow_which_side_is_null() {
+        let core = Core::new();
+        let config = build(Value::Null);
+        let create = core.plan(BUILD, &Dynamic::null(), &config, &config);
+        let planned: BuildState = create.value.state.decode().unwrap();
+        assert!(planned.id.is_unknown() && create.value.requires_replace.is_empty());
+
+        let prior = build(Value::Value("bld-1".into()));
+        let destroy = core.plan(BUILD, &prior, &Dynamic::null(), &Dynamic::null());
+        assert!(destroy.value.state.is_null());
+
+        let moved = {
+            let mut state: BuildState = config.decode().unwrap();
+            state.source = Value::Value("file:///opt/elsewhere".into());
+            Dynamic::encode(&state).unwrap()
+        };
+        let update = core.plan(BUILD, &prior, &moved, &moved);
+        let replace: Vec<String> = update
+            .value
+            .requires_replace
+            .iter()
+            .map(|path| path.to_string())
+            .collect();
+        assert_eq!(replace, ["source"]);
+
+        let unknown = core.plan("fleetform_nothing", &prior, &moved, &moved);
+        assert!(!unknown.diags.errors.is_empty());
+        assert!(
+            unknown.value.state.is_null(),
+            "an error path sends null, never empty"
+        );
+    }
+
+    /// An unreadable value is an error, never a panic.
+    #[test]
+    fn garbage_is_an_error() {
+        let core = Core::new();
+        let garbage = Dynamic::msgpack(vec![0x93, 0x01]);
+        assert!(!core.validate_resource(BUILD, &garbage).errors.is_empty());
+        let plan = core.plan(BUILD, &Dynamic::null(), &garbage, &garbage);
+        assert!(!plan.diags.errors.is_empty());
+        let upgrade = core.upgrade(BUILD, 0, b"not json");
+        assert!(!upgrade.diags.errors.is_empty() && upgrade.value.is_null());
+    }
+}
