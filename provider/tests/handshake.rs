@@ -78,34 +78,28 @@ fn expected_types() -> (BTreeSet<String>, BTreeSet<String>) {
     )
 }
 
+/// The type names one protocol's schema call answers with (`$call` is its name there).
+macro_rules! listed_types {
+    ($proto:ident, $call:ident, $channel:expr) => {{
+        let answer = $proto::provider_client::ProviderClient::new($channel)
+            .$call($proto::get_provider_schema::Request {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(answer.diagnostics.is_empty(), "{:?}", answer.diagnostics);
+        (
+            answer.resource_schemas.into_keys().collect(),
+            answer.data_source_schemas.into_keys().collect(),
+        )
+    }};
+}
+
 /// The type names the served version's schema call lists.
 async fn served_types(version: &str, path: PathBuf) -> (BTreeSet<String>, BTreeSet<String>) {
     let channel = channel(path).await;
     match version {
-        "5" => {
-            let answer = tfplugin5::provider_client::ProviderClient::new(channel)
-                .get_schema(tfplugin5::get_provider_schema::Request {})
-                .await
-                .unwrap()
-                .into_inner();
-            assert!(answer.diagnostics.is_empty(), "{:?}", answer.diagnostics);
-            (
-                answer.resource_schemas.into_keys().collect(),
-                answer.data_source_schemas.into_keys().collect(),
-            )
-        }
-        "6" => {
-            let answer = tfplugin6::provider_client::ProviderClient::new(channel)
-                .get_provider_schema(tfplugin6::get_provider_schema::Request {})
-                .await
-                .unwrap()
-                .into_inner();
-            assert!(answer.diagnostics.is_empty(), "{:?}", answer.diagnostics);
-            (
-                answer.resource_schemas.into_keys().collect(),
-                answer.data_source_schemas.into_keys().collect(),
-            )
-        }
+        "5" => listed_types!(tfplugin5, get_schema, channel),
+        "6" => listed_types!(tfplugin6, get_provider_schema, channel),
         other => panic!("announced protocol {other}"),
     }
 }
