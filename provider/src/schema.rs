@@ -4,8 +4,9 @@ use tf_provider::schema::{
     Attribute, AttributeConstraint, AttributeType, Block, Description, NestedBlock, Schema,
 };
 
-/// Version of every resource's state schema. Bump it with an `upgrade` when a state
-/// layout changes.
+/// The version these builders write into a schema and its blocks. A resource's state
+/// version is its `ApiResource::VERSION` (with `ApiResource::upgrade` for older layouts),
+/// which the registry puts into the schema it serves.
 pub const STATE_VERSION: i64 = 0;
 
 fn attribute(attr_type: AttributeType, constraint: AttributeConstraint, text: &str) -> Attribute {

@@ -107,6 +107,17 @@ macro_rules! adapter {
             all
         }
 
+        /// What the provider tells Terraform it can do: its schema may be reused across
+        /// the provider's instances (it never changes within a run), and nothing else.
+        fn capabilities() -> wire::ServerCapabilities {
+            wire::ServerCapabilities {
+                plan_destroy: false,
+                get_provider_schema_optional: true,
+                move_resource_state: false,
+                generate_resource_config: false,
+            }
+        }
+
         /// Every schema of the provider in this protocol's messages.
         fn schemas(core: &Core) -> wire::get_provider_schema::Response {
             let mut diags = Diagnostics::default();
@@ -140,12 +151,7 @@ macro_rules! adapter {
                 resource_schemas,
                 data_source_schemas,
                 diagnostics: diagnostics(diags),
-                server_capabilities: Some(wire::ServerCapabilities {
-                    plan_destroy: false,
-                    get_provider_schema_optional: true,
-                    move_resource_state: false,
-                    generate_resource_config: false,
-                }),
+                server_capabilities: Some(capabilities()),
                 ..Default::default()
             }
         }
@@ -167,7 +173,7 @@ macro_rules! adapter {
                 use wire::get_metadata::{DataSourceMetadata, ResourceMetadata};
                 let registry = &self.core.registry;
                 Ok(Response::new(wire::get_metadata::Response {
-                    server_capabilities: schemas(&self.core).server_capabilities,
+                    server_capabilities: Some(capabilities()),
                     resources: registry
                         .resources
                         .keys()
