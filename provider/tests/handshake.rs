@@ -4,6 +4,8 @@
 //! source; offered only versions it does not speak, it says so and exits without
 //! announcing anything. `FLEETFORM_PLUGIN_PROTOCOL` overrides the choice for tests.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -52,15 +54,7 @@ fn announcement(child: &mut Child) -> (String, PathBuf) {
 }
 
 async fn channel(path: PathBuf) -> Channel {
-    Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
+    common::connect_unix(Endpoint::from_static("http://localhost"), path)
         .await
         .unwrap()
 }

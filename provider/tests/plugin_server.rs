@@ -1,6 +1,8 @@
 //! The plugin server as a go-plugin host meets it: the announcement, mTLS on the Unix
 //! socket (the host's certificate required), and `Shutdown`.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -63,17 +65,11 @@ async fn connect(
     if let Some((cert, key)) = identity {
         tls = tls.identity(Identity::from_pem(cert, key));
     }
-    Endpoint::from_static("https://localhost")
-        .tls_config(tls)?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
+    common::connect_unix(
+        Endpoint::from_static("https://localhost").tls_config(tls)?,
+        path,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

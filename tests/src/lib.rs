@@ -594,6 +594,25 @@ pub async fn count_rows(server: &Fleetformd, sql: &str, bind: &str) -> Result<i6
     .await?
 }
 
+/// Copies the directory `from` to `to`, subdirectories included (Terraform's working files,
+/// `.terraform*`, left out): a configuration and the modules it calls, laid out as in the
+/// repository.
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("read {}", from.display()))? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
 /// The oldest Terraform the provider supports (1.0.3), as `scripts/prereqs.sh` installs it
 /// for the test suite (`.venv/terraform-1.0`), or `FLEETFORM_OLD_TERRAFORM`.
 pub fn old_terraform() -> Result<PathBuf> {

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use fleetform_e2e::{bin_dir, binary, count_rows, Fleetformd, TOKEN};
+use fleetform_e2e::{bin_dir, binary, copy_tree, count_rows, Fleetformd, TOKEN};
 
 /// Values for the examples' input variables. Terraform ignores `TF_VAR_*` variables a
 /// configuration doesn't declare.
@@ -132,7 +132,7 @@ impl Workspace {
                 .contains("source = \"../../modules/")
         });
         if uses_modules {
-            copy_tree(&repo().join("modules"), &dir.path().join("modules"));
+            copy_tree(&repo().join("modules"), &dir.path().join("modules")).unwrap();
         }
         for (index, file) in files.iter().enumerate() {
             // Snippets from different directories share file names (resource.tf).
@@ -187,24 +187,6 @@ impl Workspace {
             .stdin(Stdio::null())
             .output()
             .expect("run terraform")
-    }
-}
-
-/// Copies the directory `from` to `to` (files and subdirectories; Terraform's working files
-/// left out).
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue;
-        }
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &to.join(&name));
-        } else {
-            std::fs::copy(entry.path(), to.join(&name)).unwrap();
-        }
     }
 }
 
