@@ -24,9 +24,10 @@ export FLEETFORM_TEST_POSTGRES
 # The provider serves plugin protocol 6 to Terraform 1.11 (the highest both speak): the
 # whole suite runs on it. Then every test that drives the real terraform runs again with
 # protocol 5 forced (FLEETFORM_PLUGIN_PROTOCOL, read by the provider Terraform starts).
-terraform_tests=(aws bare_metal bare_metal_lifecycle cooldown crashes examples_terraform
-    fleet_data_source generate_config locations plan_review protocols quickstart replicas
-    stack validation)
+# The test files that start terraform (through the harness's `Terraform` or the examples'
+# `Workspace`), found rather than listed, so a new one is never left out.
+mapfile -t terraform_tests < <(grep -l -E 'Terraform::new|Workspace::new' tests/tests/*.rs \
+    | xargs -n1 basename | sed 's/\.rs$//')
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast --test-threads 4 "$@"
     if [ "$#" -eq 0 ]; then
