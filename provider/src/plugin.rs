@@ -149,13 +149,14 @@ pub fn tls(client_cert_pem: &str) -> anyhow::Result<Tls> {
 ///
 /// go-plugin's key is ECDSA on P-521, which ring (rustls's provider here) does not verify:
 /// offered only ring's schemes, Go's client finds none its key can sign and sends no
-/// certificate at all. So P-521 signatures are checked with the `p521` crate and its
-/// scheme offered alongside ring's. (tf-provider's server made the client certificate
+/// certificate at all. So P-521 signatures are checked with aws-lc (`aws-lc-rs`, 0.5 ms a
+/// check where the pure-Rust `p521` crate took 2.5 ms, once in each of a plan's three
+/// provider starts) and its scheme offered alongside ring's. (tf-provider's server made the client certificate
 /// optional instead, so it served any local process that reached its port.)
 struct HostOnly {
     host: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
     /// The host's key, when it is a P-521 one.
-    p521: Option<p521::ecdsa::VerifyingKey>,
+    p521: Option<aws_lc_rs::signature::ParsedPublicKey>,
     provider: Arc<tokio_rustls::rustls::crypto::CryptoProvider>,
 }
 
@@ -169,14 +170,18 @@ impl std::fmt::Debug for HostOnly {
 }
 
 /// The P-521 public key of a certificate (DER), if that is its key.
-fn p521_key(cert: &[u8]) -> Option<p521::ecdsa::VerifyingKey> {
+fn p521_key(cert: &[u8]) -> Option<aws_lc_rs::signature::ParsedPublicKey> {
     use x509_cert::der::Decode;
     let cert = x509_cert::Certificate::from_der(cert).ok()?;
     let key = cert
         .tbs_certificate
         .subject_public_key_info
         .subject_public_key;
-    p521::ecdsa::VerifyingKey::from_sec1_bytes(key.raw_bytes()).ok()
+    aws_lc_rs::signature::ParsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P521_SHA512_ASN1,
+        key.raw_bytes(),
+    )
+    .ok()
 }
 
 impl HostOnly {
@@ -193,7 +198,6 @@ impl HostOnly {
             tokio_rustls::rustls::Error,
         >,
     > {
-        use p521::ecdsa::signature::Verifier;
         use tokio_rustls::rustls::{self, client::danger::HandshakeSignatureValid};
         if dss.scheme != rustls::SignatureScheme::ECDSA_NISTP521_SHA512 {
             return None;
@@ -207,11 +211,9 @@ impl HostOnly {
             return Some(Err(bad()));
         };
         Some(
-            p521::ecdsa::Signature::from_der(dss.signature())
-                .ok()
-                .filter(|signature| key.verify(message, signature).is_ok())
-                .map(|_| HandshakeSignatureValid::assertion())
-                .ok_or_else(bad),
+            key.verify_sig(message, dss.signature())
+                .map(|()| HandshakeSignatureValid::assertion())
+                .map_err(|_| bad()),
         )
     }
 }
