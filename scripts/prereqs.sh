@@ -23,6 +23,18 @@ with_moto=${FLEETFORM_WITH_MOTO:-0}
 if { [ "$with_moto" = 1 ] || [ "${FLEETFORM_WITH_OLD_TERRAFORM:-0}" = 1 ]; } && ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
     apt_packages+=(python3-venv)
 fi
+# The plan benchmark's reference provider (bench/floor-provider: go-plugin and grpc-go, as the
+# Go SDKs serve providers) builds with Debian's Go 1.23 (bookworm-backports) and its packaged
+# Go sources; only scripts/plan-bench.sh sets FLEETFORM_WITH_GO_FLOOR=1.
+if [ "${FLEETFORM_WITH_GO_FLOOR:-0}" = 1 ] && [ ! -x /usr/lib/go-1.23/bin/go ]; then
+    if ! apt-cache show golang-1.23-go >/dev/null 2>&1; then
+        . /etc/os-release
+        echo "deb http://deb.debian.org/debian ${VERSION_CODENAME}-backports main" |
+            as_root tee /etc/apt/sources.list.d/backports.list >/dev/null
+    fi
+    apt_packages+=(golang-1.23-go golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev
+        golang-google-protobuf-dev golang-goprotobuf-dev protoc-gen-go-grpc)
+fi
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     echo "==> installing ${apt_packages[*]}"
     as_root apt-get update -qq
