@@ -26,10 +26,11 @@ fi
 # The plan benchmark's reference provider (bench/floor-provider: go-plugin and grpc-go, as the
 # Go SDKs serve providers) builds with Debian's Go 1.23 (bookworm-backports) and its packaged
 # Go sources; only scripts/plan-bench.sh sets FLEETFORM_WITH_GO_FLOOR=1.
-if [ "${FLEETFORM_WITH_GO_FLOOR:-0}" = 1 ] && [ ! -x /usr/lib/go-1.23/bin/go ]; then
+if [ "${FLEETFORM_WITH_GO_FLOOR:-0}" = 1 ] && { [ ! -x /usr/lib/go-1.23/bin/go ] ||
+    [ ! -d /usr/share/gocode/src/github.com/hashicorp/go-plugin ]; }; then
     if ! apt-cache show golang-1.23-go >/dev/null 2>&1; then
-        . /etc/os-release
-        echo "deb http://deb.debian.org/debian ${VERSION_CODENAME}-backports main" |
+        codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+        echo "deb http://deb.debian.org/debian ${codename}-backports main" |
             as_root tee /etc/apt/sources.list.d/backports.list >/dev/null
     fi
     apt_packages+=(golang-1.23-go golang-github-hashicorp-go-plugin-dev golang-google-grpc-dev

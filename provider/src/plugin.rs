@@ -149,10 +149,11 @@ pub fn tls(client_cert_pem: &str) -> anyhow::Result<Tls> {
 ///
 /// go-plugin's key is ECDSA on P-521, which ring (rustls's provider here) does not verify:
 /// offered only ring's schemes, Go's client finds none its key can sign and sends no
-/// certificate at all. So P-521 signatures are checked with aws-lc (`aws-lc-rs`, 0.5 ms a
+/// certificate at all. So P-521 signatures are checked with aws-lc (`aws-lc-rs`: 0.5 ms a
 /// check where the pure-Rust `p521` crate took 2.5 ms, once in each of a plan's three
-/// provider starts) and its scheme offered alongside ring's. (tf-provider's server made the client certificate
-/// optional instead, so it served any local process that reached its port.)
+/// provider starts) and its scheme offered alongside ring's. (tf-provider's server made
+/// the client certificate optional instead, so it served any local process that reached
+/// its port.)
 struct HostOnly {
     host: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
     /// The host's key, when it is a P-521 one.
